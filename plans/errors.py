@@ -1,0 +1,64 @@
+"""The one error type the contract raises at users.
+
+Every problem found while loading or checking a plan, an experiment or a cluster becomes a
+`PlanError` whose message is a single line naming the field (a dotted path such as
+`allocations.actor_train.strategy.tp`) and the offending value. The CLI prints that line and
+exits non-zero; nothing else should escape the loaders.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+
+class PlanError(Exception):
+    """A plan, experiment, cluster or profile document is malformed or inconsistent."""
+
+    def __init__(self, message: str, *, field: str | None = None, source: str | None = None):
+        self.field = field
+        self.source = source
+        self.reason = message
+        where = f"{source}: " if source else ""
+        what = f"{field}: " if field else ""
+        super().__init__(f"{where}{what}{message}")
+
+    def with_source(self, source: str) -> PlanError:
+        """The same error, prefixed with the file (or preset) it came from."""
+        return PlanError(self.reason, field=self.field, source=source)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def dotted(loc: tuple[Any, ...] | list[Any]) -> str:
+    """`('allocations', 'actor_gen', 'mesh', 'n_gpus')` -> `allocations.actor_gen.mesh.n_gpus`."""
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(document)"
+
+
+def from_validation_error(err: ValidationError, prefix: str = "") -> PlanError:
+    """Turn pydantic's multi-line report into one line about its first problem."""
+    first = err.errors(include_url=False)[0]
+    # Union branches add their type name to the location ("function-after[...]", "str"):
+    # keep only the parts a user wrote.
+    loc = [p for p in first["loc"] if not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS))]
+    field = dotted(([prefix] if prefix else []) + loc)
+    msg = first["msg"]
+    if first["type"] not in ("missing",) and "input" in first:
+        msg = f"{msg} (got {_short(first['input'])})"
+    more = err.error_count() - 1
+    if more:
+        msg += f" (+{more} more problem{'s' if more > 1 else ''})"
+    return PlanError(msg, field=field)
+
+
+_UNION_TAGS = {"str", "int", "float", "dict", "list", "ModelSpec", "function-plain"}
