@@ -31,9 +31,13 @@ class DeviceMesh(BaseModel):
     def _shape(self) -> DeviceMesh:
         if self.n_nodes == 1:
             if not is_power_of_two(self.n_gpus):
-                raise ValueError(f"n_gpus={self.n_gpus}: a mesh inside one node has a power-of-two size")
+                raise ValueError(
+                    f"n_gpus={self.n_gpus}: a mesh inside one node has a power-of-two size"
+                )
             if self.gpu_start % self.n_gpus:
-                raise ValueError(f"gpu_start={self.gpu_start} is not aligned to the mesh size {self.n_gpus}")
+                raise ValueError(
+                    f"gpu_start={self.gpu_start} is not aligned to the mesh size {self.n_gpus}"
+                )
         elif self.gpu_start != 0:
             raise ValueError(f"gpu_start={self.gpu_start}: a mesh spanning nodes takes whole nodes")
         return self
@@ -55,10 +59,14 @@ class DeviceMesh(BaseModel):
 
     def label(self) -> str:
         """Short human form: `n0:g0-3`, `n0-1` (whole nodes)."""
-        nodes = f"n{self.node_start}" + (f"-{self.node_start + self.n_nodes - 1}" if self.n_nodes > 1 else "")
+        nodes = f"n{self.node_start}" + (
+            f"-{self.node_start + self.n_nodes - 1}" if self.n_nodes > 1 else ""
+        )
         if self.n_nodes > 1:
             return nodes
-        gpus = f"g{self.gpu_start}" + (f"-{self.gpu_start + self.n_gpus - 1}" if self.n_gpus > 1 else "")
+        gpus = f"g{self.gpu_start}" + (
+            f"-{self.gpu_start + self.n_gpus - 1}" if self.n_gpus > 1 else ""
+        )
         return f"{nodes}:{gpus}"
 
     @classmethod
@@ -72,14 +80,21 @@ class ParallelStrategy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dp: int = Field(1, ge=1, description="Data-parallel replicas; each takes a share of the sequences.")
-    tp: int = Field(1, ge=1, description="Tensor-parallel degree: heads, MLP columns and vocabulary split.")
+    dp: int = Field(
+        1, ge=1, description="Data-parallel replicas; each takes a share of the sequences."
+    )
+    tp: int = Field(
+        1, ge=1, description="Tensor-parallel degree: heads, MLP columns and vocabulary split."
+    )
     pp: int = Field(1, ge=1, description="Pipeline stages: contiguous layer ranges.")
     micro_batches: int = Field(
-        1, ge=1, description="Micro-batches per step on each dp rank (pipeline filling, activation memory)."
+        1,
+        ge=1,
+        description="Micro-batches per step on each dp rank (pipeline filling, activation memory).",
     )
     zero1: bool = Field(
-        False, description="Train calls only: shard optimizer states (and the update) across dp ranks."
+        False,
+        description="Train calls only: shard optimizer states (and the update) across dp ranks.",
     )
 
     @property
@@ -103,14 +118,19 @@ class Allocation(BaseModel):
     def _strategy_fills_mesh(self) -> Allocation:
         s = self.strategy
         if s.world != self.mesh.size:
-            raise ValueError(f"dp*tp*pp = {s.dp}*{s.tp}*{s.pp} = {s.world} differs from the mesh size {self.mesh.size}")
+            raise ValueError(
+                f"dp*tp*pp = {s.dp}*{s.tp}*{s.pp} = {s.world} differs from the mesh size {self.mesh.size}"
+            )
         return self
 
     def rank_grid(self, gpus_per_node: int) -> list[list[list[int]]]:
         """Global ranks as grid[pp_stage][dp_rank][tp_rank] (tp fastest)."""
         r = self.mesh.ranks(gpus_per_node)
         s = self.strategy
-        return [[r[(p * s.dp + d) * s.tp : (p * s.dp + d + 1) * s.tp] for d in range(s.dp)] for p in range(s.pp)]
+        return [
+            [r[(p * s.dp + d) * s.tp : (p * s.dp + d + 1) * s.tp] for d in range(s.dp)]
+            for p in range(s.pp)
+        ]
 
     def coords(self, rank: int, gpus_per_node: int) -> tuple[int, int, int] | None:
         """(pp, dp, tp) coordinates of a global rank, or None when the rank is outside the mesh."""

@@ -20,13 +20,16 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field("custom", description="Label shown in tables: a preset name or a folder name.")
+    name: str = Field(
+        "custom", description="Label shown in tables: a preset name or a folder name."
+    )
     hidden_size: int = Field(gt=0, description="Width of the residual stream.")
     intermediate_size: int = Field(gt=0, description="Width of the SwiGLU MLP.")
     num_hidden_layers: int = Field(gt=0, description="Number of transformer blocks.")
     num_attention_heads: int = Field(gt=0, description="Query heads per block.")
     num_key_value_heads: int = Field(
-        gt=0, description="Key/value heads per block (grouped-query attention when fewer than query heads)."
+        gt=0,
+        description="Key/value heads per block (grouped-query attention when fewer than query heads).",
     )
     vocab_size: int = Field(gt=0, description="Rows of the embedding (and of the LM head).")
     max_position_embeddings: int = Field(gt=0, description="Longest sequence the model supports.")
@@ -36,9 +39,13 @@ class ModelSpec(BaseModel):
     )
     rms_norm_eps: float = Field(1e-5, gt=0, description="Epsilon of every RMSNorm.")
     tie_word_embeddings: bool = Field(False, description="LM head shares the embedding matrix.")
-    head: Head = Field("lm", description="`lm`: next-token logits (actor, reference); `value`: one scalar per token (critic, reward).")
+    head: Head = Field(
+        "lm",
+        description="`lm`: next-token logits (actor, reference); `value`: one scalar per token (critic, reward).",
+    )
     checkpoint: str | None = Field(
-        None, description="Local Hugging Face folder (config.json + safetensors) holding the weights; None = random init."
+        None,
+        description="Local Hugging Face folder (config.json + safetensors) holding the weights; None = random init.",
     )
 
     @model_validator(mode="after")
@@ -78,7 +85,11 @@ class ModelSpec(BaseModel):
         return self.hidden_size + out
 
     def num_params(self) -> int:
-        return self.embedding_params() + self.num_hidden_layers * self.block_params() + self.head_params()
+        return (
+            self.embedding_params()
+            + self.num_hidden_layers * self.block_params()
+            + self.head_params()
+        )
 
     # ---- FLOPs --------------------------------------------------------------------------
     def _head_width(self) -> int:
@@ -94,7 +105,9 @@ class ModelSpec(BaseModel):
         h = self.hidden_size
         kv = self.num_key_value_heads * self.head_dim
         matmul = 2 * h * h + 2 * h * kv + 3 * h * self.intermediate_size
-        per_token = self.num_hidden_layers * (2 * matmul + 4 * h * context) + 2 * h * self._head_width()
+        per_token = (
+            self.num_hidden_layers * (2 * matmul + 4 * h * context) + 2 * h * self._head_width()
+        )
         return float(tokens) * per_token
 
     def sequence_forward_flops(self, batch: int, seq_len: int) -> float:
@@ -113,25 +126,81 @@ def _preset(**kw: Any) -> dict[str, Any]:
 # Public architecture figures (Hugging Face config.json of each release); tiny/small are ours.
 PRESETS: dict[str, dict[str, Any]] = {
     # GQA test model; vocab 264 = 256 bytes + specials of the built-in byte tokenizer, padded to /8.
-    "tiny": _preset(hidden_size=64, intermediate_size=160, num_hidden_layers=4, num_attention_heads=4,
-                    num_key_value_heads=2, vocab_size=264, max_position_embeddings=512),
-    "tiny-mha": _preset(hidden_size=64, intermediate_size=160, num_hidden_layers=4, num_attention_heads=4,
-                        num_key_value_heads=4, vocab_size=264, max_position_embeddings=512),
+    "tiny": _preset(
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=264,
+        max_position_embeddings=512,
+    ),
+    "tiny-mha": _preset(
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=264,
+        max_position_embeddings=512,
+    ),
     # About 85M parameters: the "medium" size of the CPU benchmarks.
-    "small": _preset(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
-                     num_key_value_heads=12, vocab_size=264, max_position_embeddings=1024),
-    "llama2-7b": _preset(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                         num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096),
-    "llama2-13b": _preset(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
-                          num_key_value_heads=40, vocab_size=32000, max_position_embeddings=4096),
-    "llama2-70b": _preset(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
-                          num_key_value_heads=8, vocab_size=32000, max_position_embeddings=4096),
-    "llama3-8b": _preset(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                         num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192,
-                         rope_theta=500000.0),
-    "llama3-70b": _preset(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
-                          num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192,
-                          rope_theta=500000.0),
+    "small": _preset(
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+        vocab_size=264,
+        max_position_embeddings=1024,
+    ),
+    "llama2-7b": _preset(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+    ),
+    "llama2-13b": _preset(
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_hidden_layers=40,
+        num_attention_heads=40,
+        num_key_value_heads=40,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+    ),
+    "llama2-70b": _preset(
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+    ),
+    "llama3-8b": _preset(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
+    ),
+    "llama3-70b": _preset(
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
+    ),
 }
 
 _HF_FIELDS = set(ModelSpec.model_fields) - {"name", "head", "checkpoint"}
@@ -140,7 +209,9 @@ _HF_FIELDS = set(ModelSpec.model_fields) - {"name", "head", "checkpoint"}
 def preset(name: str, head: Head = "lm") -> ModelSpec:
     """A built-in architecture by name (see `PRESETS`)."""
     if name not in PRESETS:
-        raise PlanError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}", field="model")
+        raise PlanError(
+            f"unknown model preset {name!r}; known: {', '.join(PRESETS)}", field="model"
+        )
     return ModelSpec(name=name, head=head, **PRESETS[name])
 
 
@@ -159,7 +230,9 @@ def from_hf_folder(folder: str | Path, head: Head = "lm") -> ModelSpec:
     fields = {k: v for k, v in cfg.items() if k in _HF_FIELDS}
     fields.setdefault("num_key_value_heads", cfg.get("num_attention_heads"))
     if cfg.get("model_type") not in (None, "llama", "mistral", "qwen2"):
-        raise PlanError(f"{cfg_path}: model_type {cfg.get('model_type')!r} is not LLaMA-family", field="model")
+        raise PlanError(
+            f"{cfg_path}: model_type {cfg.get('model_type')!r} is not LLaMA-family", field="model"
+        )
     from pydantic import ValidationError
 
     try:
@@ -168,7 +241,9 @@ def from_hf_folder(folder: str | Path, head: Head = "lm") -> ModelSpec:
         raise from_validation_error(e, prefix="model").with_source(str(cfg_path)) from None
 
 
-def resolve_model(ref: str | ModelSpec | dict[str, Any], head: Head, base_dir: Path | None = None) -> ModelSpec:
+def resolve_model(
+    ref: str | ModelSpec | dict[str, Any], head: Head, base_dir: Path | None = None
+) -> ModelSpec:
     """A preset name, a local HF folder, or an inline spec -> a ModelSpec with the given head."""
     if isinstance(ref, ModelSpec):
         return ref if ref.head == head else ref.model_copy(update={"head": head})
@@ -181,5 +256,7 @@ def resolve_model(ref: str | ModelSpec | dict[str, Any], head: Head, base_dir: P
         path = base_dir / path
     if path.is_dir():
         return from_hf_folder(path, head)
-    raise PlanError(f"{ref!r} is neither a preset ({', '.join(PRESETS)}) nor a folder with a config.json",
-                    field="model")
+    raise PlanError(
+        f"{ref!r} is neither a preset ({', '.join(PRESETS)}) nor a folder with a config.json",
+        field="model",
+    )

@@ -1,0 +1,198 @@
+"""`rlhf-plan`: profile devices, search placements, inspect and compare plans."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import not_built, out, print_json, run_app
+
+app = typer.Typer(
+    name="rlhf-plan",
+    help="Plan RLHF training: profile the devices, search the fastest placement of every model call, "
+    "and inspect, estimate and compare plans.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else there.")
+]
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+) -> None:
+    """Plan RLHF training on a GPU cluster."""
+
+
+class Method(StrEnum):
+    mcmc = "mcmc"
+    exhaustive = "exhaustive"
+    symmetric = "symmetric"
+    separated = "separated"
+    megatron = "megatron"
+
+
+class SchemaKind(StrEnum):
+    plan = "plan"
+    experiment = "experiment"
+    cluster = "cluster"
+    profile = "profile"
+
+
+class DocKind(StrEnum):
+    auto = "auto"
+    plan = "plan"
+    experiment = "experiment"
+
+
+@app.command()
+def profile(
+    device: Annotated[str, typer.Option(help="cuda or cpu; default: cuda when available.")] = "",
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="Where to write the profile JSON.")
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A small grid (about two minutes on a laptop CPU).")
+    ] = False,
+) -> None:
+    """Measure kernel and link timings on the local devices and write a profile (run under
+    torchrun with several processes to time collectives too)."""
+    not_built("profile", "the estimator")
+
+
+@app.command()
+def search(
+    experiment: Annotated[
+        str, typer.Argument(help="Experiment TOML/JSON file or a built-in name (e.g. ppo-tiny).")
+    ],
+    nodes: Annotated[int, typer.Option(min=1, help="Nodes in the cluster.")] = 1,
+    gpus_per_node: Annotated[int, typer.Option(min=1, help="Devices per node.")] = 8,
+    device: Annotated[str, typer.Option(help="Device type (h100, a100, h200, cpu, ...).")] = "h100",
+    profile_path: Annotated[
+        Path | None, typer.Option("--profile", help="Measured profile JSON.")
+    ] = None,
+    method: Annotated[
+        Method, typer.Option(help="Search method or heuristic baseline.")
+    ] = Method.mcmc,
+    time_limit: Annotated[float, typer.Option(min=0.1, help="Search time limit, seconds.")] = 30.0,
+    seed: Annotated[int, typer.Option(help="Search seed.")] = 0,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="Where to write the plan JSON.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Search the fastest placement of every model call and write a plan."""
+    not_built("search", "the planner")
+
+
+@app.command()
+def estimate(
+    plan: Annotated[Path, typer.Argument(help="Plan JSON file.")],
+    profile_path: Annotated[
+        Path | None, typer.Option("--profile", help="Measured profile JSON.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Estimate per-call time and memory, reallocations and iteration time of a plan."""
+    not_built("estimate", "the estimator")
+
+
+@app.command()
+def diff(
+    a: Annotated[Path, typer.Argument(help="First plan JSON.")],
+    b: Annotated[Path, typer.Argument(help="Second plan JSON.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Compare two plans call by call: placement, strategy and estimated time."""
+    not_built("diff", "the planner")
+
+
+@app.command()
+def show(
+    plan: Annotated[Path, typer.Argument(help="Plan JSON file.")],
+    svg: Annotated[
+        Path | None, typer.Option("--svg", help="Also write the timeline as an SVG picture.")
+    ] = None,
+) -> None:
+    """Show a plan's allocation table and its timeline."""
+    not_built("show", "the estimator's simulator")
+
+
+@app.command()
+def graph(
+    experiment: Annotated[
+        str, typer.Argument(help="Experiment TOML/JSON file or a built-in name (e.g. ppo-tiny).")
+    ],
+    iterations: Annotated[int, typer.Option(min=1, max=1000, help="Iterations to unroll.")] = 1,
+    as_json: JsonFlag = False,
+) -> None:
+    """Print the dataflow graph of model calls of an experiment."""
+    from cli.views import graph_tables
+    from planner.graph import build_graph, graph_to_dict
+    from plans import load_experiment
+
+    exp = load_experiment(experiment)
+    doc = graph_to_dict(build_graph(exp, iterations))
+    if as_json:
+        print_json({"experiment": exp.name, **doc})
+    else:
+        for table in graph_tables(exp, doc):
+            out.print(table)
+
+
+@app.command()
+def validate(
+    path: Annotated[Path, typer.Argument(help="Plan JSON or experiment TOML/JSON file.")],
+    kind: Annotated[
+        DocKind, typer.Option(help="Document kind; auto looks at the content.")
+    ] = DocKind.auto,
+) -> None:
+    """Check a plan or an experiment; exit non-zero with the first problem found."""
+    from plans import load_experiment, load_plan
+    from plans.io import _read_document
+
+    if kind is DocKind.auto:
+        is_plan = path.suffix.lower() != ".toml" and (
+            {"allocations", "format_version", "cluster"} & set(_read_document(path))
+        )
+        kind = DocKind.plan if is_plan else DocKind.experiment
+    if kind is DocKind.plan:
+        p = load_plan(path)
+        out.print(
+            f"ok: {path}: {p.experiment.algorithm} plan, {len(p.allocations)} calls on "
+            f"{p.cluster.label()}",
+            highlight=False,
+        )
+    else:
+        e = load_experiment(path)
+        out.print(
+            f"ok: {path}: {e.algorithm} experiment {e.name!r} ({', '.join(e.roles)})",
+            highlight=False,
+        )
+
+
+@app.command()
+def schema(
+    kind: Annotated[SchemaKind, typer.Argument(help="Which document.")] = SchemaKind.plan,
+) -> None:
+    """Print the JSON Schema of a plan, experiment, cluster or profile document."""
+    if kind is SchemaKind.profile:
+        not_built("schema profile", "the profile format of the estimator")
+    from plans.schema import json_schema
+
+    print_json(json_schema(kind.value))
+
+
+def main() -> None:
+    run_app(app, "rlhf-plan")
+
+
+if __name__ == "__main__":
+    main()

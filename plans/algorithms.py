@@ -1,0 +1,94 @@
+"""Model function calls (MFCs) of each algorithm: the nodes of its dataflow graph.
+
+This table is the single source of what calls an algorithm has, which role runs each, and
+which data keys flow between them; the planner builds its graphs from it and plan validation
+rejects allocations for calls that are not here. Keys with no producer (`prompts`, `pairs`)
+come from the dataset.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["actor", "critic", "ref", "reward"]
+Kind = Literal["generate", "inference", "train"]
+Algorithm = Literal["ppo", "grpo", "remax", "dpo", "rm"]
+
+ROLE_HEAD = {"actor": "lm", "ref": "lm", "critic": "value", "reward": "value"}
+
+
+class MFC(BaseModel):
+    """One model function call of an iteration."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="Unique name within the algorithm, e.g. `actor_gen`.")
+    role: Role = Field(description="Which model runs the call.")
+    kind: Kind = Field(
+        description="`generate` (autoregressive), `inference` (one forward) or `train`."
+    )
+    inputs: tuple[str, ...] = Field(description="Data keys the call reads.")
+    outputs: tuple[str, ...] = Field(default=(), description="Data keys the call produces.")
+
+
+def _m(name: str, role: Role, kind: Kind, inputs: str, outputs: str = "") -> MFC:
+    return MFC(
+        name=name,
+        role=role,
+        kind=kind,
+        inputs=tuple(inputs.split()),
+        outputs=tuple(outputs.split()),
+    )
+
+
+_ROLLOUT = "seq logprobs ref_logprobs rewards"
+
+# Order inside each list is the canonical order: ties in the global call order break by it.
+ALGORITHM_MFCS: dict[str, tuple[MFC, ...]] = {
+    "ppo": (
+        _m("actor_gen", "actor", "generate", "prompts", "seq logprobs"),
+        _m("ref_inf", "ref", "inference", "seq", "ref_logprobs"),
+        _m("rew_inf", "reward", "inference", "seq", "rewards"),
+        _m("critic_inf", "critic", "inference", "seq", "values"),
+        _m("actor_train", "actor", "train", f"{_ROLLOUT} values"),
+        _m("critic_train", "critic", "train", f"{_ROLLOUT} values"),
+    ),
+    "grpo": (
+        _m("actor_gen", "actor", "generate", "prompts", "seq logprobs"),
+        _m("ref_inf", "ref", "inference", "seq", "ref_logprobs"),
+        _m("rew_inf", "reward", "inference", "seq", "rewards"),
+        _m("actor_train", "actor", "train", _ROLLOUT),
+    ),
+    "remax": (
+        _m("actor_gen", "actor", "generate", "prompts", "seq logprobs"),
+        _m("actor_greedy", "actor", "generate", "prompts", "greedy_seq"),
+        _m("ref_inf", "ref", "inference", "seq", "ref_logprobs"),
+        _m("rew_inf", "reward", "inference", "seq", "rewards"),
+        _m("rew_greedy", "reward", "inference", "greedy_seq", "greedy_rewards"),
+        _m("actor_train", "actor", "train", f"{_ROLLOUT} greedy_rewards"),
+    ),
+    "dpo": (
+        _m("ref_inf", "ref", "inference", "pairs", "ref_logprobs"),
+        _m("actor_train", "actor", "train", "pairs ref_logprobs"),
+    ),
+    "rm": (_m("rew_train", "reward", "train", "pairs"),),
+}
+
+
+def mfcs(algorithm: str) -> tuple[MFC, ...]:
+    return ALGORITHM_MFCS[algorithm]
+
+
+def mfc_by_name(algorithm: str) -> dict[str, MFC]:
+    return {m.name: m for m in ALGORITHM_MFCS[algorithm]}
+
+
+def roles(algorithm: str) -> list[str]:
+    """Roles an algorithm needs, in first-use order."""
+    return list(dict.fromkeys(m.role for m in ALGORITHM_MFCS[algorithm]))
+
+
+def trained_roles(algorithm: str) -> set[str]:
+    return {m.role for m in ALGORITHM_MFCS[algorithm] if m.kind == "train"}

@@ -1,0 +1,224 @@
+"""What to train: algorithm, models per role, batch shape and loss settings (TOML or JSON).
+
+Defaults follow widely used RLHF frameworks; each field says whose default it is. See
+ALGORITHMS.md in the design notes for the formulas.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+
+from plans.algorithms import ALGORITHM_MFCS, MFC, ROLE_HEAD, Algorithm, mfcs, roles, trained_roles
+from plans.errors import PlanError
+from plans.model import ModelSpec, resolve_model
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OptimizerSpec(_Section):
+    """AdamW settings of a trained role."""
+
+    lr: float = Field(
+        1e-6, gt=0, description="Learning rate (OpenRLHF actor default 1e-6; critic 9e-6)."
+    )
+    betas: tuple[float, float] = Field((0.9, 0.95), description="Adam betas (OpenRLHF default).")
+    eps: float = Field(1e-8, gt=0, description="Adam epsilon.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
+    grad_clip: float = Field(1.0, ge=0, description="Global gradient-norm clip; 0 disables it.")
+
+
+class RoleSpec(_Section):
+    """One model of the experiment."""
+
+    model: ModelSpec | str = Field(
+        description="A preset name (tiny, small, llama2-7b, ...), a local HF folder, or an inline spec."
+    )
+    trainable: bool | None = Field(
+        None, description="Whether the role trains; implied by the algorithm."
+    )
+    optimizer: OptimizerSpec | None = Field(
+        None, description="AdamW settings (trained roles only)."
+    )
+
+    @property
+    def spec(self) -> ModelSpec:
+        assert isinstance(self.model, ModelSpec), "resolved by ExperimentSpec"
+        return self.model
+
+
+class GenerationSpec(_Section):
+    """Sampling settings of generate calls."""
+
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 disables it.")
+
+
+class PPOSpec(_Section):
+    """PPO loss settings (DeepSpeed-Chat defaults unless noted)."""
+
+    kl_coef: float = Field(
+        0.1, ge=0, description="Per-token KL penalty beta folded into the reward."
+    )
+    reward_clip: float = Field(5.0, gt=0, description="Reward-model score clipped to [-c, c].")
+    eps_clip: float = Field(0.2, gt=0, description="Policy ratio clip.")
+    value_clip: float = Field(0.2, gt=0, description="Value clip around the rollout values.")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    whiten_advantages: bool = Field(
+        True, description="Whiten advantages over the rollout batch (OpenRLHF)."
+    )
+
+
+class GRPOSpec(_Section):
+    """GRPO settings (DeepSeekMath recipe)."""
+
+    kl_coef: float = Field(0.04, ge=0, description="Weight of the k3 KL loss term.")
+    eps_clip: float = Field(0.2, gt=0, description="Policy ratio clip.")
+
+
+class DPOSpec(_Section):
+    """DPO / IPO settings."""
+
+    loss: Literal["sigmoid", "ipo"] = Field("sigmoid", description="`sigmoid` = DPO, `ipo` = IPO.")
+    beta: float = Field(0.1, gt=0, description="Inverse temperature beta (tau for IPO).")
+
+
+class ExperimentSpec(BaseModel):
+    """An RLHF experiment: everything but the placement."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field("experiment", description="Label used in plans and run folders.")
+    algorithm: Algorithm = Field(description="ppo, grpo, remax, dpo or rm.")
+    roles: dict[str, RoleSpec] = Field(
+        description="Models by role: actor, critic, ref, reward as the algorithm needs."
+    )
+    batch_size: int = Field(
+        gt=0, le=1 << 20, description="Prompts (or preference pairs) per iteration."
+    )
+    prompt_len: int = Field(gt=0, le=1 << 20, description="Prompt tokens (padded length).")
+    gen_len: int = Field(gt=0, le=1 << 20, description="Generated (response) tokens at most.")
+    group_size: int = Field(1, ge=1, le=4096, description="Samples per prompt (GRPO).")
+    ppo_epochs: int = Field(1, ge=1, le=1000, description="Passes over each rollout batch.")
+    mini_batches: int = Field(1, ge=1, le=1 << 20, description="Optimizer steps per pass.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "bfloat16", description="Weights and activations."
+    )
+    seed: int = Field(1, description="Seed of initialisation, data order and sampling.")
+    dataset: str | None = Field(
+        None, description="Prompts/pairs JSONL file; None = the built-in synthetic task."
+    )
+    generation: GenerationSpec = Field(
+        default_factory=GenerationSpec, description="Sampling settings."
+    )
+    ppo: PPOSpec = Field(default_factory=PPOSpec, description="PPO settings.")
+    grpo: GRPOSpec = Field(default_factory=GRPOSpec, description="GRPO settings.")
+    dpo: DPOSpec = Field(default_factory=DPOSpec, description="DPO/IPO settings.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_models(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("roles"), dict):
+            return data
+        base = (info.context or {}).get("base_dir")
+        algorithm = data.get("algorithm")
+        train = trained_roles(algorithm) if algorithm in ALGORITHM_MFCS else None
+        resolved = {}
+        for role, spec in data["roles"].items():
+            if isinstance(spec, str | ModelSpec):
+                spec = {"model": spec}
+            if isinstance(spec, dict):
+                spec = dict(spec)  # never modify the caller's document
+            if isinstance(spec, dict) and role in ROLE_HEAD and "model" in spec:
+                ref = spec["model"]
+                head = ROLE_HEAD[role]
+                given = ref.get("head") if isinstance(ref, dict) else getattr(ref, "head", head)
+                if given != head:
+                    raise PlanError(
+                        f"the {role} role needs a {head!r} head, not {given!r}",
+                        field=f"roles.{role}.model.head",
+                    )
+                if isinstance(ref, str | dict | ModelSpec):
+                    try:
+                        spec = {**spec, "model": resolve_model(ref, head, base)}
+                    except PlanError as e:
+                        raise PlanError(e.reason, field=f"roles.{role}.model") from None
+            if isinstance(spec, dict) and train is not None:
+                spec.setdefault("trainable", role in train)
+            resolved[role] = spec
+        return {**data, "roles": resolved}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentSpec:
+        need, train = roles(self.algorithm), trained_roles(self.algorithm)
+        for role in need:
+            if role not in self.roles:
+                raise PlanError(f"{self.algorithm} needs a {role} model", field=f"roles.{role}")
+        for role, spec in self.roles.items():
+            if role not in need:
+                raise PlanError(
+                    f"{self.algorithm} has no {role} role (it uses {', '.join(need)})",
+                    field=f"roles.{role}",
+                )
+            if spec.trainable is not None and spec.trainable != (role in train):
+                raise PlanError(
+                    f"{self.algorithm} {'trains' if role in train else 'freezes'} the {role}",
+                    field=f"roles.{role}.trainable",
+                )
+            if spec.optimizer is not None and role not in train:
+                raise PlanError(f"the {role} does not train here", field=f"roles.{role}.optimizer")
+            longest = self.prompt_len + self.gen_len
+            if longest > spec.spec.max_position_embeddings:
+                raise PlanError(
+                    f"prompt_len + gen_len = {longest} exceeds max_position_embeddings="
+                    f"{spec.spec.max_position_embeddings} of the {role} model",
+                    field="gen_len",
+                )
+        if self.batch_size % self.mini_batches:
+            raise PlanError(
+                f"{self.mini_batches} does not divide batch_size={self.batch_size}",
+                field="mini_batches",
+            )
+        if self.algorithm == "grpo" and self.group_size < 2:
+            raise PlanError(
+                "GRPO normalises rewards within a group; use group_size >= 2", field="group_size"
+            )
+        return self
+
+    # ---- derived -------------------------------------------------------------------------
+    def model(self, role: str) -> ModelSpec:
+        return self.roles[role].spec
+
+    def optimizer(self, role: str) -> OptimizerSpec:
+        return self.roles[role].optimizer or OptimizerSpec()
+
+    def mfcs(self) -> tuple[MFC, ...]:
+        return mfcs(self.algorithm)
+
+    @property
+    def seq_len(self) -> int:
+        """Full sequence length a call sees (prompt plus response)."""
+        return self.prompt_len + self.gen_len
+
+    def sequences(self, mfc: MFC) -> int:
+        """Sequences one call processes per iteration (all mini-batches together)."""
+        if "pairs" in mfc.inputs:
+            return 2 * self.batch_size  # chosen and rejected
+        if mfc.name in ("actor_greedy", "rew_greedy"):
+            return self.batch_size
+        return self.batch_size * self.group_size
+
+    def sequences_per_step(self, mfc: MFC) -> int:
+        """Sequences in one optimizer step (train) or in the whole call (others)."""
+        n = self.sequences(mfc)
+        return n // self.mini_batches if mfc.kind == "train" else n
+
+
+def base_dir_context(path: str | Path | None) -> dict[str, Any]:
+    """Validation context that resolves relative model folders against a file's directory."""
+    return {"base_dir": Path(path).parent if path else None}
