@@ -1,0 +1,5 @@
+"""LLaMA-family transformer, shard-aware (TP slices, PP stage ranges); see executor.layout."""
+
+from executor.model.transformer import Transformer
+
+__all__ = ["Transformer"]

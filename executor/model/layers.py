@@ -1,0 +1,118 @@
+"""Transformer block pieces holding only this rank's slices (see executor.layout)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from executor.collectives import Group, copy_to_tp, reduce_from_tp
+from executor.layout import HeadSplit
+from executor.model.rope import apply_rotary
+
+
+class RMSNorm(nn.Module):
+    """HF LlamaRMSNorm: normalise in float32, scale in the input dtype."""
+
+    def __init__(self, dim: int, eps: float, dtype: torch.dtype):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class Linear(nn.Module):
+    """A bias-free [out, in] weight slice; a module only so state_dict keys match HF."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(shape, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+@dataclass
+class LayerCache:
+    """Preallocated keys/values of one layer for this rank's kv heads:
+    k, v [B, n_kv_local, max_len, head_dim]."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden: int, head_dim: int, heads: HeadSplit, group: Group, dtype: torch.dtype):
+        super().__init__()
+        self.hd, self.heads, self.group = head_dim, heads, group
+        self.q_proj = Linear((heads.n_q * head_dim, hidden), dtype)
+        self.k_proj = Linear((heads.n_kv * head_dim, hidden), dtype)
+        self.v_proj = Linear((heads.n_kv * head_dim, hidden), dtype)
+        self.o_proj = Linear((hidden, heads.n_q * head_dim), dtype)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: LayerCache | None = None,
+        cache_pos: int = 0,
+    ) -> torch.Tensor:
+        """x [B, T, hidden] (replicated over tp) -> [B, T, hidden] (summed over tp).
+        mask: bool [B, 1, T, S] (True = attend) or None for plain causal attention."""
+        b, t, _ = x.shape
+        x = copy_to_tp(x, self.group)
+        q = self.q_proj(x).view(b, t, self.heads.n_q, self.hd).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.heads.n_kv, self.hd).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.heads.n_kv, self.hd).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            end = cache_pos + t
+            cache.k[:, :, cache_pos:end] = k
+            cache.v[:, :, cache_pos:end] = v
+            k, v = cache.k[:, :, :end], cache.v[:, :, :end]
+        if self.heads.n_q != self.heads.n_kv:
+            # Explicit repeat: SDPA's enable_gqa falls back to a slow path on CPU.
+            rep = self.heads.n_q // self.heads.n_kv
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and t > 1)
+        out = out.transpose(1, 2).reshape(b, t, self.heads.n_q * self.hd)
+        return reduce_from_tp(self.o_proj(out), self.group)
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)); gate/up column-parallel, down row-parallel."""
+
+    def __init__(self, hidden: int, inter_local: int, group: Group, dtype: torch.dtype):
+        super().__init__()
+        self.group = group
+        self.gate_proj = Linear((inter_local, hidden), dtype)
+        self.up_proj = Linear((inter_local, hidden), dtype)
+        self.down_proj = Linear((hidden, inter_local), dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = copy_to_tp(x, self.group)
+        y = self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return reduce_from_tp(y, self.group)
+
+
+class Block(nn.Module):
+    def __init__(self, attn: Attention, mlp: MLP, hidden: int, eps: float, dtype: torch.dtype):
+        super().__init__()
+        self.input_layernorm = RMSNorm(hidden, eps, dtype)
+        self.self_attn = attn
+        self.post_attention_layernorm = RMSNorm(hidden, eps, dtype)
+        self.mlp = mlp
+
+    def forward(self, x, cos, sin, mask, cache: LayerCache | None = None, cache_pos: int = 0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, cache_pos)
+        return x + self.mlp(self.post_attention_layernorm(x))
