@@ -127,7 +127,11 @@ class ExperimentSpec(BaseModel):
             return data
         base = (info.context or {}).get("base_dir")
         algorithm = data.get("algorithm")
-        train = trained_roles(algorithm) if algorithm in ALGORITHM_MFCS else None
+        train = (
+            trained_roles(algorithm)
+            if isinstance(algorithm, str) and algorithm in ALGORITHM_MFCS
+            else None
+        )
         resolved = {}
         for role, spec in data["roles"].items():
             if isinstance(spec, str | ModelSpec):

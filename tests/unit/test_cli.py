@@ -1,0 +1,92 @@
+"""The console scripts as a user runs them: exit codes, stdout/stderr discipline, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from plans import example_names, example_path
+
+EXE = shutil.which("rlhf-plan") or f"{sys.executable} -m cli.plan_app"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*EXE.split(), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_graph_json_ppo_tiny():
+    r = run("graph", "ppo-tiny", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)  # exactly one JSON document
+    assert [n["mfc"] for n in doc["nodes"]] == [
+        "actor_gen",
+        "ref_inf",
+        "rew_inf",
+        "critic_inf",
+        "actor_train",
+        "critic_train",
+    ]
+    assert all(e["kind"] == "data" for e in doc["edges"])
+    r2 = json.loads(run("graph", "ppo-tiny", "--json", "--iterations", "2").stdout)
+    version = {(e["source"], e["target"]) for e in r2["edges"] if e["kind"] == "version"}
+    assert version == {("actor_train@0", "actor_gen@1"), ("critic_train@0", "critic_inf@1")}
+
+
+def test_graph_table():
+    r = run("graph", "ppo-tiny")
+    assert r.returncode == 0 and "actor_gen" in r.stdout and "critic_train" in r.stdout
+
+
+def test_schema_and_validate_examples():
+    schema = json.loads(run("schema", "plan").stdout)
+    assert schema["title"] == "Plan"
+    for kind in ("experiment", "cluster"):
+        assert json.loads(run("schema", kind).stdout)["type"] == "object"
+    for name in example_names("plan"):
+        r = run("validate", str(example_path(name, "plan")))
+        assert r.returncode == 0 and r.stdout.startswith("ok:"), r.stderr
+    r = run("validate", str(example_path("ppo-tiny", "experiment")))
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize(
+    "content,field",
+    [
+        ("{oops", "not valid JSON"),
+        ('{"format_version": 1, "cluster": {}, "experiment": 3, "allocations": {}}', "experiment"),
+    ],
+)
+def test_validate_rejects_with_one_line(tmp_path, content, field):
+    p = tmp_path / "bad.json"
+    p.write_text(content)
+    r = run("validate", str(p))
+    assert r.returncode != 0
+    assert field in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_validate_mutated_plan_names_field(tmp_path):
+    doc = json.loads(example_path("ppo-tiny-4cpu", "plan").read_text())
+    doc["allocations"]["actor_train"]["strategy"]["tp"] = 3
+    doc["allocations"]["actor_train"]["strategy"]["dp"] = 1
+    p = tmp_path / "plan.json"
+    p.write_text(json.dumps(doc))
+    r = run("validate", str(p))
+    assert (
+        r.returncode == 1 and "allocations.actor_train" in r.stderr and "Traceback" not in r.stderr
+    )
+
+
+@pytest.mark.parametrize("args", [["search", "ppo-tiny"], ["diff", "a.json", "b.json"]])
+def test_unbuilt_commands_say_so(args):
+    r = run(*args)
+    assert r.returncode != 0 and "not available yet" in r.stderr and r.stdout == ""
+
+
+def test_unknown_experiment():
+    r = run("graph", "no-such-experiment")
+    assert r.returncode == 1 and "not a built-in experiment" in r.stderr
