@@ -17,7 +17,9 @@ import torch.distributed as dist
 Group = dist.ProcessGroup | None
 
 
-def all_reduce_(t: torch.Tensor, group: Group, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.Tensor:
+def all_reduce_(
+    t: torch.Tensor, group: Group, op: dist.ReduceOp = dist.ReduceOp.SUM
+) -> torch.Tensor:
     """In-place all-reduce; a no-op without a group."""
     if group is not None:
         dist.all_reduce(t, op=op, group=group)

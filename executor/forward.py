@@ -16,30 +16,46 @@ from executor.slicing import split_sizes
 
 
 @torch.no_grad()
-def logits(model: Transformer, ctx: ParallelContext, batch: Batch, n_micro: int = 1) -> torch.Tensor | None:
+def logits(
+    model: Transformer, ctx: ParallelContext, batch: Batch, n_micro: int = 1
+) -> torch.Tensor | None:
     """Full-vocabulary logits [B_local, T, vocab] of this dp rank's share (gathered over tp)."""
     sizes = split_sizes(model.spec.vocab_size, ctx.tp_size)
-    out = pipeline_forward(model, ctx, micro_batches(dp_share(batch, ctx.dp_size, ctx.dp_rank), n_micro),
-                           lambda lg, mb: all_gather_dim(lg, ctx.tp_group, sizes, dim=-1))
+    out = pipeline_forward(
+        model,
+        ctx,
+        micro_batches(dp_share(batch, ctx.dp_size, ctx.dp_rank), n_micro),
+        lambda lg, mb: all_gather_dim(lg, ctx.tp_group, sizes, dim=-1),
+    )
     return None if out is None else torch.cat(out)
 
 
 @torch.no_grad()
-def logprobs(model: Transformer, ctx: ParallelContext, batch: Batch, n_micro: int = 1) -> torch.Tensor | None:
+def logprobs(
+    model: Transformer, ctx: ParallelContext, batch: Batch, n_micro: int = 1
+) -> torch.Tensor | None:
     """log p(input_ids[:, t+1] | prefix) [B_local, T-1] in float32, computed micro-batch by
     micro-batch with the vocab-parallel log-softmax (never a full-vocab tensor)."""
     out = pipeline_forward(
-        model, ctx, micro_batches(dp_share(batch, ctx.dp_size, ctx.dp_rank), n_micro),
+        model,
+        ctx,
+        micro_batches(dp_share(batch, ctx.dp_size, ctx.dp_rank), n_micro),
         lambda lg, mb: next_token_logprobs(lg, mb["input_ids"], model.vocab_rows[0], ctx.tp_group),
     )
     return None if out is None else torch.cat(out)
 
 
 @torch.no_grad()
-def values(model: Transformer, ctx: ParallelContext, batch: Batch, n_micro: int = 1) -> torch.Tensor | None:
+def values(
+    model: Transformer, ctx: ParallelContext, batch: Batch, n_micro: int = 1
+) -> torch.Tensor | None:
     """Per-token values [B_local, T] of a value-head model."""
     if model.spec.head != "value":
         raise ValueError("values() needs a model with head='value'")
-    out = pipeline_forward(model, ctx, micro_batches(dp_share(batch, ctx.dp_size, ctx.dp_rank), n_micro),
-                           lambda v, mb: v.float())
+    out = pipeline_forward(
+        model,
+        ctx,
+        micro_batches(dp_share(batch, ctx.dp_size, ctx.dp_rank), n_micro),
+        lambda v, mb: v.float(),
+    )
     return None if out is None else torch.cat(out)

@@ -55,8 +55,9 @@ class _Stepper:
         self.vocab_sizes = split_sizes(model.spec.vocab_size, ctx.tp_size)
         self.device = next(model.parameters()).device
 
-    def __call__(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None,
-                 cache_pos: int) -> torch.Tensor | None:
+    def __call__(
+        self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None, cache_pos: int
+    ) -> torch.Tensor | None:
         m, ctx = self.model, self.ctx
         if ctx.is_first_stage:
             x = ids

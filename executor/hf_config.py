@@ -9,8 +9,12 @@ from typing import Any
 from plans.model import Head, ModelSpec, from_hf_folder
 
 
-def hf_config_dict(spec: ModelSpec, pad_token_id: int | None = None,
-                   bos_token_id: int | None = None, eos_token_id: int | None = None) -> dict[str, Any]:
+def hf_config_dict(
+    spec: ModelSpec,
+    pad_token_id: int | None = None,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+) -> dict[str, Any]:
     """A config.json that transformers' LlamaForCausalLM (head `lm`) or
     LlamaForSequenceClassification with one label (head `value`) loads. Both the legacy
     `rope_theta`/`rope_scaling` keys and transformers 5's `rope_parameters` are written, so
@@ -68,3 +72,30 @@ def spec_from_folder(folder: str | Path, head: Head | None = None) -> ModelSpec:
             update["rope_scaling"] = {k: v for k, v in rp.items() if k != "rope_theta"}
         spec = spec.model_copy(update=update)
     return spec
+
+
+def transformers_model(
+    spec: ModelSpec,
+    state: dict[str, Any] | None = None,
+    pad_token_id: int | None = 258,
+    attn_implementation: str = "eager",
+) -> Any:
+    """A transformers LlamaForCausalLM / LlamaForSequenceClassification of `spec` (with our
+    full HF-keyed `state` when given), in eval mode. For reference checks and benchmarks:
+    transformers is imported lazily because it is only a test dependency."""
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    cfg = hf_config_dict(spec, pad_token_id=pad_token_id)
+    for k in ("architectures", "model_type", "torch_dtype"):
+        cfg.pop(k)
+    config = LlamaConfig(**cfg)
+    config._attn_implementation = attn_implementation
+    cls = LlamaForSequenceClassification if spec.head == "value" else LlamaForCausalLM
+    model = cls(config).eval()
+    if state is not None:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - {"lm_head.weight"}:
+            raise KeyError(f"state does not fit: missing {missing}, unexpected {unexpected}")
+        if spec.tie_word_embeddings:
+            model.tie_weights()
+    return model

@@ -109,8 +109,15 @@ def param_slices(spec: ModelSpec, tp: int, tp_rank: int, pp: int, pp_rank: int) 
     kv_owner = tp_rank % heads.kv_replicas == 0
     out: list[ParamSlice] = []
 
-    def add(name: str, shape: tuple[int, ...], dim: int | None, rng: tuple[int, int] = (0, 0),
-            owner: bool = True, partial: bool = False, source: str | None = None) -> None:
+    def add(
+        name: str,
+        shape: tuple[int, ...],
+        dim: int | None,
+        rng: tuple[int, int] = (0, 0),
+        owner: bool = True,
+        partial: bool = False,
+        source: str | None = None,
+    ) -> None:
         out.append(ParamSlice(name, source or name, shape, dim, rng[0], rng[1], owner, partial))
 
     def split(n: int) -> tuple[int, int]:
@@ -124,11 +131,21 @@ def param_slices(spec: ModelSpec, tp: int, tp_rank: int, pp: int, pp_rank: int) 
         add(p + "input_layernorm.weight", (h,), None, owner=replicated_owner)
         q0, q1 = heads.q_heads
         k0, k1 = heads.kv_heads
-        add(p + "self_attn.q_proj.weight", (spec.num_attention_heads * hd, h), 0, (q0 * hd, q1 * hd))
+        add(
+            p + "self_attn.q_proj.weight", (spec.num_attention_heads * hd, h), 0, (q0 * hd, q1 * hd)
+        )
         for kv in ("k_proj", "v_proj"):
-            add(p + f"self_attn.{kv}.weight", (spec.num_key_value_heads * hd, h), 0,
-                (k0 * hd, k1 * hd), owner=kv_owner, partial=heads.kv_replicas > 1)
-        add(p + "self_attn.o_proj.weight", (h, spec.num_attention_heads * hd), 1, (q0 * hd, q1 * hd))
+            add(
+                p + f"self_attn.{kv}.weight",
+                (spec.num_key_value_heads * hd, h),
+                0,
+                (k0 * hd, k1 * hd),
+                owner=kv_owner,
+                partial=heads.kv_replicas > 1,
+            )
+        add(
+            p + "self_attn.o_proj.weight", (h, spec.num_attention_heads * hd), 1, (q0 * hd, q1 * hd)
+        )
         add(p + "post_attention_layernorm.weight", (h,), None, owner=replicated_owner)
         add(p + "mlp.gate_proj.weight", (inter, h), 0, split(inter))
         add(p + "mlp.up_proj.weight", (inter, h), 0, split(inter))
@@ -141,8 +158,14 @@ def param_slices(spec: ModelSpec, tp: int, tp_rank: int, pp: int, pp_rank: int) 
             # With pp=1 the head shares the embedding Parameter and is not listed again;
             # with pp>1 the last stage keeps its own copy, synced through the embed group.
             if not first:
-                add("lm_head.weight", (vocab, h), 0, split(vocab), owner=False,
-                    source="model.embed_tokens.weight")
+                add(
+                    "lm_head.weight",
+                    (vocab, h),
+                    0,
+                    split(vocab),
+                    owner=False,
+                    source="model.embed_tokens.weight",
+                )
         else:
             add("lm_head.weight", (vocab, h), 0, split(vocab))
     return out

@@ -27,7 +27,9 @@ def _hidden_shape(model: Transformer, mb: Batch) -> tuple[int, int, int]:
     return b, t, model.spec.hidden_size
 
 
-def _recv(model: Transformer, ctx: ParallelContext, shape: tuple[int, ...], src: int) -> torch.Tensor:
+def _recv(
+    model: Transformer, ctx: ParallelContext, shape: tuple[int, ...], src: int
+) -> torch.Tensor:
     device = next(model.parameters()).device
     buf = torch.empty(shape, dtype=model.dtype, device=device)
     dist.recv(buf, src=src, group=ctx.pp_group)

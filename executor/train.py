@@ -45,8 +45,9 @@ class StepStats:
 
 def make_optimizer(model: Transformer, cfg: OptimConfig) -> torch.optim.AdamW:
     # AdamW is elementwise, so sharded parameters update exactly like the full ones.
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                             weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
 
 
 def next_token_loss(model: Transformer, ctx: ParallelContext) -> tuple[LossFn, CountFn]:

@@ -49,7 +49,9 @@ class LayerCache:
 
 
 class Attention(nn.Module):
-    def __init__(self, hidden: int, head_dim: int, heads: HeadSplit, group: Group, dtype: torch.dtype):
+    def __init__(
+        self, hidden: int, head_dim: int, heads: HeadSplit, group: Group, dtype: torch.dtype
+    ):
         super().__init__()
         self.hd, self.heads, self.group = head_dim, heads, group
         self.q_proj = Linear((heads.n_q * head_dim, hidden), dtype)
@@ -84,7 +86,9 @@ class Attention(nn.Module):
             rep = self.heads.n_q // self.heads.n_kv
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and t > 1)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and t > 1
+        )
         out = out.transpose(1, 2).reshape(b, t, self.heads.n_q * self.hd)
         return reduce_from_tp(self.o_proj(out), self.group)
 

@@ -57,7 +57,9 @@ class Rotary(nn.Module):
     def _grow(self, n: int, device: torch.device) -> None:
         n = max(n, 2 * self._cos.shape[0], self._initial)
         # pos * inv_freq in float32 is exactly HF's (1-term) matmul, so lookups match it.
-        freqs = torch.arange(n, device=device, dtype=torch.float32)[:, None] * self.inv_freq[None, :]
+        freqs = (
+            torch.arange(n, device=device, dtype=torch.float32)[:, None] * self.inv_freq[None, :]
+        )
         emb = torch.cat((freqs, freqs), dim=-1)  # [n, head_dim]
         self._cos, self._sin = emb.cos(), emb.sin()
 

@@ -124,15 +124,21 @@ class Transformer(nn.Module):
     ) -> Transformer:
         return cls(spec, ctx.tp_size, ctx.tp_rank, ctx.pp_size, ctx.pp_rank, ctx.tp_group, dtype)
 
-    def new_cache(self, batch: int, max_len: int, device: torch.device | None = None) -> list[LayerCache]:
+    def new_cache(
+        self, batch: int, max_len: int, device: torch.device | None = None
+    ) -> list[LayerCache]:
         """Empty KV cache for this stage's layers."""
         device = device or next(self.parameters()).device
         caches = []
         for blk in self.model.layers.values():
             attn: Attention = blk.self_attn
             shape = (batch, attn.heads.n_kv, max_len, attn.hd)
-            caches.append(LayerCache(torch.zeros(shape, dtype=self.dtype, device=device),
-                                     torch.zeros(shape, dtype=self.dtype, device=device)))
+            caches.append(
+                LayerCache(
+                    torch.zeros(shape, dtype=self.dtype, device=device),
+                    torch.zeros(shape, dtype=self.dtype, device=device),
+                )
+            )
         return caches
 
     def body(

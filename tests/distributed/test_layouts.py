@@ -1,0 +1,93 @@
+"""Every tp x pp x dp layout on 4 gloo ranks computes what the single-process model computes:
+logits, losses, gradient norms and the weights after three AdamW steps."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from executor import forward, train
+from executor.batching import dp_share
+from executor.model import Transformer
+from executor.parallel import ParallelContext
+from executor.weights import random_init_
+from plans.model import preset
+from tests.distributed.layouts_util import (
+    GPUS_PER_NODE,
+    SEED,
+    all_layouts,
+    allocation,
+    ragged_batch,
+    reference_run,
+)
+from tests.distributed.pool import WorkerPool
+
+pytestmark = pytest.mark.distributed
+TOL = 1e-5
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    p = WorkerPool(4, tmp_path_factory.mktemp("layouts"))
+    yield p
+    p.close()
+
+
+@functools.cache
+def _reference(name: str, tied: bool):
+    spec = preset(name).model_copy(update={"tie_word_embeddings": tied})
+    return reference_run(spec, ragged_batch(), STEPS)
+
+
+def check_layout(rank: int, world: int, name: str, tied: bool, tp: int, pp: int, dp: int):
+    spec = preset(name).model_copy(update={"tie_word_embeddings": tied})
+    ctx = ParallelContext.build(allocation(tp, pp, dp), GPUS_PER_NODE)
+    if not ctx.in_mesh:
+        return None
+    batch = ragged_batch()
+    ref_logits, ref_losses, ref_state = _reference(name, tied)
+    model = random_init_(Transformer.for_context(spec, ctx), seed=SEED)
+    out = {}
+    logits = forward.logits(model, ctx, batch, n_micro=2)
+    if ctx.is_last_stage:
+        mine = dp_share({"input_ids": ref_logits}, dp, ctx.dp_rank)["input_ids"]
+        out["logits"] = (logits - mine).abs().max().item()
+    opt = train.make_optimizer(model, train.OptimConfig(lr=1e-3))
+    loss_fn, count_fn = train.next_token_loss(model, ctx)
+    losses = [
+        train.train_step(model, ctx, opt, batch, loss_fn, count_fn, n_micro=2).loss
+        for _ in range(STEPS)
+    ]
+    out["loss"] = max(abs(a - b) for a, b in zip(losses, ref_losses, strict=True))
+    params = dict(model.named_parameters(remove_duplicate=False))
+    out["weights"] = max(
+        (params[n] - ref_state[sl.source][sl.index()]).abs().max().item()
+        for n, sl in model.slices.items()
+    )
+    # Weights must actually have moved, or the comparison proves nothing.
+    init = random_init_(Transformer.for_context(spec, ctx), seed=SEED).state_dict()
+    out["moved"] = max((params[n] - init[n]).abs().max().item() for n in model.slices)
+    return out
+
+
+@pytest.mark.parametrize("tp,pp,dp", [lay for lay in all_layouts() if lay != (1, 1, 1)])
+def test_layout_matches_single_process(pool, tp, pp, dp):
+    results = [r for r in pool.run(check_layout, "tiny", False, tp, pp, dp) if r is not None]
+    assert len(results) == tp * pp * dp
+    assert sum("logits" in r for r in results) == tp * dp  # one per last-stage rank
+    for r in results:
+        assert r.get("logits", 0.0) < TOL, r
+        assert r["loss"] < TOL, r
+        assert r["weights"] < TOL, r
+        assert r["moved"] > 1e-3, r
+
+
+@pytest.mark.parametrize("tp,pp,dp", [(2, 2, 1), (1, 2, 2)])
+def test_tied_embeddings_across_stages(pool, tp, pp, dp):
+    """The tied embedding lives on the first and the last stage; their gradients are summed."""
+    results = [r for r in pool.run(check_layout, "tiny-mha", True, tp, pp, dp) if r is not None]
+    for r in results:
+        assert r.get("logits", 0.0) < TOL, r
+        assert r["loss"] < TOL and r["weights"] < TOL, r
