@@ -64,7 +64,9 @@ def profile(
 ) -> None:
     """Measure kernel and link timings on the local devices and write a profile (run under
     torchrun with several processes to time collectives too)."""
-    not_built("profile", "the estimator")
+    from cli.profile_cmd import run_profile_command
+
+    run_profile_command(device, out_path, quick)
 
 
 @app.command()
@@ -101,7 +103,23 @@ def estimate(
     as_json: JsonFlag = False,
 ) -> None:
     """Estimate per-call time and memory, reallocations and iteration time of a plan."""
-    not_built("estimate", "the estimator")
+    from cli.estimate_views import calls_table, moves_table, profile_line, summary
+    from estimator import load_profile, plan_report
+    from plans import load_plan
+
+    p = load_plan(plan)
+    report = plan_report(p, load_profile(profile_path) if profile_path else None)
+    if as_json:
+        print_json(report.model_dump(mode="json", exclude={"timeline"}))
+        return
+    out.print(profile_line(report))
+    for w in report.warnings:
+        out.print(f"note: {w}", highlight=False)
+    out.print(calls_table(report))
+    out.print(moves_table(report))
+    out.print(summary(report))
+    if not report.feasible:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -122,7 +140,21 @@ def show(
     ] = None,
 ) -> None:
     """Show a plan's allocation table and its timeline."""
-    not_built("show", "the estimator's simulator")
+    from cli.estimate_views import allocation_table, gantt, profile_line, summary, timeline_svg
+    from estimator import plan_report
+    from plans import PlanError, load_plan
+
+    report = plan_report(load_plan(plan))
+    out.print(allocation_table(report))
+    out.print(gantt(report, width=max(30, out.width - 20)))
+    out.print(summary(report))
+    out.print(profile_line(report))
+    if svg is not None:
+        try:
+            svg.write_text(timeline_svg(report), encoding="utf-8")
+        except OSError as e:
+            raise PlanError(f"cannot write the SVG: {e.strerror}", source=str(svg)) from None
+        out.print(f"wrote {svg}", highlight=False)
 
 
 @app.command()
@@ -184,7 +216,10 @@ def schema(
 ) -> None:
     """Print the JSON Schema of a plan, experiment, cluster or profile document."""
     if kind is SchemaKind.profile:
-        not_built("schema profile", "the profile format of the estimator")
+        from estimator.profile import profile_schema
+
+        print_json(profile_schema())
+        return
     from plans.schema import json_schema
 
     print_json(json_schema(kind.value))

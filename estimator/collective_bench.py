@@ -1,0 +1,103 @@
+"""Collective timings under torchrun: all-reduce, all-gather, reduce-scatter, broadcast and
+send/recv over group sizes (powers of two up to the world) and message sizes.
+
+Groups are the first n ranks, so a group spans nodes exactly when n exceeds the ranks per node
+(LOCAL_WORLD_SIZE); send/recv pairs rank 0 with rank 1 (intra) and with the first rank of the
+next node (inter). Every rank runs the same sequence of calls; rank 0 records the medians.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from datetime import timedelta
+from functools import partial
+
+from estimator.profile import CollectiveTiming
+
+SIZES = {True: [2**12, 2**16, 2**20, 2**23], False: [2**k for k in range(12, 27, 2)]}
+REPS = {True: 5, False: 10}
+
+
+def time_collectives(dev_type: str, quick: bool, progress=None) -> list[CollectiveTiming] | None:
+    """Returns the timings on rank 0 and None on the other ranks."""
+    import torch
+    import torch.distributed as dist
+
+    backend = "nccl" if dev_type == "cuda" else "gloo"
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    if dev_type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend, timeout=timedelta(seconds=120))
+    device = torch.device("cuda") if dev_type == "cuda" else torch.device("cpu")
+    sync = torch.cuda.synchronize if dev_type == "cuda" else (lambda: None)
+    sizes = [n for n in (2, 4, 8, 16, 32, 64, 128, 256) if n <= world]
+    if world not in sizes:
+        sizes.append(world)
+    groups = {n: dist.new_group(list(range(n))) for n in sizes}
+    out: list[CollectiveTiming] = []
+    reps = REPS[quick]
+    task = (
+        progress.add_task("collectives", total=len(sizes) + 1) if progress and rank == 0 else None
+    )
+
+    def timed(fn, group) -> float:
+        fn()
+        sync()
+        times = []
+        for _ in range(reps):
+            dist.barrier(group=group)
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    def rec(op: str, n: int, scope: str, nbytes: int, t: float) -> None:
+        out.append(CollectiveTiming(op=op, group_size=n, scope=scope, bytes=nbytes, time_s=t))
+
+    for n in sizes:
+        g, scope = groups[n], ("inter" if n > local else "intra")
+        if rank < n:
+            for nbytes in SIZES[quick]:
+                x = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+                parts = [torch.empty_like(x[: x.numel() // n]) for _ in range(n)]
+                calls = {
+                    "all_reduce": partial(dist.all_reduce, x, group=g),
+                    "broadcast": partial(dist.broadcast, x, 0, group=g),
+                    "all_gather": partial(dist.all_gather, parts, parts[0], group=g),
+                    "reduce_scatter": partial(dist.reduce_scatter, parts[0], parts, group=g),
+                }
+                for op, fn in calls.items():
+                    try:
+                        rec(op, n, scope, nbytes, timed(fn, g))
+                    except (RuntimeError, NotImplementedError):
+                        pass  # e.g. gloo has no reduce-scatter: the ring model stands in
+        dist.barrier()
+        if task is not None:
+            progress.advance(task)
+    pairs = [(1, "intra")] + ([(local, "inter")] if world > local else [])
+    for peer, scope in pairs:
+        for nbytes in SIZES[quick]:
+            x = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+            times = []
+            for _ in range(reps + 1):
+                dist.barrier()
+                t0 = time.perf_counter()
+                if rank == 0:
+                    dist.send(x, peer)
+                    dist.recv(x, peer)  # round trip: the receiver's clock is not ours
+                elif rank == peer:
+                    dist.recv(x, 0)
+                    dist.send(x, 0)
+                sync()
+                times.append((time.perf_counter() - t0) / 2)
+            if rank == 0:
+                rec("send_recv", 2, scope, nbytes, statistics.median(times[1:]))
+    if task is not None:
+        progress.advance(task)
+    dist.barrier()
+    dist.destroy_process_group()
+    return out if rank == 0 else None

@@ -1,0 +1,247 @@
+"""Time and memory of one model function call under one allocation, and of moving things.
+
+`CostModel(cluster, experiment, profile)` answers, with per-(call, allocation) caching:
+- `call_cost(mfc, alloc)` -> CallCost: seconds, a breakdown, memory on the busiest device and
+  whether the call fits alone (the plan-level check adds the other models resident there);
+- `realloc_cost(role, src, dst)` and `data_cost(keys, n, src, dst)` -> Transfer.
+
+Time of a call (see DESIGN.md "Estimator"): pipeline of m micro-batches over pp stages takes
+(m + pp - 1) stage-times, so the bubble is (pp-1)/(m+pp-1); a stage-time is its layers' compute
+from the profile plus 2 TP all-reduces per layer forward (2 more backward) plus the activation
+send to the next stage. Train calls add, per optimizer step, the DP gradient all-reduce (reduce-
+scatter + all-gather of weights with ZeRO-1) and the AdamW update. Generation is a prefill
+followed by one decode step per new token, each reading the weights and the KV cache.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from estimator.lookup import ProfileLookup
+from estimator.memory import CallMemory, call_memory, split_layers, stage_params
+from estimator.profile import Profile, analytic_profile
+from estimator.shapes import DTYPE_BYTES, shard_shape
+from estimator.transfer import Transfer, data_transfer, realloc_transfer
+from plans import MFC, Allocation, ClusterSpec, ExperimentSpec
+from plans.algorithms import mfc_by_name
+
+DECODE_SAMPLES = 32  # decode steps evaluated exactly up to this many; sampled evenly beyond
+
+
+@dataclass(frozen=True, slots=True)
+class CallCost:
+    """The cost model's answer for one call under one allocation."""
+
+    time_s: float
+    memory: CallMemory
+    feasible: bool
+    reason: str
+    breakdown: dict[str, float] = field(default_factory=dict)
+    """Seconds by component: compute, tp_comm, pp_comm, bubble, dp_sync, optimizer."""
+
+
+def scopes(alloc: Allocation, gpus_per_node: int) -> tuple[str, str, str]:
+    """Link scope ('intra'/'inter') of the tp group, the dp group and a pipeline boundary."""
+    grid = alloc.rank_grid(gpus_per_node)
+
+    def span(ranks: list[int]) -> str:
+        return "inter" if len({r // gpus_per_node for r in ranks}) > 1 else "intra"
+
+    tp = span(grid[0][0])
+    dp = span([row[0] for row in grid[0]])
+    pp = "intra"
+    if len(grid) > 1:
+        pp = max(
+            (span([grid[p][0][0], grid[p + 1][0][0]]) for p in range(len(grid) - 1)),
+            key=lambda s: s == "inter",
+        )
+    return tp, dp, pp
+
+
+class CostModel:
+    """Cached cost queries for one (cluster, experiment, profile)."""
+
+    def __init__(
+        self, cluster: ClusterSpec, experiment: ExperimentSpec, profile: Profile | None = None
+    ):
+        self.cluster = cluster
+        self.experiment = experiment
+        self.profile = profile or analytic_profile(cluster)
+        eff = self.profile.efficiency.link
+        self.lookup = ProfileLookup(
+            self.profile,
+            intra_bw=float(cluster.intra_node_gbps) * 1e9 * eff,
+            inter_bw=float(cluster.inter_node_gbps) * 1e9 * eff,
+        )
+        self.mfcs = mfc_by_name(experiment.algorithm)
+        self.dt = DTYPE_BYTES[experiment.dtype]
+        self.memory_bytes = cluster.memory_bytes
+        self._calls: dict[tuple[str, Allocation], CallCost] = {}
+        self._by_id: dict[tuple[str, int], tuple[Allocation, CallCost]] = {}
+        self._moves: dict[tuple, Transfer] = {}
+
+    @property
+    def profile_label(self) -> str:
+        return self.profile.label
+
+    # ---- calls ---------------------------------------------------------------------------
+    def call_cost(self, mfc: MFC | str, alloc: Allocation) -> CallCost:
+        name = mfc if isinstance(mfc, str) else mfc.name
+        hit = self._by_id.get((name, id(alloc)))  # the search reuses candidate objects
+        if hit is not None and hit[0] is alloc:
+            return hit[1]
+        cost = self._calls.get((name, alloc))
+        if cost is None:
+            cost = self._calls[(name, alloc)] = self._compute(self.mfcs[name], alloc)
+        self._by_id[(name, id(alloc))] = (alloc, cost)
+        return cost
+
+    def time(self, mfc: MFC | str, alloc: Allocation) -> float:
+        return self.call_cost(mfc, alloc).time_s
+
+    def peak_memory(self, mfc: MFC | str, alloc: Allocation) -> float:
+        """Bytes on the busiest device when only this call's model is placed there."""
+        return self.call_cost(mfc, alloc).memory.total
+
+    def feasible(self, mfc: MFC | str, alloc: Allocation) -> tuple[bool, str]:
+        c = self.call_cost(mfc, alloc)
+        return c.feasible, c.reason
+
+    def _compute(self, mfc: MFC, alloc: Allocation) -> CallCost:
+        mem = call_memory(mfc, alloc, self.experiment)
+        ok = mem.total <= self.memory_bytes
+        reason = "" if ok else self.memory_reason(mfc.name, mem.total, mem.breakdown())
+        if mfc.kind == "generate":
+            parts = self._generate(mfc, alloc)
+        else:
+            parts = self._forward_or_train(mfc, alloc)
+        return CallCost(sum(parts.values()), mem, ok, reason, parts)
+
+    def memory_reason(self, name: str, total: float, parts: dict[str, float]) -> str:
+        detail = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in parts.items() if v > 0)
+        return (
+            f"{name}: needs {total / 2**30:.1f} GiB per device ({detail}) but a "
+            f"{self.cluster.device} has {self.memory_bytes / 2**30:.1f} GiB"
+        )
+
+    def _stage_ops(self, model, s, ops: tuple[str, str, str], batch, seq, head_seq):
+        """Compute seconds of the slowest pipeline stage for one micro-batch.
+
+        `ops` names the (block, embedding, head) ops; the head sees `head_seq` tokens per
+        sequence (all of them in training and scoring, the last one in generation)."""
+        shape = shard_shape(model, s.tp, self.dt)
+        lk = self.lookup
+        blk = lk.op_time(ops[0], shape, batch, seq)
+        emb_seq = 1 if ops[0] == "decode" else seq
+        emb = lk.op_time(ops[1], shape, batch, emb_seq)
+        head = lk.op_time(ops[2], shape, batch, head_seq)
+        layers = split_layers(model.num_hidden_layers, s.pp)
+        return max(
+            n * blk + (emb if p == 0 else 0.0) + (head if p == s.pp - 1 else 0.0)
+            for p, n in enumerate(layers)
+        )
+
+    def _comm(self, model, alloc, tokens: float, passes: int) -> tuple[float, float]:
+        """(TP all-reduce seconds, PP send seconds) of one micro-batch on one stage."""
+        s = alloc.strategy
+        tp_scope, _, pp_scope = scopes(alloc, self.cluster.gpus_per_node)
+        msg = tokens * model.hidden_size * self.dt
+        layers = max(split_layers(model.num_hidden_layers, s.pp))
+        ar = self.lookup.collective_time("all_reduce", s.tp, tp_scope, msg)
+        tp = 2 * passes * layers * ar
+        pp = passes * self.lookup.collective_time("send_recv", 2, pp_scope, msg) if s.pp > 1 else 0
+        return tp, pp
+
+    def _forward_or_train(self, mfc: MFC, alloc: Allocation) -> dict[str, float]:
+        exp, s = self.experiment, alloc.strategy
+        model = exp.model(mfc.role)
+        train = mfc.kind == "train"
+        micro = math.ceil(math.ceil(exp.sequences_per_step(mfc) / s.dp) / s.micro_batches)
+        seq = exp.seq_len
+        ops = ("block_fwd_bwd", "embedding_fwd_bwd", "head_fwd_bwd") if train else None
+        ops = ops or ("block_fwd", "embedding_fwd", "head_fwd")
+        stage = self._stage_ops(model, s, ops, micro, seq, seq)
+        tp, pp = self._comm(model, alloc, micro * seq, 2 if train else 1)
+        per_micro = stage + tp + pp
+        steps = exp.ppo_epochs * exp.mini_batches if train else 1
+        out = {
+            "compute": steps * s.micro_batches * stage,
+            "tp_comm": steps * s.micro_batches * tp,
+            "pp_comm": steps * s.micro_batches * pp,
+            "bubble": steps * (s.pp - 1) * per_micro,
+        }
+        if train:
+            out["dp_sync"] = steps * self._dp_sync(model, alloc)
+            params = max(stage_params(model, s.tp, s.pp)) / (s.dp if s.zero1 else 1)
+            out["optimizer"] = steps * self.lookup.op_time(
+                "optimizer", shard_shape(model, 1, self.dt), params, 1
+            )
+        return out
+
+    def _dp_sync(self, model, alloc: Allocation) -> float:
+        s = alloc.strategy
+        _, dp_scope, _ = scopes(alloc, self.cluster.gpus_per_node)
+        grad_bytes = max(stage_params(model, s.tp, s.pp)) * self.dt
+        lk = self.lookup
+        if s.zero1:
+            return lk.collective_time("reduce_scatter", s.dp, dp_scope, grad_bytes) + (
+                lk.collective_time("all_gather", s.dp, dp_scope, grad_bytes)
+            )
+        return lk.collective_time("all_reduce", s.dp, dp_scope, grad_bytes)
+
+    def _generate(self, mfc: MFC, alloc: Allocation) -> dict[str, float]:
+        exp, s = self.experiment, alloc.strategy
+        model = exp.model(mfc.role)
+        micro = math.ceil(math.ceil(exp.sequences(mfc) / s.dp) / s.micro_batches)
+        p_len = exp.prompt_len
+        # Prefill: one forward of the prompts (head on the last position only), pipelined.
+        fwd = ("block_fwd", "embedding_fwd", "head_fwd")
+        pre = self._stage_ops(model, s, fwd, micro, p_len, 1)
+        pre_tp, pre_pp = self._comm(model, alloc, micro * p_len, 1)
+        prefill = (s.micro_batches + s.pp - 1) * (pre + pre_tp + pre_pp)
+        # Decode: gen_len - 1 steps; step k attends to a cache of p_len + k positions. A token
+        # round costs max(m, pp) stage-times: with fewer micro-batches than stages each waits
+        # for its own previous token to leave the last stage.
+        steps = exp.gen_len - 1
+        tp, pp = self._comm(model, alloc, micro, 1)
+        if steps <= DECODE_SAMPLES:
+            caches = [p_len + k for k in range(steps)]
+        else:
+            caches = [p_len + (k + 0.5) * steps / DECODE_SAMPLES for k in range(DECODE_SAMPLES)]
+        scale = steps / len(caches) if caches else 0.0
+        rounds = max(s.micro_batches, s.pp)
+        dec = ("decode", "embedding_fwd", "head_fwd")
+        compute = tp_total = pp_total = 0.0
+        for c in caches:
+            compute += self._stage_ops(model, s, dec, micro, c, 1)
+            tp_total += tp
+            pp_total += pp
+        return {
+            "prefill": prefill,
+            "compute": scale * rounds * compute,
+            "tp_comm": scale * rounds * tp_total,
+            "pp_comm": scale * rounds * pp_total,
+        }
+
+    # ---- moving parameters and data ------------------------------------------------------
+    def realloc_cost(self, role: str, src: Allocation, dst: Allocation) -> Transfer:
+        """Moving a role's parameters from the layout of `src` to that of `dst`."""
+        key = ("p", role, src, dst)
+        t = self._moves.get(key)
+        if t is None:
+            model = self.experiment.model(role)
+            t = self._moves[key] = realloc_transfer(
+                model, self.dt, src, dst, self.cluster.gpus_per_node, self.lookup
+            )
+        return t
+
+    def data_cost(self, keys: tuple[str, ...], mfc: str, src: Allocation, dst: Allocation):
+        """Moving the data keys `keys` a call `mfc` consumes from the producer's mesh to its own."""
+        key = ("d", keys, mfc, src, dst)
+        t = self._moves.get(key)
+        if t is None:
+            t = self._moves[key] = data_transfer(
+                keys, self.experiment, self.mfcs[mfc], src, dst, self.cluster, self.lookup
+            )
+        return t

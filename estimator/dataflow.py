@@ -1,0 +1,95 @@
+"""The unrolled call order, built from plans.algorithms alone.
+
+The estimator must not import the planner (dependency direction cli -> planner -> estimator), so
+this module re-derives what planner.graph computes with networkx: nodes are (call, iteration);
+data edges join a key's producer to its consumers in the same iteration; parameter-version edges
+join a trained role's train call of iteration i-1 to the first calls of that role in iteration
+i; the global order is topological with ties broken by (iteration, canonical index). It is pure
+Python so the simulator can cache it per (algorithm, iterations).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from functools import lru_cache
+
+from plans import MFC, mfcs, trained_roles
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One call in one iteration, with its dependencies as positions in the global order."""
+
+    mfc: MFC
+    iteration: int
+    index: int
+    data_deps: tuple[tuple[int, tuple[str, ...]], ...]
+    """(producer position, keys) for every producer in the same iteration."""
+    version_deps: tuple[int, ...]
+    """Positions of the previous iteration's train calls whose weights this call needs."""
+
+
+@lru_cache(maxsize=64)
+def unrolled(algorithm: str, iterations: int) -> tuple[Node, ...]:
+    """Nodes of `iterations` iterations in the global order every rank walks."""
+    calls = mfcs(algorithm)
+    producer = {key: i for i, m in enumerate(calls) for key in m.outputs}
+    n = len(calls)
+    data: dict[int, list[tuple[int, tuple[str, ...]]]] = {}
+    ancestors: list[set[int]] = []  # same-iteration ancestors by canonical index
+    for i, m in enumerate(calls):
+        srcs: dict[int, list[str]] = {}
+        for key in m.inputs:
+            if key in producer:
+                srcs.setdefault(producer[key], []).append(key)
+        data[i] = [(j, tuple(k)) for j, k in srcs.items()]
+        anc: set[int] = set()
+        for j in srcs:
+            anc |= {j} | ancestors[j]
+        ancestors.append(anc)
+    firsts: dict[int, list[int]] = {}  # canonical index -> train calls it follows
+    for role in sorted(trained_roles(algorithm)):
+        trains = [i for i, m in enumerate(calls) if m.role == role and m.kind == "train"]
+        same = [i for i, m in enumerate(calls) if m.role == role]
+        for i in same:
+            if not (ancestors[i] & set(same)):
+                firsts.setdefault(i, []).extend(trains)
+    # Edges between global node ids (it * n + index).
+    preds: dict[int, list[int]] = {g: [] for g in range(iterations * n)}
+    for it in range(iterations):
+        for i in range(n):
+            g = it * n + i
+            preds[g] += [it * n + j for j, _ in data[i]]
+            if it > 0:
+                preds[g] += [(it - 1) * n + t for t in firsts.get(i, [])]
+    indeg = {g: len(p) for g, p in preds.items()}
+    succs: dict[int, list[int]] = {g: [] for g in preds}
+    for g, ps in preds.items():
+        for p in ps:
+            succs[p].append(g)
+    heap = [(g // n, g % n, g) for g, d in indeg.items() if d == 0]
+    heapq.heapify(heap)
+    order: list[int] = []
+    while heap:
+        _, _, g = heapq.heappop(heap)
+        order.append(g)
+        for s in succs[g]:
+            indeg[s] -= 1
+            if indeg[s] == 0:
+                heapq.heappush(heap, (s // n, s % n, s))
+    pos = {g: k for k, g in enumerate(order)}
+    nodes = []
+    for g in order:
+        it, i = divmod(g, n)
+        version = tuple(pos[(it - 1) * n + t] for t in firsts.get(i, [])) if it > 0 else ()
+        nodes.append(
+            Node(
+                mfc=calls[i],
+                iteration=it,
+                index=i,
+                data_deps=tuple((pos[it * n + j], keys) for j, keys in data[i]),
+                version_deps=version,
+            )
+        )
+    return tuple(nodes)

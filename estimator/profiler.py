@@ -1,0 +1,279 @@
+"""`rlhf-plan profile`: time the executor's own modules on the local device (imports torch).
+
+Compute ops are timed on one rank's shard of a block (a tp=k entry holds 1/k of the heads and
+MLP columns, built by executor.model.Transformer with no tp group, so no communication is
+timed with it). Collectives are timed only when launched under torchrun with several processes
+(gloo on CPU, NCCL on CUDA); rank 0 then goes on to the compute grid and writes the profile.
+CPU profiles run one torch thread, as every CPU worker of the executor does.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+
+from estimator.collective_bench import time_collectives
+from estimator.profile import (
+    CollectiveTiming,
+    OpTiming,
+    Profile,
+    Roofline,
+    ShardShape,
+)
+from estimator.shapes import DTYPE_BYTES, op_flops_bytes, shard_shape
+from plans import preset
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What to time: model shards, batch sizes, lengths and optimizer sizes."""
+
+    models: tuple[str, ...]
+    tps: tuple[int, ...]
+    batches: tuple[int, ...]
+    seqs: tuple[int, ...]
+    caches: tuple[int, ...]
+    adam_params: tuple[int, ...]
+    min_time_s: float
+    min_reps: int
+
+
+GRIDS = {
+    ("cpu", True): Grid(("tiny", "small"), (1, 2), (1, 8), (16, 128), (16, 128),
+                        (10**4, 10**6), 0.05, 2),
+    ("cpu", False): Grid(("tiny", "small"), (1, 2, 4), (1, 2, 8), (16, 64, 256), (16, 64, 256),
+                         (10**4, 10**5, 10**6, 10**7), 0.2, 3),
+    ("cuda", True): Grid(("llama2-7b",), (1, 2, 8), (1, 8, 32), (128, 1024), (128, 1024),
+                         (10**6, 10**8), 0.05, 3),
+    ("cuda", False): Grid(("llama2-7b", "llama2-70b"), (1, 2, 4, 8), (1, 4, 16, 64),
+                          (128, 512, 2048), (128, 512, 2048), (10**6, 10**7, 10**8, 10**9),
+                          0.2, 5),
+}  # fmt: skip
+ADAM_SHAPE = ShardShape(
+    model="adamw", hidden_size=1, intermediate_size=1, num_heads=1, num_kv_heads=1,
+    head_dim=1, vocab_size=1,
+)  # fmt: skip
+
+
+def _timer(sync: Callable[[], None], grid: Grid) -> Callable[[Callable[[], object]], float]:
+    def run(fn: Callable[[], object]) -> float:
+        fn()
+        sync()
+        times: list[float] = []
+        while len(times) < grid.min_reps or (sum(times) < grid.min_time_s and len(times) < 200):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    return run
+
+
+def _shard_pieces(name: str, tp: int, dtype, device):
+    """Embedding, one block, final norm and head of tp rank 0 of a one-layer copy of `name`."""
+    import torch
+
+    from executor.model import Transformer
+    from executor.weights import random_init_
+
+    spec = preset(name).model_copy(update={"num_hidden_layers": 1})
+    model = Transformer(spec, tp=tp, tp_rank=0, dtype=dtype).to(device)
+    with torch.no_grad():
+        random_init_(model, seed=0)
+    return model
+
+
+def _op_points(grid: Grid, model, name, tp, dt, device, dtype, timed) -> list[OpTiming]:
+    import torch
+
+    from executor.logprobs import token_logprobs
+    from executor.model.layers import LayerCache
+
+    spec = model.spec
+    shape = shard_shape(spec, tp, dt)
+    blk, emb = model.model.layers["0"], model.model.embed_tokens
+    norm, lm = model.model.norm, model.lm_head
+    h, v_local = spec.hidden_size, lm.weight.shape[0]
+    out: list[OpTiming] = []
+
+    def rec(op: str, b: int, s: int, fn: Callable[..., object], *args: object) -> None:
+        out.append(
+            OpTiming(op=op, shape=shape, batch=b, seq_len=s, time_s=timed(partial(fn, *args)))
+        )
+
+    def rope(b: int, s: int, start: int = 0):
+        pos = torch.arange(start, start + s, device=device).expand(b, -1)
+        return model.rotary(pos, dtype, start + s)
+
+    def head(x, ids):  # what inference and the loss do after the last block
+        return token_logprobs(lm(norm(x))[:, :-1], ids[:, 1:], 0, None)
+
+    def block_fb(x, cos, sin, gy):
+        blk(x, cos, sin, None).backward(gy)
+
+    def emb_fb(ids, gy):
+        emb(ids).backward(gy)
+
+    def head_fb(x, ids):
+        head(x, ids).sum().backward()
+
+    for b in grid.batches:
+        for s in grid.seqs:
+            x = torch.randn(b, s, h, dtype=dtype, device=device)
+            cos, sin = rope(b, s)
+            ids = torch.randint(0, v_local, (b, s), device=device)
+            with torch.no_grad():
+                rec("block_fwd", b, s, blk, x, cos, sin, None)
+                rec("embedding_fwd", b, s, emb, ids)
+                rec("head_fwd", b, s, head, x, ids)
+            xg = x.clone().requires_grad_(True)
+            gy = torch.randn_like(x)
+            rec("block_fwd_bwd", b, s, block_fb, xg, cos, sin, gy)
+            rec("embedding_fwd_bwd", b, s, emb_fb, ids, gy)
+            rec("head_fwd_bwd", b, s, head_fb, xg, ids)
+        for c in grid.caches:
+            attn = blk.self_attn
+            kv = (b, attn.heads.n_kv, c + 1, attn.hd)
+            cache = LayerCache(
+                torch.zeros(kv, dtype=dtype, device=device),
+                torch.zeros(kv, dtype=dtype, device=device),
+            )
+            x1 = torch.randn(b, 1, h, dtype=dtype, device=device)
+            cos, sin = rope(b, 1, c)
+            with torch.no_grad():
+                rec("decode", b, c, blk, x1, cos, sin, None, cache, c)
+    return out  # fmt: skip
+
+
+def _adam_points(grid: Grid, device, dtype, timed) -> list[OpTiming]:
+    """AdamW plus the executor's global-norm clipping, over parameters in 8 tensors."""
+    import torch
+
+    out = []
+    for n in grid.adam_params:
+        params = [
+            torch.zeros(n // 8, dtype=dtype, device=device, requires_grad=True) for _ in range(8)
+        ]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt = torch.optim.AdamW(params, lr=1e-4)
+        t = timed(partial(_clip_and_step, params, opt))
+        out.append(OpTiming(op="optimizer", shape=ADAM_SHAPE, batch=n, seq_len=1, time_s=t))
+    return out  # fmt: skip
+
+
+def _clip_and_step(params, opt) -> None:
+    """The executor's post-backward work: global grad norm (in float64), clip, AdamW."""
+    sq = sum(p.grad.double().pow(2).sum() for p in params)
+    coef = 1.0 / (float(sq) ** 0.5 + 1e-6)
+    for p in params:
+        p.grad.mul_(min(coef, 1.0))
+    opt.step()
+
+
+def fit_roofline(ops: list[OpTiming], intra: float, inter: float) -> Roofline:
+    """Sustained FLOP/s and bytes/s: the best any compute-heavy / memory-heavy op reached."""
+    flops = [
+        op_flops_bytes(t.op, t.shape, t.batch, t.seq_len)[0] / t.time_s
+        for t in ops
+        if t.op.startswith("block")
+    ]
+    mem = [
+        op_flops_bytes(t.op, t.shape, t.batch, t.seq_len)[1] / t.time_s
+        for t in ops
+        if t.op in ("decode", "optimizer")
+    ]
+    return Roofline(flops_per_s=max(flops, default=1e9), memory_bytes_per_s=max(mem, default=1e9),
+                    intra_node_bytes_per_s=intra, inter_node_bytes_per_s=inter)  # fmt: skip
+
+
+def _link_rates(colls: list[CollectiveTiming]) -> tuple[float, float]:
+    def best(scope: str) -> float:
+        rates = [c.bytes / c.time_s for c in colls if c.scope == scope and c.op == "send_recv"]
+        return max(rates, default=0.0)
+
+    intra, inter = best("intra"), best("inter")
+    return intra or 1e9, inter or intra or 1e8
+
+
+def run_profile(device: str, quick: bool, command: str, progress=None) -> Profile | None:
+    """Measure; returns None on ranks other than 0 of a torchrun launch."""
+    import torch
+
+    dev_type = "cuda" if device == "cuda" else "cpu"
+    if dev_type == "cpu":
+        torch.set_num_threads(1)
+    grid = GRIDS[(dev_type, quick)]
+    dtype = torch.float32 if dev_type == "cpu" else torch.bfloat16
+    dtype_name = "float32" if dev_type == "cpu" else "bfloat16"
+    dt = DTYPE_BYTES[dtype_name]
+    torch_dev = torch.device(dev_type)
+    sync = torch.cuda.synchronize if dev_type == "cuda" else (lambda: None)
+    colls: list[CollectiveTiming] = []
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        colls = time_collectives(dev_type, quick, progress)
+        if colls is None:
+            return None
+    timed = _timer(sync, grid)
+    ops: list[OpTiming] = []
+    jobs = [
+        (m, tp) for m in grid.models for tp in grid.tps if preset(m).num_key_value_heads % tp == 0
+    ]
+    task = progress.add_task("compute ops", total=len(jobs) + 1) if progress else None
+    for name, tp in jobs:
+        if progress:
+            progress.update(task, description=f"{name} tp={tp}")
+        model = _shard_pieces(name, tp, dtype, torch_dev)
+        ops += _op_points(grid, model, name, tp, dt, torch_dev, dtype, timed)
+        del model
+        if progress:
+            progress.advance(task)
+    ops += _adam_points(grid, torch_dev, dtype, timed)
+    if progress:
+        progress.advance(task)
+    if dev_type == "cuda":
+        dev_name = torch.cuda.get_device_name()
+        dev_kind = _device_kind(dev_name)
+    else:
+        dev_name, dev_kind = platform.processor() or _cpu_name(), "cpu"
+    stamp = datetime.now(UTC)
+    return Profile(
+        kind="measured",
+        id=f"{dev_kind}-{stamp:%Y%m%d-%H%M%S}{'-quick' if quick else ''}",
+        device=dev_kind,
+        device_name=dev_name,
+        dtype=dtype_name,
+        threads=torch.get_num_threads() if dev_type == "cpu" else None,
+        model_code="executor.model.Transformer",
+        created=stamp.isoformat(timespec="seconds"),
+        command=command,
+        torch_version=torch.__version__,
+        roofline=fit_roofline(ops, *_link_rates(colls)),
+        ops=ops,
+        collectives=colls,
+    )
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
+
+
+def _device_kind(name: str) -> str:
+    low = name.lower()
+    for kind in ("h200", "h100", "a100", "l40s"):
+        if kind in low:
+            return kind
+    return "cuda"

@@ -1,0 +1,78 @@
+"""Per-rank shard shapes and the FLOP/byte counts of each profiled op (the roofline inputs).
+
+These counts serve two purposes: the analytic profile turns them into times directly, and a
+measured profile uses their *ratio* to carry a timing to a shape or size it did not measure
+(FLOP- or byte-scaling beyond the grid).
+"""
+
+from __future__ import annotations
+
+from estimator.profile import ShardShape
+from plans import ModelSpec
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+ADAM_BYTES_PER_PARAM = 28  # read weight, grad, m, v (4 x fp32), write weight, m, v (3 x fp32)
+
+
+def shard_shape(model: ModelSpec, tp: int, dtype_bytes: int) -> ShardShape:
+    """One rank's share of `model` under tensor parallelism `tp` (heads, MLP, vocab split)."""
+    vocab = 1 if model.head == "value" else -(-model.vocab_size // tp)
+    return ShardShape(
+        model=model.name,
+        tp=tp,
+        hidden_size=model.hidden_size,
+        intermediate_size=max(1, model.intermediate_size // tp),
+        num_heads=max(1, model.num_attention_heads // tp),
+        num_kv_heads=max(1, model.num_key_value_heads // tp),
+        head_dim=model.head_dim,
+        vocab_size=vocab,
+        dtype_bytes=dtype_bytes,
+    )
+
+
+def block_matmul_params(s: ShardShape) -> int:
+    h, d = s.hidden_size, s.head_dim
+    return 2 * h * s.num_heads * d + 2 * h * s.num_kv_heads * d + 3 * h * s.intermediate_size
+
+
+def op_size(s: ShardShape, op: str) -> float:
+    """A scalar size of the shard for an op, used to pick the nearest profiled shape."""
+    if op.startswith("block") or op == "decode":
+        return float(block_matmul_params(s))
+    if op.startswith("head"):
+        return float(s.hidden_size * s.vocab_size)
+    if op.startswith("embedding"):
+        return float(s.hidden_size)
+    return 1.0
+
+
+def op_flops_bytes(op: str, s: ShardShape, batch: float, seq: float) -> tuple[float, float]:
+    """(FLOPs, memory bytes) of one op invocation on shard `s` at (batch, seq_len)."""
+    h, d, dt = s.hidden_size, s.head_dim, s.dtype_bytes
+    qw, kvw = s.num_heads * d, s.num_kv_heads * d
+    if op in ("block_fwd", "block_fwd_bwd"):
+        tokens = batch * seq
+        p = block_matmul_params(s)
+        flops = 2.0 * p * tokens + 4.0 * qw * tokens * (seq + 1) / 2
+        act = tokens * (4 * h + 2 * (qw + 2 * kvw) + 3 * s.intermediate_size) * dt
+        nbytes = p * dt + act
+        return (3 * flops, 3 * nbytes) if op == "block_fwd_bwd" else (flops, nbytes)
+    if op == "decode":
+        p = block_matmul_params(s)
+        flops = 2.0 * p * batch + 4.0 * qw * batch * (seq + 1)
+        kv_read = 2.0 * batch * seq * kvw * dt
+        return flops, p * dt + kv_read + batch * (4 * h + 3 * s.intermediate_size) * dt
+    if op in ("head_fwd", "head_fwd_bwd"):
+        tokens = batch * seq
+        flops = 2.0 * h * s.vocab_size * tokens
+        nbytes = h * s.vocab_size * dt + tokens * (h * dt + 3 * 4 * s.vocab_size)
+        return (3 * flops, 3 * nbytes) if op == "head_fwd_bwd" else (flops, nbytes)
+    if op in ("embedding_fwd", "embedding_fwd_bwd"):
+        tokens = batch * seq
+        nbytes = 2.0 * tokens * h * dt
+        if op == "embedding_fwd_bwd":
+            nbytes += 2.0 * tokens * h * dt + s.vocab_size * h * dt  # scatter-add, zero the grad
+        return 0.0, nbytes
+    if op == "optimizer":
+        return 10.0 * batch, ADAM_BYTES_PER_PARAM * batch
+    raise ValueError(f"unknown op {op!r}")

@@ -1,0 +1,138 @@
+"""Cost of moving a role's parameters between layouts, and data between meshes.
+
+Reallocation: each destination rank needs the slice of every parameter its new (pp stage, tp
+rank) position holds. A piece it already holds in the old layout costs nothing; any other piece
+comes from one of its old holders (the dp replicas of that (stage, tp rank)), over the fastest
+link available to one of them -- inside the node when a holder shares it, else the network. A
+rank receives its pieces one after another and ranks receive in parallel, so the time is that
+of the busiest receiver. Data: the consumer's dp ranks each fetch their share of the sequences
+from the producer's mesh (free when both calls use the same mesh and dp split).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from estimator.lookup import ProfileLookup
+from estimator.memory import split_layers
+from plans import MFC, Allocation, ClusterSpec, ExperimentSpec, ModelSpec
+
+# Bytes per sequence of each data key (token ids are int64, per-token floats are fp32).
+_PER_TOKEN_FLOAT = {"logprobs", "ref_logprobs", "values"}
+_PER_SEQ_FLOAT = {"rewards", "greedy_rewards"}
+_TOKENS = {"seq", "greedy_seq"}
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """What a move costs."""
+
+    bytes_total: float
+    """Bytes that cross a link, summed over receivers."""
+    bytes_max: float
+    """Bytes received by the busiest receiver."""
+    time_s: float
+    scope: str
+    """'none', 'intra' or 'inter': the slowest link used."""
+
+
+NONE = Transfer(0.0, 0.0, 0.0, "none")
+
+
+def _stage_ranges(n_layers: int, pp: int) -> list[tuple[int, int]]:
+    out, start = [], 0
+    for n in split_layers(n_layers, pp):
+        out.append((start, start + n))
+        start += n
+    return out
+
+
+def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+
+
+def realloc_transfer(
+    model: ModelSpec,
+    dtype_bytes: int,
+    src: Allocation,
+    dst: Allocation,
+    gpn: int,
+    lookup: ProfileLookup,
+) -> Transfer:
+    ss, ds = src.strategy, dst.strategy
+    if src.mesh == dst.mesh and ss.tp == ds.tp and ss.pp == ds.pp:
+        return NONE  # same ranks hold the same slices
+    L = model.num_hidden_layers
+    blk, emb = model.block_params() * dtype_bytes, model.embedding_params() * dtype_bytes
+    head = (model.head_params() - model.hidden_size) * dtype_bytes
+    src_grid, dst_grid = src.rank_grid(gpn), dst.rank_grid(gpn)
+    src_stages, dst_stages = _stage_ranges(L, ss.pp), _stage_ranges(L, ds.pp)
+    # Pieces of the source layout: (stage, tp rank) -> (layer range, tp interval, holders).
+    pieces = []
+    for p, layers in enumerate(src_stages):
+        for t in range(ss.tp):
+            holders = {src_grid[p][d][t] for d in range(ss.dp)}
+            extra = (emb if p == 0 else 0.0, head if p == ss.pp - 1 else 0.0)
+            pieces.append((layers, (t / ss.tp, (t + 1) / ss.tp), holders, extra))
+    total = worst_bytes = worst_time = 0.0
+    slowest = "none"
+    for p, layers in enumerate(dst_stages):
+        for d in range(ds.dp):
+            for t in range(ds.tp):
+                rank = dst_grid[p][d][t]
+                interval = (t / ds.tp, (t + 1) / ds.tp)
+                got = spent = 0.0
+                for s_layers, s_int, holders, (s_emb, s_head) in pieces:
+                    if rank in holders:
+                        continue
+                    frac = _overlap(interval, s_int)
+                    n = _overlap(layers, s_layers) * blk
+                    n += s_emb if p == 0 else 0.0
+                    n += s_head if p == ds.pp - 1 else 0.0
+                    n *= frac
+                    if n <= 0:
+                        continue
+                    near = any(h // gpn == rank // gpn for h in holders)
+                    scope = "intra" if near else "inter"
+                    spent += lookup.collective_time("send_recv", 2, scope, n)
+                    got += n
+                    if scope == "inter" or slowest == "none":
+                        slowest = scope
+                total += got
+                worst_bytes = max(worst_bytes, got)
+                worst_time = max(worst_time, spent)
+    return Transfer(total, worst_bytes, worst_time, slowest)
+
+
+def key_bytes(key: str, exp: ExperimentSpec) -> float:
+    """Bytes per sequence of a data key."""
+    if key in _TOKENS:
+        return 8.0 * exp.seq_len
+    if key in _PER_TOKEN_FLOAT:
+        return 4.0 * exp.seq_len
+    if key in _PER_SEQ_FLOAT:
+        return 4.0
+    return 0.0  # dataset keys (prompts, pairs) are read by each consumer itself
+
+
+def data_transfer(
+    keys: tuple[str, ...],
+    exp: ExperimentSpec,
+    consumer: MFC,
+    src: Allocation,
+    dst: Allocation,
+    cluster: ClusterSpec,
+    lookup: ProfileLookup,
+) -> Transfer:
+    if src.mesh == dst.mesh and src.strategy.dp == dst.strategy.dp:
+        return NONE
+    per_seq = sum(key_bytes(k, exp) for k in keys)
+    if per_seq <= 0:
+        return NONE
+    n = exp.sequences(consumer)
+    gpn = cluster.gpus_per_node
+    nodes = {r // gpn for r in src.mesh.ranks(gpn)} | {r // gpn for r in dst.mesh.ranks(gpn)}
+    scope = "inter" if len(nodes) > 1 else "intra"
+    share = per_seq * -(-n // dst.strategy.dp)
+    time = lookup.collective_time("send_recv", 2, scope, share)
+    return Transfer(per_seq * n, share, time, scope)
