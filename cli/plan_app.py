@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import not_built, out, print_json, run_app
+from cli.common import out, print_json, run_app
 
 app = typer.Typer(
     name="rlhf-plan",
@@ -90,8 +90,12 @@ def search(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Search the fastest placement of every model call and write a plan."""
-    not_built("search", "the planner")
+    """Search the fastest placement of every model call and write a plan; prints the searched
+    plan's estimate against every heuristic baseline."""
+    from cli.search_cmd import run_search
+
+    run_search(experiment, nodes, gpus_per_node, device, profile_path, method.value, time_limit, seed,
+               out_path, as_json)
 
 
 @app.command()
@@ -128,8 +132,10 @@ def diff(
     b: Annotated[Path, typer.Argument(help="Second plan JSON.")],
     as_json: JsonFlag = False,
 ) -> None:
-    """Compare two plans call by call: placement, strategy and estimated time."""
-    not_built("diff", "the planner")
+    """Compare two plans call by call: placement, strategy, reallocations and estimated time."""
+    from cli.search_cmd import run_diff
+
+    run_diff(a, b, as_json)
 
 
 @app.command()

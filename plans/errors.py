@@ -66,9 +66,9 @@ def from_validation_error(err: ValidationError, prefix: str = "") -> PlanError:
         msg = inner.reason
     else:
         msg = first["msg"].removeprefix("Value error, ")
-        if first["type"] not in ("missing",) and "input" in first:
+        if first["type"] != "missing" and "input" in first and not isinstance(first["input"], dict):
             msg = f"{msg} (got {_short(first['input'])})"
-    field = dotted(([prefix] if prefix else []) + loc)
+    field = dotted(([prefix] if prefix else []) + loc) if (prefix or loc) else None
     more = err.error_count() - 1
     if more:
         msg += f" (+{more} more problem{'s' if more > 1 else ''})"

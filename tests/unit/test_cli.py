@@ -81,10 +81,48 @@ def test_validate_mutated_plan_names_field(tmp_path):
     )
 
 
-@pytest.mark.parametrize("args", [["search", "ppo-tiny"], ["diff", "a.json", "b.json"]])
-def test_unbuilt_commands_say_so(args):
-    r = run(*args)
-    assert r.returncode != 0 and "not available yet" in r.stderr and r.stdout == ""
+def test_search_and_diff(tmp_path):
+    out = tmp_path / "plan.json"
+    r = run(
+        "search",
+        "ppo-tiny",
+        "--nodes",
+        "1",
+        "--gpus-per-node",
+        "4",
+        "--device",
+        "cpu",
+        "--time-limit",
+        "60",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["plan"] == str(out) and summary["iteration_time_s"] > 0
+    assert summary["iteration_time_s"] <= min(v for v in summary["baselines"].values() if v)
+    assert run("validate", str(out)).returncode == 0
+    r = run("diff", str(example_path("ppo-tiny-4cpu", "plan")), str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert {c["call"] for c in doc["calls"]} == {
+        "actor_gen",
+        "ref_inf",
+        "rew_inf",
+        "critic_inf",
+        "actor_train",
+        "critic_train",
+    }
+    r = run("diff", str(example_path("ppo-tiny-4cpu", "plan")), str(out))
+    assert r.returncode == 0 and "iteration" in r.stdout
+
+
+def test_search_rejects_unknown_device():
+    r = run("search", "ppo-tiny", "--device", "tpu9")
+    assert r.returncode == 1 and "device" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_unknown_experiment():

@@ -1,0 +1,191 @@
+"""Search entry point: baselines, then MCMC chains (in parallel processes) or enumeration."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import multiprocessing as mp
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from estimator.cost import CostModel
+from estimator.profile import Profile
+from planner import baselines
+from planner.candidates import Scored, candidates
+from planner.context import SearchContext
+from planner.mcmc import ChainResult, Space, State, run_chain
+from plans import Allocation, ClusterSpec, ExperimentSpec, PlanError
+
+EXHAUSTIVE_LIMIT = 2_000_000
+Progress = Callable[[float, float], None]  # (fraction done, best seconds so far)
+
+
+@dataclass
+class SearchOutcome:
+    method: str
+    cost: float
+    allocations: dict[str, Allocation]
+    baselines: dict[str, float]
+    search_time_s: float
+    steps: int = 0
+    timed_out: bool = False
+    chains: list[float] = field(default_factory=list)
+
+
+def _state_of(space: Space, allocs: dict[str, Allocation]) -> State | None:
+    state = []
+    for k, name in enumerate(space.names):
+        idx = next((i for i, c in enumerate(space.cands[k]) if c.alloc == allocs[name]), None)
+        if idx is None:
+            return None
+        state.append(idx)
+    return tuple(state)
+
+
+def _ensure(
+    cands: dict[str, list[Scored]], ctx: SearchContext, allocs: dict[str, Allocation] | None
+) -> None:
+    """Make a baseline's choices available to the search, so it can never end up slower."""
+    for name, alloc in (allocs or {}).items():
+        if all(c.alloc != alloc for c in cands[name]):
+            t, mem, _ = ctx.score(name, alloc.mesh, alloc.strategy)
+            cands[name].append(Scored(alloc, t, mem))
+
+
+def _chain_worker(space, ctx, seed, steps, deadline, start, chain_id, queue) -> None:
+    def report(step: int, best: float) -> None:
+        queue.put(("progress", chain_id, step, best))
+
+    res = run_chain(space, ctx.plan_cost, seed, steps, deadline, start, report=report)
+    queue.put(("done", chain_id, res))
+
+
+def _run_chains(
+    space: Space,
+    ctx: SearchContext,
+    seeds: list[int],
+    steps: int,
+    deadline: float,
+    starts: list[State | None],
+    progress: Progress | None,
+) -> list[ChainResult]:
+    if len(seeds) == 1 or mp.get_start_method(allow_none=True) not in (None, "fork"):
+        results = []
+        for i, (seed, start) in enumerate(zip(seeds, starts, strict=True)):
+
+            def report(step, best, i=i):
+                if progress:
+                    progress((i + step / steps) / len(seeds), best)
+
+            results.append(
+                run_chain(space, ctx.plan_cost, seed, steps, deadline, start, report=report)
+            )
+        return results
+    fork = mp.get_context(
+        "fork"
+    )  # the context, its caches and the space are inherited, not pickled
+    queue = fork.Queue()
+    procs = [
+        fork.Process(
+            target=_chain_worker, args=(space, ctx, s, steps, deadline, st, i, queue), daemon=True
+        )
+        for i, (s, st) in enumerate(zip(seeds, starts, strict=True))
+    ]
+    for p in procs:
+        p.start()
+    done: dict[int, ChainResult] = {}
+    done_steps = [0] * len(procs)
+    best = math.inf
+    try:
+        while len(done) < len(procs):
+            try:
+                kind, i, *rest = queue.get(timeout=max(1.0, deadline - time.monotonic() + 30))
+            except Exception as e:
+                raise PlanError(f"a search chain stopped without a result ({e!r})") from None
+            if kind == "progress":
+                done_steps[i], best = rest[0], min(best, rest[1])
+            else:
+                done[i] = rest[0]
+                done_steps[i] = steps
+            if progress:
+                progress(sum(done_steps) / (steps * len(procs)), best)
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+    return [done[i] for i in range(len(procs))]
+
+
+def exhaustive(space: Space, ctx: SearchContext) -> tuple[float, State | None]:
+    size = math.prod(len(c) for c in space.cands)
+    if size > EXHAUSTIVE_LIMIT:
+        raise PlanError(
+            f"{size:.3g} plans are too many to enumerate (limit {EXHAUSTIVE_LIMIT:,}); "
+            "use --method mcmc",
+            field="method",
+        )
+    best, best_state = math.inf, None
+    for state in itertools.product(*(range(len(c)) for c in space.cands)):
+        c = ctx.plan_cost(space.allocations(state))
+        if c < best:
+            best, best_state = c, state
+    return best, best_state
+
+
+def search(
+    exp: ExperimentSpec,
+    cluster: ClusterSpec,
+    profile: Profile | None = None,
+    method: str = "mcmc",
+    time_limit: float = 30.0,
+    seed: int = 0,
+    steps: int = 20_000,
+    chains: int = 2,
+    progress: Progress | None = None,
+) -> SearchOutcome:
+    """Find a fast plan. Same inputs and seed give the same plan whenever the step budget
+    finishes inside the time limit (the outcome says whether it did)."""
+    t0 = time.monotonic()
+    ctx = SearchContext(exp, cluster, CostModel(cluster, exp, profile))
+    found = {name: fn(ctx) for name, fn in baselines.BASELINES.items()}
+    base_costs = {name: c for name, (c, _) in found.items()}
+    if method in found:
+        cost, allocs = found[method]
+        if allocs is None:
+            raise PlanError(f"no {method} plan fits on {cluster.label()}", field="method")
+        return SearchOutcome(method, cost, allocs, base_costs, time.monotonic() - t0)
+    cands = candidates(ctx)
+    best_name = min(found, key=lambda n: found[n][0])
+    for _, allocs in found.values():
+        _ensure(cands, ctx, allocs)
+    space = Space(cands)
+    if method == "exhaustive":
+        cost, state = exhaustive(space, ctx)
+        if state is None:
+            raise PlanError(f"no plan fits on {cluster.label()}", field="method")
+        return SearchOutcome(
+            method, cost, space.allocations(state), base_costs, time.monotonic() - t0
+        )
+    if method != "mcmc":
+        raise PlanError(f"unknown method {method!r}", field="method")
+    # Chain 0 starts from the best baseline; the others from random states.
+    start0 = _state_of(space, found[best_name][1]) if found[best_name][1] else None
+    starts = [start0] + [None] * (chains - 1)
+    seeds = [seed * 1000 + i for i in range(chains)]
+    deadline = t0 + time_limit
+    results = _run_chains(space, ctx, seeds, steps, deadline, starts, progress)
+    best = min(results, key=lambda r: (r.cost, r.state))
+    if not math.isfinite(best.cost):
+        raise PlanError(f"no plan fits on {cluster.label()}", field="method")
+    return SearchOutcome(
+        "mcmc",
+        best.cost,
+        space.allocations(best.state),
+        base_costs,
+        time.monotonic() - t0,
+        steps=sum(r.steps for r in results),
+        timed_out=any(r.timed_out for r in results),
+        chains=[r.cost for r in results],
+    )
