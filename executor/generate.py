@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from executor.collectives import all_gather_dim, broadcast_
+from executor.fusion import fused_inference
 from executor.masks import attention_bool_mask, positions_from_mask
 from executor.model import Transformer
 from executor.parallel import ParallelContext
@@ -85,6 +86,17 @@ def generate(
     stage of its pipeline."""
     if model.spec.head != "lm":
         raise ValueError("generation needs an LM head")
+    with fused_inference(model):
+        return _generate(model, ctx, prompts, attention_mask, cfg)
+
+
+def _generate(
+    model: Transformer,
+    ctx: ParallelContext,
+    prompts: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    cfg: GenerationConfig,
+) -> GenerationOutput:
     big_b, p_len = prompts.shape
     lo, hi = split_range(big_b, ctx.dp_size, ctx.dp_rank)
     ids = prompts[lo:hi]

@@ -22,6 +22,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            # One fused op; in float32 it is bitwise equal to the explicit form below.
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -58,6 +61,14 @@ class Attention(nn.Module):
         self.k_proj = Linear((heads.n_kv * head_dim, hidden), dtype)
         self.v_proj = Linear((heads.n_kv * head_dim, hidden), dtype)
         self.o_proj = Linear((hidden, heads.n_q * head_dim), dtype)
+        self.fused_qkv: torch.Tensor | None = None
+        """[q; k; v] rows in one matrix, set only inside executor.fusion.fused_inference."""
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.fused_qkv is not None and not torch.is_grad_enabled():
+            nq, nkv = self.heads.n_q * self.hd, self.heads.n_kv * self.hd
+            return F.linear(x, self.fused_qkv).split([nq, nkv, nkv], dim=-1)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def forward(
         self,
@@ -72,18 +83,25 @@ class Attention(nn.Module):
         mask: bool [B, 1, T, S] (True = attend) or None for plain causal attention."""
         b, t, _ = x.shape
         x = copy_to_tp(x, self.group)
-        q = self.q_proj(x).view(b, t, self.heads.n_q, self.hd).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.heads.n_kv, self.hd).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.heads.n_kv, self.hd).transpose(1, 2)
+        q, k, v = self._qkv(x)
+        q = q.view(b, t, self.heads.n_q, self.hd).transpose(1, 2)
+        k = k.view(b, t, self.heads.n_kv, self.hd).transpose(1, 2)
+        v = v.view(b, t, self.heads.n_kv, self.hd).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             end = cache_pos + t
             cache.k[:, :, cache_pos:end] = k
             cache.v[:, :, cache_pos:end] = v
             k, v = cache.k[:, :, :end], cache.v[:, :, :end]
-        if self.heads.n_q != self.heads.n_kv:
-            # Explicit repeat: SDPA's enable_gqa falls back to a slow path on CPU.
-            rep = self.heads.n_q // self.heads.n_kv
+        rep = self.heads.n_q // self.heads.n_kv
+        if rep > 1 and t == 1:
+            # Decode: the `rep` query heads sharing a kv head become `rep` query rows of that
+            # head ([B, n_kv, rep, hd]), so keys/values are not copied. A mask [B, 1, 1, S]
+            # broadcasts over them.
+            q = q.reshape(b, self.heads.n_kv, rep, self.hd)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return reduce_from_tp(self.o_proj(out.reshape(b, 1, -1)), self.group)
+        if rep > 1:
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
         out = F.scaled_dot_product_attention(
@@ -102,10 +120,16 @@ class MLP(nn.Module):
         self.gate_proj = Linear((inter_local, hidden), dtype)
         self.up_proj = Linear((inter_local, hidden), dtype)
         self.down_proj = Linear((hidden, inter_local), dtype)
+        self.fused_gate_up: torch.Tensor | None = None
+        """[gate; up] rows in one matrix, set only inside executor.fusion.fused_inference."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = copy_to_tp(x, self.group)
-        y = self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.fused_gate_up is not None and not torch.is_grad_enabled():
+            gate, up = F.linear(x, self.fused_gate_up).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        y = self.down_proj(F.silu(gate) * up)
         return reduce_from_tp(y, self.group)
 
 

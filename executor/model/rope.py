@@ -61,7 +61,12 @@ class Rotary(nn.Module):
             torch.arange(n, device=device, dtype=torch.float32)[:, None] * self.inv_freq[None, :]
         )
         emb = torch.cat((freqs, freqs), dim=-1)  # [n, head_dim]
-        self._cos, self._sin = emb.cos(), emb.sin()
+        self._cos = emb.cos()
+        # rotate_half(x) * sin == roll(x, half) * [-sin_lo, sin_hi]: the sign lives in the
+        # table, which saves the negation and concatenation per call (bitwise the same).
+        half = emb.shape[-1] // 2
+        sin = emb.sin()
+        self._sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
 
     def forward(
         self, positions: torch.Tensor, dtype: torch.dtype, bound: int
@@ -75,11 +80,7 @@ class Rotary(nn.Module):
         return cos, sin
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, H, T, head_dim] rotated by position."""
-    return x * cos + _rotate_half(x) * sin
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x [B, H, T, head_dim] rotated by position (HF's x * cos + rotate_half(x) * sin, with
+    the rotation's sign folded into `signed_sin` from Rotary)."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
