@@ -3,11 +3,17 @@
 Every place that cuts something into `parts` contiguous pieces (TP slices of a weight, PP
 ranges of layers, DP shares of a batch, micro-batches) calls `split_range`, so a layout
 computed here and a layout computed by the reallocation planner always agree.
+
+Importing this module does not import torch (the planner and estimator share it, and they
+must start without torch); only the tensor helpers need it, with tensors they are given.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def split_range(n: int, parts: int, i: int) -> tuple[int, int]:
