@@ -1,0 +1,1 @@
+"""Loss functions and advantage estimators of the RLHF algorithms (pure tensor math)."""
