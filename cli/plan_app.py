@@ -94,8 +94,18 @@ def search(
     plan's estimate against every heuristic baseline."""
     from cli.search_cmd import run_search
 
-    run_search(experiment, nodes, gpus_per_node, device, profile_path, method.value, time_limit, seed,
-               out_path, as_json)
+    run_search(
+        experiment,
+        nodes,
+        gpus_per_node,
+        device,
+        profile_path,
+        method.value,
+        time_limit,
+        seed,
+        out_path,
+        as_json,
+    )
 
 
 @app.command()
@@ -115,6 +125,8 @@ def estimate(
     report = plan_report(p, load_profile(profile_path) if profile_path else None)
     if as_json:
         print_json(report.model_dump(mode="json", exclude={"timeline"}))
+        if not report.feasible:
+            raise typer.Exit(1)
         return
     out.print(profile_line(report))
     for w in report.warnings:

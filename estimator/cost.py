@@ -199,7 +199,9 @@ class CostModel:
         fwd = ("block_fwd", "embedding_fwd", "head_fwd")
         pre = self._stage_ops(model, s, fwd, micro, p_len, 1)
         pre_tp, pre_pp = self._comm(model, alloc, micro * p_len, 1)
-        prefill = (s.micro_batches + s.pp - 1) * (pre + pre_tp + pre_pp)
+        full = shard_shape(model, 1, self.dt)
+        sample = self.lookup.op_time("sample", full, micro, 1)  # on the last stage, per token
+        prefill = (s.micro_batches + s.pp - 1) * (pre + pre_tp + pre_pp) + sample
         # Decode: gen_len - 1 steps; step k attends to a cache of p_len + k positions. A token
         # round costs max(m, pp) stage-times: with fewer micro-batches than stages each waits
         # for its own previous token to leave the last stage.
@@ -211,10 +213,13 @@ class CostModel:
             caches = [p_len + (k + 0.5) * steps / DECODE_SAMPLES for k in range(DECODE_SAMPLES)]
         scale = steps / len(caches) if caches else 0.0
         rounds = max(s.micro_batches, s.pp)
-        dec = ("decode", "embedding_fwd", "head_fwd")
+        shape = shard_shape(model, s.tp, self.dt)
+        layers = max(split_layers(model.num_hidden_layers, s.pp))
+        lk = self.lookup
         compute = tp_total = pp_total = 0.0
         for c in caches:
-            compute += self._stage_ops(model, s, dec, micro, c, 1)
+            blk = lk.op_time("decode", shape, micro, c)
+            compute += layers * blk + self._token_overhead(full, micro, c)
             tp_total += tp
             pp_total += pp
         return {
@@ -223,6 +228,17 @@ class CostModel:
             "tp_comm": scale * rounds * tp_total,
             "pp_comm": scale * rounds * pp_total,
         }
+
+    def _token_overhead(self, full, batch: int, cache: float) -> float:
+        """Per generated token, beyond the blocks: embedding, head, sampling, loop bookkeeping.
+        Measured as executor.generate's per-token time on a one-block model minus one block's
+        decode; without that measurement, the sum of the embedding, head and sample ops."""
+        lk = self.lookup
+        if lk.measured("generate_step"):
+            step = lk.op_time("generate_step", full, batch, cache)
+            return max(step - lk.op_time("decode", full, batch, cache), 0.0)
+        emb = lk.op_time("embedding_fwd", full, batch, 1)
+        return emb + lk.op_time("head_fwd", full, batch, 1) + lk.op_time("sample", full, batch, 1)
 
     # ---- moving parameters and data ------------------------------------------------------
     def realloc_cost(self, role: str, src: Allocation, dst: Allocation) -> Transfer:

@@ -40,7 +40,8 @@ class _Grid:
         s = min(max(seq, self.seqs[0]), self.seqs[-1])
         i, fi = _bracket(self.lb, math.log(b))
         j, fj = _bracket(self.ls, math.log(s))
-        corners = [self._at(i, j), self._at(i + 1, j), self._at(i, j + 1), self._at(i + 1, j + 1)]
+        i2, j2 = min(i + 1, len(self.lb) - 1), min(j + 1, len(self.ls) - 1)
+        corners = [self._at(i, j), self._at(i2, j), self._at(i, j2), self._at(i2, j2)]
         if any(c is None for c in corners):  # not a full rectangle: nearest measured point
             (nb, ns), t = min(
                 self.points.items(),

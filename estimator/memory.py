@@ -3,7 +3,8 @@
 Assumptions (stated so tests can check them by hand):
 - Weights are held in the experiment's dtype; a rank holds its pipeline stage's layers (the
   embedding on the first stage, final norm and head on the last) divided by tp (vocabulary-
-  parallel embedding and LM head). The heaviest stage is reported.
+  parallel embedding and LM head; RMSNorm weights and the value head are replicated). The
+  heaviest stage is reported.
 - Trained models keep gradients in the weight dtype during the train call, and AdamW states
   for the whole run: an fp32 master copy (omitted when the weights are already fp32) and two
   fp32 moments. ZeRO-1 divides the optimizer part by dp.
@@ -31,14 +32,16 @@ def split_layers(n_layers: int, pp: int) -> list[int]:
 def stage_params(model: ModelSpec, tp: int, pp: int) -> list[float]:
     """Parameters each pipeline stage holds on one tp rank."""
     layers = split_layers(model.num_hidden_layers, pp)
+    h = model.hidden_size
+    block = (model.block_params() - 2 * h) / tp + 2 * h  # the two RMSNorms are replicated
     out = []
     for p, n in enumerate(layers):
-        params = n * model.block_params() / tp
+        params = n * block
         if p == 0:
             params += model.embedding_params() / tp
         if p == pp - 1:
-            head = model.head_params() - model.hidden_size  # the projection, split over tp
-            params += model.hidden_size + (head / tp if model.head == "lm" else head)
+            head = model.head_params() - h  # the projection: LM head split over tp
+            params += h + (head / tp if model.head == "lm" else head)
         out.append(params)
     return out
 

@@ -34,6 +34,8 @@ OpName = Literal[
     "head_fwd",
     "head_fwd_bwd",
     "optimizer",
+    "sample",
+    "generate_step",
 ]
 CollectiveName = Literal["all_reduce", "all_gather", "reduce_scatter", "broadcast", "send_recv"]
 Scope = Literal["intra", "inter"]
@@ -58,19 +60,21 @@ class ShardShape(_Doc):
 
 
 class OpTiming(_Doc):
-    """Median time of one op at one grid point."""
+    """Time of one op at one grid point (median; fastest run for CPU-time profiles)."""
 
     op: OpName = Field(
         description="embedding_fwd[_bwd], block_fwd[_bwd], decode (one block, one new token per "
         "sequence against a KV cache), head_fwd[_bwd] (final norm, LM head, log-softmax), "
-        "optimizer (AdamW update of `batch` parameters)."
+        "optimizer (AdamW update of `batch` parameters), sample (choosing one token "
+        "per sequence from full-vocabulary logits), generate_step (one token of the executor's "
+        "generation loop on a one-block model: decode, embedding, head, sampling, bookkeeping)."
     )
     shape: ShardShape = Field(description="The shard that was timed.")
     batch: int = Field(gt=0, description="Sequences (optimizer: parameters updated).")
     seq_len: int = Field(
         gt=0, description="Tokens per sequence; for `decode`, the KV cache length (1 otherwise)."
     )
-    time_s: float = Field(gt=0, description="Median wall time, seconds.")
+    time_s: float = Field(gt=0, description="Seconds, on the profile's `clock`.")
 
 
 class CollectiveTiming(_Doc):
@@ -121,6 +125,11 @@ class Profile(_Doc):
     threads: int | None = Field(None, description="torch threads per process (CPU profiles).")
     model_code: str = Field(
         "", description="Which model implementation was timed (executor or fallback)."
+    )
+    clock: str = Field(
+        "perf_counter",
+        description="Clock of the timings: perf_counter (wall) or process_time (CPU time of a "
+        "one-thread process, robust to other jobs on the machine).",
     )
     created: str | None = Field(None, description="ISO-8601 time of measurement.")
     command: str | None = Field(None, description="The command line that made the profile.")

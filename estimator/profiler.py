@@ -61,17 +61,21 @@ ADAM_SHAPE = ShardShape(
 )  # fmt: skip
 
 
-def _timer(sync: Callable[[], None], grid: Grid) -> Callable[[Callable[[], object]], float]:
+def _timer(
+    sync: Callable[[], None], grid: Grid, clock: Callable[[], float]
+) -> Callable[[Callable[[], object]], float]:
     def run(fn: Callable[[], object]) -> float:
         fn()
         sync()
         times: list[float] = []
         while len(times) < grid.min_reps or (sum(times) < grid.min_time_s and len(times) < 200):
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
             sync()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+            times.append(clock() - t0)
+        # On a shared CPU other jobs only ever add time, so the fastest run is the estimate
+        # of an idle machine; a GPU's runs are steady and the median is kept.
+        return min(times) if clock is time.process_time else statistics.median(times)
 
     return run
 
@@ -93,6 +97,7 @@ def _shard_pieces(name: str, tp: int, dtype, device):
 def _op_points(grid: Grid, model, name, tp, dt, device, dtype, timed) -> list[OpTiming]:
     import torch
 
+    from executor.fusion import fused_inference
     from executor.logprobs import token_logprobs
     from executor.model.layers import LayerCache
 
@@ -112,14 +117,17 @@ def _op_points(grid: Grid, model, name, tp, dt, device, dtype, timed) -> list[Op
         pos = torch.arange(start, start + s, device=device).expand(b, -1)
         return model.rotary(pos, dtype, start + s)
 
+    def embed(ids, pos, bound):  # what body() does before the blocks: lookup and RoPE tables
+        return emb(ids), model.rotary(pos, dtype, bound)
+
     def head(x, ids):  # what inference and the loss do after the last block
         return token_logprobs(lm(norm(x))[:, :-1], ids[:, 1:], 0, None)
 
     def block_fb(x, cos, sin, gy):
         blk(x, cos, sin, None).backward(gy)
 
-    def emb_fb(ids, gy):
-        emb(ids).backward(gy)
+    def emb_fb(ids, pos, bound, gy):
+        embed(ids, pos, bound)[0].backward(gy)
 
     def head_fb(x, ids):
         head(x, ids).sum().backward()
@@ -129,14 +137,15 @@ def _op_points(grid: Grid, model, name, tp, dt, device, dtype, timed) -> list[Op
             x = torch.randn(b, s, h, dtype=dtype, device=device)
             cos, sin = rope(b, s)
             ids = torch.randint(0, v_local, (b, s), device=device)
+            pos = torch.arange(s, device=device).expand(b, -1)
             with torch.no_grad():
                 rec("block_fwd", b, s, blk, x, cos, sin, None)
-                rec("embedding_fwd", b, s, emb, ids)
+                rec("embedding_fwd", b, s, embed, ids, pos, s)
                 rec("head_fwd", b, s, head, x, ids)
             xg = x.clone().requires_grad_(True)
             gy = torch.randn_like(x)
             rec("block_fwd_bwd", b, s, block_fb, xg, cos, sin, gy)
-            rec("embedding_fwd_bwd", b, s, emb_fb, ids, gy)
+            rec("embedding_fwd_bwd", b, s, emb_fb, ids, pos, s, gy)
             rec("head_fwd_bwd", b, s, head_fb, xg, ids)
         for c in grid.caches:
             attn = blk.self_attn
@@ -147,8 +156,18 @@ def _op_points(grid: Grid, model, name, tp, dt, device, dtype, timed) -> list[Op
             )
             x1 = torch.randn(b, 1, h, dtype=dtype, device=device)
             cos, sin = rope(b, 1, c)
-            with torch.no_grad():
+            with torch.no_grad(), fused_inference(model):  # as executor.generate runs it
                 rec("decode", b, c, blk, x1, cos, sin, None, cache, c)
+        if tp == 1:
+            rec(
+                "sample",
+                b,
+                1,
+                _sample_step,
+                torch.randn(b, spec.vocab_size, dtype=dtype, device=device),
+            )
+            for c in grid.caches:
+                out.append(_generate_step(model, b, c, shape, timed, device))
     return out  # fmt: skip
 
 
@@ -167,6 +186,49 @@ def _adam_points(grid: Grid, device, dtype, timed) -> list[OpTiming]:
         t = timed(partial(_clip_and_step, params, opt))
         out.append(OpTiming(op="optimizer", shape=ADAM_SHAPE, batch=n, seq_len=1, time_s=t))
     return out  # fmt: skip
+
+
+GEN_STEPS = 16
+
+
+def _generate_step(model, b: int, c: int, shape: ShardShape, timed, device) -> OpTiming:
+    """Per-token time of executor.generate itself on the one-block shard model: the
+    difference of two runs with 2 and 2 + GEN_STEPS new tokens from prompts of length c, so
+    the prefill cancels. It holds one block's decode plus embedding, head, sampling and the
+    loop's bookkeeping; the cost model adds the other blocks' decode steps to it."""
+    import torch
+
+    from executor.generate import GenerationConfig, generate
+    from executor.parallel import ParallelContext
+
+    ctx = ParallelContext.single()
+    prompts = torch.randint(0, model.spec.vocab_size, (b, c), device=device)
+
+    def run(n: int) -> None:
+        cfg = GenerationConfig(max_new_tokens=n, greedy=False, seed=0)
+        generate(model, ctx, prompts, None, cfg)
+
+    short, long = timed(partial(run, 2)), timed(partial(run, 2 + GEN_STEPS))
+    per_step = max((long - short) / GEN_STEPS, 1e-9)
+    return OpTiming(
+        op="generate_step", shape=shape, batch=b, seq_len=c + GEN_STEPS // 2, time_s=per_step
+    )
+
+
+def _sample_step(logits) -> None:
+    """executor.generate's per-token work after the logits: sample, log-prob, bookkeeping."""
+    import torch
+
+    from executor.sampling import choose
+
+    b = logits.shape[0]
+    tok, lp = choose(logits, False, 1.0, 1.0, torch.rand(b, device=logits.device))
+    pair = torch.empty(2, b, dtype=torch.float64, device=logits.device)
+    pair[0], pair[1] = tok, lp
+    done = torch.zeros(b, dtype=torch.bool, device=logits.device)
+    tok = torch.where(done, 0, pair[0].long())
+    lp = torch.where(done, 0.0, pair[1].float())
+    bool(done.all())
 
 
 def _clip_and_step(params, opt) -> None:
@@ -221,7 +283,10 @@ def run_profile(device: str, quick: bool, command: str, progress=None) -> Profil
         colls = time_collectives(dev_type, quick, progress)
         if colls is None:
             return None
-    timed = _timer(sync, grid)
+    # On CPU (one thread) the process's CPU time is the wall time of an idle machine, and
+    # stays so when other jobs share the cores; a GPU is timed by the wall clock.
+    clock = time.process_time if dev_type == "cpu" else time.perf_counter
+    timed = _timer(sync, grid, clock)
     ops: list[OpTiming] = []
     jobs = [
         (m, tp) for m in grid.models for tp in grid.tps if preset(m).num_key_value_heads % tp == 0
@@ -252,6 +317,7 @@ def run_profile(device: str, quick: bool, command: str, progress=None) -> Profil
         dtype=dtype_name,
         threads=torch.get_num_threads() if dev_type == "cpu" else None,
         model_code="executor.model.Transformer",
+        clock="process_time" if dev_type == "cpu" else "perf_counter",
         created=stamp.isoformat(timespec="seconds"),
         command=command,
         torch_version=torch.__version__,

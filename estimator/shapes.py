@@ -37,12 +37,14 @@ def block_matmul_params(s: ShardShape) -> int:
 
 def op_size(s: ShardShape, op: str) -> float:
     """A scalar size of the shard for an op, used to pick the nearest profiled shape."""
-    if op.startswith("block") or op == "decode":
+    if op.startswith("block") or op in ("decode", "generate_step"):
         return float(block_matmul_params(s))
     if op.startswith("head"):
         return float(s.hidden_size * s.vocab_size)
     if op.startswith("embedding"):
         return float(s.hidden_size)
+    if op == "sample":
+        return float(s.vocab_size * s.tp)
     return 1.0
 
 
@@ -57,6 +59,11 @@ def op_flops_bytes(op: str, s: ShardShape, batch: float, seq: float) -> tuple[fl
         act = tokens * (4 * h + 2 * (qw + 2 * kvw) + 3 * s.intermediate_size) * dt
         nbytes = p * dt + act
         return (3 * flops, 3 * nbytes) if op == "block_fwd_bwd" else (flops, nbytes)
+    if op == "generate_step":  # one block's decode plus head and sampling
+        f1, b1 = op_flops_bytes("decode", s, batch, seq)
+        f2, b2 = op_flops_bytes("head_fwd", s, batch, 1)
+        f3, b3 = op_flops_bytes("sample", s, batch, 1)
+        return f1 + f2 + f3, b1 + b2 + b3
     if op == "decode":
         p = block_matmul_params(s)
         flops = 2.0 * p * batch + 4.0 * qw * batch * (seq + 1)
@@ -73,6 +80,9 @@ def op_flops_bytes(op: str, s: ShardShape, batch: float, seq: float) -> tuple[fl
         if op == "embedding_fwd_bwd":
             nbytes += 2.0 * tokens * h * dt + s.vocab_size * h * dt  # scatter-add, zero the grad
         return 0.0, nbytes
+    if op == "sample":  # softmax, sort and search over the full vocabulary
+        v = s.vocab_size * s.tp
+        return 10.0 * batch * v, 4.0 * 6 * batch * v
     if op == "optimizer":
         return 10.0 * batch, ADAM_BYTES_PER_PARAM * batch
     raise ValueError(f"unknown op {op!r}")

@@ -167,6 +167,9 @@ def _memory(cm, calls, allocations, atoms, costs, n_atoms, res: SimResult) -> bo
             others = peak - c.memory.total
             parts = dict(c.memory.breakdown(), other_models=max(0.0, others))
             res.reason = cm.memory_reason(m.name, peak, parts)
+    alone = next((costs[m.name] for m in calls if not costs[m.name].feasible), None)
+    if alone is not None:  # name the call that cannot fit even by itself, not its neighbours
+        res.reason = alone.reason
     return res.feasible
 
 

@@ -1,0 +1,147 @@
+"""The profile format: loading, errors, schema, analytic labels and table lookups."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from estimator import CostModel, analytic_profile, load_profile, plan_report, profile_schema
+from estimator.lookup import ProfileLookup
+from estimator.profile import OpTiming, Profile, Roofline, save_profile
+from estimator.shapes import op_flops_bytes, shard_shape
+from plans import ClusterSpec, PlanError, example_path, load_plan, preset
+
+SHIPPED = sorted((Path(__file__).parents[2] / "estimator" / "profiles").glob("*.json"))
+SMALL = shard_shape(preset("small"), 1, 4)
+
+
+def measured(points: dict[tuple[int, int], float], op: str = "block_fwd") -> Profile:
+    return Profile(
+        kind="measured",
+        id="test",
+        device="cpu",
+        roofline=Roofline(
+            flops_per_s=1e11,
+            memory_bytes_per_s=1e12,
+            intra_node_bytes_per_s=1e9,
+            inter_node_bytes_per_s=1e8,
+        ),
+        ops=[
+            OpTiming(op=op, shape=SMALL, batch=b, seq_len=s, time_s=t)
+            for (b, s), t in points.items()
+        ],
+    )
+
+
+GRID = {(1, 16): 0.01, (1, 64): 0.03, (4, 16): 0.035, (4, 64): 0.12}
+
+
+def lookup(p: Profile) -> ProfileLookup:
+    return ProfileLookup(p, 1e9, 1e8)
+
+
+def test_grid_points_are_reproduced():
+    lk = lookup(measured(GRID))
+    for (b, s), t in GRID.items():
+        assert lk.op_time("block_fwd", SMALL, b, s) == pytest.approx(t)
+
+
+@settings(max_examples=50, deadline=None)
+@given(b=st.floats(1, 4), s=st.floats(16, 64))
+def test_inside_the_grid_times_stay_between_the_corners(b, s):
+    t = lookup(measured(GRID)).op_time("block_fwd", SMALL, b, s)
+    assert min(GRID.values()) - 1e-12 <= t <= max(GRID.values()) + 1e-12
+
+
+@settings(max_examples=30, deadline=None)
+@given(k=st.floats(1.5, 64))
+def test_beyond_the_grid_time_scales_with_flops(k):
+    """Compute-bound here (1e11 FLOP/s against 1e12 B/s): k times the tokens past the edge
+    costs the roofline ratio times the edge point."""
+    lk = lookup(measured(GRID))
+    t = lk.op_time("block_fwd", SMALL, 4 * k, 64)
+    ratio = lk.roof_time("block_fwd", SMALL, 4 * k, 64) / lk.roof_time("block_fwd", SMALL, 4, 64)
+    assert t == pytest.approx(GRID[(4, 64)] * ratio)
+    f1 = op_flops_bytes("block_fwd", SMALL, 4, 64)[0]
+    assert ratio == pytest.approx(op_flops_bytes("block_fwd", SMALL, 4 * k, 64)[0] / f1)
+
+
+def test_a_measured_profile_wins_and_is_labelled():
+    plan = load_plan(example_path("ppo-tiny-4cpu", "plan"))
+    analytic = plan_report(plan)
+    assert analytic.profile_kind == "analytic" and analytic.profile == "analytic:cpu"
+    assert any("analytic" in w for w in analytic.warnings)
+    prof = measured({k: v * 1000 for k, v in GRID.items()})
+    mine = plan_report(plan, prof)
+    assert mine.profile_kind == "measured" and mine.profile == "test"
+    assert mine.iteration_time_s > analytic.iteration_time_s  # 1000x slower blocks
+
+
+@pytest.mark.parametrize("device", ["h100", "h200", "a100", "a100-40gb", "l40s", "cpu"])
+def test_analytic_profiles_of_the_device_table(device):
+    p = analytic_profile(ClusterSpec(device=device))
+    assert p.kind == "analytic" and p.id == f"analytic:{device}" and "analytic" in p.label
+    assert p.roofline.flops_per_s == pytest.approx(
+        ClusterSpec(device=device).peak_tflops * 1e12 * p.efficiency.compute
+    )
+    cm = CostModel(ClusterSpec(device=device, gpus_per_node=1), _tiny_exp())
+    assert math.isfinite(cm.call_cost("actor_gen", _one()).time_s)
+
+
+def _tiny_exp():
+    from plans import load_experiment
+
+    return load_experiment("ppo-tiny")
+
+
+def _one():
+    from plans import Allocation, DeviceMesh, ParallelStrategy
+
+    return Allocation(mesh=DeviceMesh(n_gpus=1), strategy=ParallelStrategy())
+
+
+def test_round_trip_and_schema(tmp_path):
+    p = measured(GRID)
+    save_profile(p, tmp_path / "p.json")
+    assert load_profile(tmp_path / "p.json") == p
+    schema = profile_schema()
+    assert schema["title"] == "Profile" and {"ops", "collectives", "roofline"} <= set(
+        schema["properties"]
+    )
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (None, "no such file"),
+        ("{not json", "not valid JSON"),
+        ("[]", "must be a JSON object"),
+        (json.dumps({"format_version": 99}), "format_version"),
+        ("BROKEN_FIELD", "ops.[0].time_s"),
+    ],
+)
+def test_bad_profile_files_are_one_plan_error(tmp_path, content, needle):
+    path = tmp_path / "bad.json"
+    if content == "BROKEN_FIELD":
+        doc = measured(GRID).model_dump(mode="json")
+        doc["ops"][0]["time_s"] = -1
+        content = json.dumps(doc)
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(PlanError) as e:
+        load_profile(path)
+    assert str(path) in str(e.value) and needle.replace(".[", "[") in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_profiles_load(path):
+    p = load_profile(path)
+    assert p.kind == "measured" and p.ops
+    ops = {t.op for t in p.ops}
+    assert {"block_fwd", "block_fwd_bwd", "decode", "head_fwd", "embedding_fwd"} <= ops
