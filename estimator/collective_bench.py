@@ -20,8 +20,15 @@ SIZES = {True: [2**12, 2**16, 2**20, 2**23], False: [2**k for k in range(12, 27,
 REPS = {True: 5, False: 10}
 
 
-def time_collectives(dev_type: str, quick: bool, progress=None) -> list[CollectiveTiming] | None:
-    """Returns the timings on rank 0 and None on the other ranks."""
+def time_collectives(
+    dev_type: str,
+    quick: bool,
+    progress=None,
+    init_method: str | None = None,
+    timeout_s: float = 120.0,
+) -> list[CollectiveTiming] | None:
+    """Returns the timings on rank 0 and None on the other ranks. Rank and world size come
+    from torchrun's environment (RANK, WORLD_SIZE, LOCAL_WORLD_SIZE)."""
     import torch
     import torch.distributed as dist
 
@@ -30,7 +37,13 @@ def time_collectives(dev_type: str, quick: bool, progress=None) -> list[Collecti
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     if dev_type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend, timeout=timedelta(seconds=120))
+    dist.init_process_group(
+        backend,
+        init_method=init_method,
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=timeout_s),
+    )
     device = torch.device("cuda") if dev_type == "cuda" else torch.device("cpu")
     sync = torch.cuda.synchronize if dev_type == "cuda" else (lambda: None)
     sizes = [n for n in (2, 4, 8, 16, 32, 64, 128, 256) if n <= world]

@@ -207,6 +207,11 @@ class CostModel:
         # for its own previous token to leave the last stage.
         steps = exp.gen_len - 1
         tp, pp = self._comm(model, alloc, micro, 1)
+        # The last stage gathers the newest position's vocab-parallel logits over tp.
+        tp_scope = scopes(alloc, self.cluster.gpus_per_node)[0]
+        tp += self.lookup.collective_time(
+            "all_gather", s.tp, tp_scope, micro * model.vocab_size * 4
+        )
         if steps <= DECODE_SAMPLES:
             caches = [p_len + k for k in range(steps)]
         else:
