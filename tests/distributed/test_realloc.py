@@ -32,6 +32,8 @@ from tests.distributed.realloc_cases import (
 pytestmark = pytest.mark.distributed
 TIMEOUT = timedelta(seconds=20)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# None: one op per message; -1: the default (8 MiB pieces on gloo); small: many pieces
+CHUNKS = st.sampled_from([None, -1, 64, 1000])
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +45,16 @@ def pool(tmp_path_factory):
 
 # ---- checks run on every rank ------------------------------------------------------------------
 def check_params(rank: int, world: int, cases: list[tuple]) -> list[dict]:
-    """Each case: (gpus_per_node, src, dst, spec name, dtype name, keep_source, seed)."""
+    """Each case: (gpus_per_node, src, dst, spec name, dtype name, keep_source, seed, chunk
+    bytes)."""
     out = []
-    for gpn, src, dst, spec_name, dtype_name, keep, seed in cases:
+    for gpn, src, dst, spec_name, dtype_name, keep, seed, chunk in cases:
         spec, dtype = specs()[spec_name], DTYPES[dtype_name]
         plan = plan_params(src, dst, spec, gpn)
         mine = plan.src_layout.get(rank, {})
         shards = make_shards(dict(mine), spec, dtype, seed) if mine else None
         before = {k: v.clone() for k, v in shards.items()} if shards else {}
-        got = reallocate(plan, shards, dtype, keep_source=keep, timeout=TIMEOUT)
+        got = reallocate(plan, shards, dtype, keep_source=keep, timeout=TIMEOUT, chunk_bytes=chunk)
         want = plan.dst_layout.get(rank, {})
         shapes = param_shapes(spec)
         bad = [
@@ -78,9 +81,10 @@ def check_params(rank: int, world: int, cases: list[tuple]) -> list[dict]:
 
 
 def check_batches(rank: int, world: int, cases: list[tuple]) -> list[dict]:
-    """Each case: (gpus_per_node, src, dst, n_samples, src_last_stage_only, keep, seed)."""
+    """Each case: (gpus_per_node, src, dst, n_samples, src_last_stage_only, keep, seed, chunk
+    bytes)."""
     out = []
-    for gpn, src, dst, n, last_only, keep, seed in cases:
+    for gpn, src, dst, n, last_only, keep, seed, chunk in cases:
         full = _full_batch(n, seed)
         plan = plan_batch(src, dst, n, gpn, src_last_stage_only=last_only)
         mine = plan.src_layout.get(rank, {}).get(SAMPLES)
@@ -88,7 +92,9 @@ def check_batches(rank: int, world: int, cases: list[tuple]) -> list[dict]:
         if mine is not None:
             ((a, b),) = mine.box
             share = {k: v[a:b].clone() for k, v in full.items()}
-        got = move_batch(plan, share, batch_schema(full), keep_source=keep, timeout=TIMEOUT)
+        got = move_batch(
+            plan, share, batch_schema(full), keep_source=keep, timeout=TIMEOUT, chunk_bytes=chunk
+        )
         want = plan.dst_layout.get(rank, {}).get(SAMPLES)
         if want is None:
             out.append({"ok": got == {}, "rows": None})
@@ -134,9 +140,10 @@ def check_round_trip(
     # The home moves to the generation layout and back.
     moved = reallocate(to_gen, weights, dtype, keep_source=False, timeout=TIMEOUT)
     source_released = not weights
-    gen_bytes = sum(
-        t.untyped_storage().nbytes() for t in {id(t): t for t in moved.values()}.values()
-    )
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in moved.values()
+    }
+    gen_bytes = sum(storages.values())
     while_moved = live_tensor_bytes()
     back = reallocate(to_train, moved, dtype, keep_source=False, timeout=TIMEOUT)
     del moved
@@ -180,7 +187,8 @@ def test_every_pair_of_layouts_one_node(pool):
     """All pairs of the 15 layouts of the uneven tied model on 1 node x 4 (225 moves)."""
     spec = specs()["uneven-tied"]
     allocs = allocations(1, 4, spec)
-    cases = [(4, a, b, "uneven-tied", "float32", True, 1) for a in allocs for b in allocs]
+    # 500-byte pieces: most messages go in several tagged pieces
+    cases = [(4, a, b, "uneven-tied", "float32", True, 1, 500) for a in allocs for b in allocs]
     kinds = {relation(a, b, 4) for _, a, b, *_ in cases}
     mixes = {(a.strategy.dp, a.strategy.tp, a.strategy.pp) for a in allocs}
     assert kinds == {"identical", "overlapping", "disjoint"}
@@ -205,7 +213,8 @@ def _param_case(draw):
         choices = allocs
     dst = draw(st.sampled_from(choices))
     dtype = draw(st.sampled_from(sorted(DTYPES)))
-    return (gpn, src, dst, spec_name, dtype, draw(st.booleans()), draw(st.integers(0, 9)))
+    keep, seed, chunk = draw(st.booleans()), draw(st.integers(0, 9)), draw(CHUNKS)
+    return (gpn, src, dst, spec_name, dtype, keep, seed, chunk)
 
 
 @settings(
@@ -227,7 +236,8 @@ def _batch_case(draw):
     allocs = allocations(nodes, gpn, specs()["tiny"])
     src, dst = draw(st.sampled_from(allocs)), draw(st.sampled_from(allocs))
     n = draw(st.integers(1, 11))  # fewer samples than dp ranks leaves some shares empty
-    return (gpn, src, dst, n, draw(st.booleans()), draw(st.booleans()), draw(st.integers(0, 9)))
+    last_only, keep, seed = draw(st.booleans()), draw(st.booleans()), draw(st.integers(0, 9))
+    return (gpn, src, dst, n, last_only, keep, seed, draw(CHUNKS))
 
 
 @settings(
@@ -250,7 +260,7 @@ def test_random_batch_moves(pool, case):
 def test_every_pair_of_batch_layouts(pool):
     """All pairs of layouts on 2 nodes x 2, 5 samples (one dp share of 4 gets 2, others 1)."""
     allocs = allocations(2, 2, specs()["tiny"])
-    cases = [(2, a, b, 5, a.strategy.pp > 1, False, 3) for a in allocs for b in allocs]
+    cases = [(2, a, b, 5, a.strategy.pp > 1, False, 3, 40) for a in allocs for b in allocs]
     results = pool.run(check_batches, cases)
     for i, case in enumerate(cases):
         assert all(r[i]["ok"] for r in results), case
