@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -15,9 +17,10 @@ app = typer.Typer(name="rlhf-run", pretty_exceptions_enable=False, add_completio
 @app.command()
 def run(
     plan: Annotated[Path, typer.Argument(help="Plan JSON file (from rlhf-plan search).")],
-    iterations: Annotated[int, typer.Option(min=1, help="Iterations to run.")] = 20,
+    iterations: Annotated[int, typer.Option(min=1, help="Iterations to run.")] = 40,
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Run folder: metrics, checkpoints.")
+        Path | None,
+        typer.Option("--out", help="Run folder for metrics.jsonl (default: runs/<plan>-<time>)."),
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the last complete checkpoint.")
@@ -25,12 +28,49 @@ def run(
     data: Annotated[
         Path | None, typer.Option("--data", help="Prompts JSONL; default: the plan's dataset.")
     ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=1, help="Collective timeout, seconds: a lost worker is reported within it."
+        ),
+    ] = 120.0,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
     """Run RLHF training as a plan says: one worker per device, parameters reallocated between
-    the layouts of the plan's calls, metrics as JSON lines."""
-    err.print("rlhf-run: not available yet (the runtime is still being built).", highlight=False)
-    raise typer.Exit(2)
+    the layouts of the plan's calls, metrics as JSON lines (one per iteration)."""
+    from estimator.report import estimate_plan
+    from executor.data import load_prompts
+    from executor.runtime.launch import launch, under_torchrun
+    from executor.runtime.worker import RunTask
+    from executor.runtime.worker import run as worker
+    from plans import PlanError, load_plan
+
+    p = load_plan(plan)
+    if p.experiment.algorithm != "ppo":
+        raise PlanError(
+            f"rlhf-run runs ppo plans so far, not {p.experiment.algorithm}",
+            field="experiment.algorithm",
+        )
+    if resume:
+        raise PlanError("checkpoints and --resume are not available yet", field="--resume")
+    estimate_plan(p)  # a plan that does not fit in memory stops here, naming the call
+    if data:
+        load_prompts(data)  # a bad line is reported before any worker starts
+    if out_dir is None:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out_dir = Path("runs") / f"{plan.stem}-{stamp}"
+    if not under_torchrun():
+        err.print(
+            f"rlhf-run: {p.cluster.world_size} workers, {iterations} iterations -> {out_dir}/metrics.jsonl",
+            highlight=False,
+        )
+    code = launch(
+        worker,
+        RunTask(str(plan), iterations, str(out_dir), str(data) if data else None),
+        world=p.cluster.world_size,
+        timeout_s=timeout,
+    )
+    sys.exit(code)
 
 
 def main() -> None:

@@ -113,6 +113,11 @@ class ExperimentSpec(BaseModel):
     dataset: str | None = Field(
         None, description="Prompts/pairs JSONL file; None = the built-in synthetic task."
     )
+    reward_function: str | None = Field(
+        None,
+        description="Rule reward `module:function` (prompt, response) -> float, or `builtin:digits` "
+        "(the synthetic task's rule), scored on the reward call's devices instead of the reward model.",
+    )
     generation: GenerationSpec = Field(
         default_factory=GenerationSpec, description="Sampling settings."
     )

@@ -1,0 +1,244 @@
+"""One worker of `rlhf-run`: every rank walks the same calls in the same order.
+
+Before a call, the ranks concerned reallocate the call's model into the call's layout and
+fetch its input data; then the call's mesh runs it while the other ranks go on to their next
+call, so calls on disjoint meshes overlap without a central controller.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from executor.checkpoint import save_checkpoint
+from executor.data import load_prompts, reward_function, synthetic_prompts
+from executor.runtime import ppo
+from executor.runtime.launch import WorkerEnv
+from executor.runtime.roles import build_contexts, build_roles, layout_key
+from executor.runtime.store import DataStore
+from executor.slicing import split_range
+from executor.tokenizer import ByteTokenizer, left_pad
+from executor.train import OptimConfig, make_optimizer
+from plans import Plan, load_plan
+
+# MFC data keys (plans.algorithms) -> the tensors that carry them.
+TENSORS = {
+    "seq": ("input_ids", "attention_mask", "response_mask"),
+    "logprobs": ("logprobs",),
+    "ref_logprobs": ("ref_logprobs",),
+    "rewards": ("score",),
+    "values": ("values",),
+}
+
+
+@dataclass(frozen=True)
+class RunTask:
+    plan_path: str
+    iterations: int
+    out_dir: str
+    data: str | None = None
+    save_final: bool = False
+    """Write every trained model to <out_dir>/final/<role> (HF folders) after the last iteration."""
+
+
+class Prompts:
+    """The prompts of iteration `it`: the same on every rank, from a JSONL file or the
+    built-in synthetic task."""
+
+    def __init__(self, plan: Plan, data: str | None, tok: ByteTokenizer):
+        exp = plan.experiment
+        self.exp, self.tok = exp, tok
+        path = data or exp.dataset
+        self.rows = load_prompts(path) if path else None
+
+    def batch(self, it: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        n, p = self.exp.batch_size, self.exp.prompt_len
+        if self.rows is None:
+            texts = synthetic_prompts(n, seed=self.exp.seed * 100_003 + it)
+        else:
+            texts = [self.rows[(it * n + i) % len(self.rows)] for i in range(n)]
+        ids = [self.tok.encode(t)[-p:] for t in texts]  # keep the end of a long prompt
+        pad_ids, mask = left_pad(ids, self.tok.pad_token_id)
+        if pad_ids.shape[1] < p:  # every batch has exactly prompt_len columns
+            extra = p - pad_ids.shape[1]
+            pad_ids = torch.cat([torch.full((n, extra), self.tok.pad_token_id), pad_ids], dim=1)
+            mask = torch.cat([torch.zeros(n, extra, dtype=mask.dtype), mask], dim=1)
+        return texts, pad_ids, mask
+
+
+def run(env: WorkerEnv, task: RunTask) -> None:
+    plan = load_plan(task.plan_path)
+    exp, gpn = plan.experiment, plan.cluster.gpus_per_node
+    ctxs = build_contexts(plan)
+    roles = build_roles(plan, ctxs)
+    opts = {}
+    for role, rm in roles.items():
+        if rm.model is not None and any(m.role == role and m.kind == "train" for m in exp.mfcs()):
+            o = exp.optimizer(role)
+            opts[role] = make_optimizer(
+                rm.model,
+                OptimConfig(
+                    lr=o.lr,
+                    betas=o.betas,
+                    weight_decay=o.weight_decay,
+                    eps=o.eps,
+                    max_grad_norm=o.grad_clip or None,
+                ),
+            )
+    tok = ByteTokenizer()
+    prompts = Prompts(plan, task.data, tok)
+    store = DataStore(gpn, ppo.schema(exp))
+    rule = reward_function(exp.reward_function) if exp.reward_function else None
+    producer = {k: m.name for m in exp.mfcs() for k in m.outputs}
+    n = exp.batch_size
+    out_dir = Path(task.out_dir)
+    if env.rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for it in range(task.iterations):
+        t_iter = time.perf_counter()
+        texts, prompt_ids, prompt_mask = prompts.batch(it)
+        mine: dict = {"calls": {}, "stats": {}}
+        for m in exp.mfcs():
+            alloc = plan.allocations[m.name]
+            ctx = ctxs[layout_key(alloc)]
+            rm = roles[m.role]
+            t0 = time.perf_counter()
+            model = rm.view(alloc)
+            t1 = time.perf_counter()
+            data: dict[str, torch.Tensor] = {}
+            for call in sorted({producer[k] for k in m.inputs if k in producer}):
+                data.update(store.fetch(call, alloc))
+            t2 = time.perf_counter()
+            if ctx.in_mesh:
+                out = _run_call(
+                    m,
+                    model,
+                    ctx,
+                    exp,
+                    data,
+                    prompt_ids,
+                    prompt_mask,
+                    texts,
+                    rule,
+                    tok,
+                    opts,
+                    it,
+                    alloc.strategy.micro_batches,
+                    mine["stats"],
+                )
+                keys = tuple(k for key in m.outputs for k in TENSORS[key])
+                store.put(m.name, alloc, n, keys, out)
+            elif m.outputs:
+                store.put(
+                    m.name, alloc, n, tuple(k for key in m.outputs for k in TENSORS[key]), None
+                )
+            if m.kind == "train":
+                rm.drop_view()  # its other layouts hold the old weights now
+            if ctx.in_mesh:
+                mine["calls"][m.name] = {
+                    "realloc_s": t1 - t0,
+                    "data_s": t2 - t1,
+                    "compute_s": time.perf_counter() - t2,
+                }
+        mine["iteration_s"] = time.perf_counter() - t_iter
+        everyone: list = [None] * env.world
+        dist.all_gather_object(everyone, mine)
+        if env.rank == 0:
+            _write_metrics(out_dir, plan, it, everyone)
+    if task.save_final:
+        for role in opts:
+            rm = roles[role]
+            save_checkpoint(
+                rm.model,
+                rm.home_ctx,
+                out_dir / "final" / role,
+                tok.pad_token_id,
+                tok.bos_token_id,
+                tok.eos_token_id,
+            )
+
+
+def _run_call(
+    m, model, ctx, exp, data, prompt_ids, prompt_mask, texts, rule, tok, opts, it, n_micro, stats
+):
+    if m.name == "actor_gen":
+        return ppo.actor_generate(
+            model,
+            ctx,
+            exp,
+            prompt_ids,
+            prompt_mask,
+            tok.eos_token_id,
+            tok.pad_token_id,
+            seed=exp.seed * 7919 + it,
+        )
+    if m.name == "ref_inf":
+        return ppo.response_logprobs(model, ctx, exp, data, n_micro)
+    if m.name == "critic_inf":
+        return ppo.response_values(model, ctx, exp, data, n_micro)
+    if m.name == "rew_inf":
+        if rule is None:
+            return ppo.last_token_score(model, ctx, data, n_micro)
+        if not ctx.is_last_stage:
+            return None
+        lo, hi = split_range(exp.batch_size, ctx.dp_size, ctx.dp_rank)
+        p = exp.prompt_len
+        scores = []
+        for i in range(lo, hi):
+            resp = data["input_ids"][i, p:][data["response_mask"][i] > 0].tolist()
+            scores.append(float(rule(texts[i], tok.decode(resp))))
+        return {"score": torch.tensor(scores, dtype=torch.float32)}
+    if m.kind == "train":
+        adv = ppo.advantages(exp, data)
+        grad_clip = exp.optimizer(m.role).grad_clip
+        train = ppo.train_actor if m.role == "actor" else ppo.train_critic
+        steps = train(model, ctx, opts[m.role], exp, data, adv, n_micro, grad_clip)
+        mask = data["response_mask"]
+        stats[m.name] = {
+            "loss": sum(s.loss for s in steps) / len(steps),
+            "grad_norm": sum(s.grad_norm for s in steps) / len(steps),
+        }
+        if m.role == "actor":
+            stats["rollout"] = {
+                "reward_mean": float(data["score"].mean()),
+                "kl_mean": float((adv.kl.sum(1) / mask.sum(1).clamp(min=1)).mean()),
+                "response_len": float(mask.sum(1).mean()),
+            }
+        return None
+    raise NotImplementedError(f"rlhf-run does not run {m.name} yet")
+
+
+def _write_metrics(out_dir: Path, plan: Plan, it: int, everyone: list) -> None:
+    calls: dict[str, dict] = {}
+    stats: dict = {}
+    for r in everyone:
+        stats.update(r["stats"])
+        for name, t in r["calls"].items():
+            c = calls.setdefault(name, {"realloc_s": 0.0, "data_s": 0.0, "compute_s": 0.0})
+            for k in c:
+                c[k] = max(c[k], t[k])  # a call takes as long as its slowest rank
+    if plan.estimate:
+        for name, c in calls.items():
+            est = plan.estimate.calls.get(name)
+            c["estimate_s"] = est.time_s if est else None
+    row = {
+        "iteration": it,
+        "iteration_s": max(r["iteration_s"] for r in everyone),
+        "realloc_s": sum(c["realloc_s"] for c in calls.values()),
+        **stats.get("rollout", {}),
+        "actor_loss": stats.get("actor_train", {}).get("loss"),
+        "critic_loss": stats.get("critic_train", {}).get("loss"),
+        "calls": calls,
+    }
+    with open(out_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(
+        f"iter {it}: reward {row.get('reward_mean', float('nan')):.3f} kl {row.get('kl_mean', float('nan')):.4f} "
+        f"time {row['iteration_s']:.2f}s realloc {row['realloc_s']:.3f}s",
+        flush=True,
+    )
