@@ -32,8 +32,11 @@ from tests.distributed.realloc_cases import (
 pytestmark = pytest.mark.distributed
 TIMEOUT = timedelta(seconds=20)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-# None: one op per message; -1: the default (8 MiB pieces on gloo); small: many pieces
-CHUNKS = st.sampled_from([None, -1, 64, 1000])
+# Framing (chunk bytes, direct bytes), see executor.wire: None = one op per message; -1 = the
+# default; small chunks cut messages and tensors into many frames; direct 0 sends every
+# tensor in frames of its own, 10**9 none.
+FRAMINGS = [(None, 0), (-1, 64 * 2**10), (64, 32), (1000, 256), (500, 10**9), (4096, 0)]
+CHUNKS = st.sampled_from(FRAMINGS)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,10 @@ def check_params(rank: int, world: int, cases: list[tuple]) -> list[dict]:
         mine = plan.src_layout.get(rank, {})
         shards = make_shards(dict(mine), spec, dtype, seed) if mine else None
         before = {k: v.clone() for k, v in shards.items()} if shards else {}
-        got = reallocate(plan, shards, dtype, keep_source=keep, timeout=TIMEOUT, chunk_bytes=chunk)
+        got = reallocate(
+            plan, shards, dtype, keep_source=keep, timeout=TIMEOUT,
+            chunk_bytes=chunk[0], direct_bytes=chunk[1],
+        )  # fmt: skip
         want = plan.dst_layout.get(rank, {})
         shapes = param_shapes(spec)
         bad = [
@@ -93,8 +99,9 @@ def check_batches(rank: int, world: int, cases: list[tuple]) -> list[dict]:
             ((a, b),) = mine.box
             share = {k: v[a:b].clone() for k, v in full.items()}
         got = move_batch(
-            plan, share, batch_schema(full), keep_source=keep, timeout=TIMEOUT, chunk_bytes=chunk
-        )
+            plan, share, batch_schema(full), keep_source=keep, timeout=TIMEOUT,
+            chunk_bytes=chunk[0], direct_bytes=chunk[1],
+        )  # fmt: skip
         want = plan.dst_layout.get(rank, {}).get(SAMPLES)
         if want is None:
             out.append({"ok": got == {}, "rows": None})
@@ -187,8 +194,11 @@ def test_every_pair_of_layouts_one_node(pool):
     """All pairs of the 15 layouts of the uneven tied model on 1 node x 4 (225 moves)."""
     spec = specs()["uneven-tied"]
     allocs = allocations(1, 4, spec)
-    # 500-byte pieces: most messages go in several tagged pieces
-    cases = [(4, a, b, "uneven-tied", "float32", True, 1, 500) for a in allocs for b in allocs]
+    # every framing in turn: most messages go in several tagged frames
+    cases = [
+        (4, a, b, "uneven-tied", "float32", True, 1, FRAMINGS[i % len(FRAMINGS)])
+        for i, (a, b) in enumerate((a, b) for a in allocs for b in allocs)
+    ]
     kinds = {relation(a, b, 4) for _, a, b, *_ in cases}
     mixes = {(a.strategy.dp, a.strategy.tp, a.strategy.pp) for a in allocs}
     assert kinds == {"identical", "overlapping", "disjoint"}
@@ -260,7 +270,10 @@ def test_random_batch_moves(pool, case):
 def test_every_pair_of_batch_layouts(pool):
     """All pairs of layouts on 2 nodes x 2, 5 samples (one dp share of 4 gets 2, others 1)."""
     allocs = allocations(2, 2, specs()["tiny"])
-    cases = [(2, a, b, 5, a.strategy.pp > 1, False, 3, 40) for a in allocs for b in allocs]
+    cases = [
+        (2, a, b, 5, a.strategy.pp > 1, False, 3, FRAMINGS[i % len(FRAMINGS)])
+        for i, (a, b) in enumerate((a, b) for a in allocs for b in allocs)
+    ]
     results = pool.run(check_batches, cases)
     for i, case in enumerate(cases):
         assert all(r[i]["ok"] for r in results), case

@@ -1,0 +1,196 @@
+"""Reallocation throughput next to the plain gloo point-to-point bandwidth, on this CPU.
+
+For a model of about 100M parameters (preset 'small', fp32) on 2 and 4 gloo ranks, each
+layout change is timed end to end (`reallocate`: packing, transfer, unpacking, local copies)
+and set against two baselines measured in the same run, with the same processes:
+
+- link: one pair of ranks sending one large contiguous buffer (dist.send / dist.recv);
+- raw: exactly the plan's bytes per (src, dst) pair, one contiguous buffer per pair, posted
+  in one batch_isend_irecv: what the move would cost if packing and unpacking were free.
+  "warm" receives into the same preallocated buffers every time; "fresh" into newly
+  allocated ones, as a move into a new home must (on CPU, faulting in fresh pages costs
+  about as much as the transfer itself).
+
+Efficiency = raw time / reallocation time (the target is >= 70%). Throughput counts the
+bytes that cross a link (local copies excluded), summed over pairs.
+
+    .venv/bin/python benchmarks/realloc.py [--ranks 2 4] [--reps 3] [--model small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from executor.realloc import reallocate  # noqa: E402
+from executor.transfer_plan import plan_params  # noqa: E402
+from plans.allocation import Allocation, DeviceMesh, ParallelStrategy  # noqa: E402
+from plans.model import preset  # noqa: E402
+
+DTYPE = torch.float32
+LINK_BYTES = 128 * 2**20
+
+
+def _alloc(first: int, size: int, dp: int = 1, tp: int = 1, pp: int = 1) -> Allocation:
+    return Allocation(
+        mesh=DeviceMesh(gpu_start=first, n_gpus=size),
+        strategy=ParallelStrategy(dp=dp, tp=tp, pp=pp),
+    )
+
+
+def changes(world: int) -> list[tuple[str, Allocation, Allocation]]:
+    """Layout changes on one node of `world` devices: (label, source, destination)."""
+    if world == 2:
+        return [
+            ("r0 -> r1 (whole model, disjoint)", _alloc(0, 1), _alloc(1, 1)),
+            ("t2 -> d2 (same mesh)", _alloc(0, 2, tp=2), _alloc(0, 2, dp=2)),
+            ("p2 -> t2 (same mesh)", _alloc(0, 2, pp=2), _alloc(0, 2, tp=2)),
+        ]
+    return [
+        ("d2p2 -> t4 (train -> gen)", _alloc(0, 4, dp=2, pp=2), _alloc(0, 4, tp=4)),
+        ("t4 -> d2p2 (gen -> train)", _alloc(0, 4, tp=4), _alloc(0, 4, dp=2, pp=2)),
+        ("r0-1 t2 -> r2-3 d2 (disjoint)", _alloc(0, 2, tp=2), _alloc(2, 2, dp=2)),
+        ("d4 -> t2p2 (same mesh)", _alloc(0, 4, dp=4), _alloc(0, 4, tp=2, pp=2)),
+    ]
+
+
+def _timed(fn, reps: int, setup=None) -> float:
+    """Median seconds of `reps` runs, every rank starting together; `setup` runs untimed."""
+    times = []
+    for _ in range(reps):
+        if setup is not None:
+            setup()
+        dist.barrier()
+        t0 = time.perf_counter()
+        fn()
+        dist.barrier()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _link(rank: int, reps: int) -> float:
+    buf = torch.ones(LINK_BYTES, dtype=torch.uint8)
+
+    def once() -> None:
+        if rank == 0:
+            dist.send(buf, 1)
+        elif rank == 1:
+            dist.recv(buf, 0)
+
+    once()  # warm the pair's connection
+    return LINK_BYTES / _timed(once, reps)
+
+
+def _wire(plan, rank: int, reps: int, fresh: bool) -> float:
+    """The plan's bytes per pair as one raw buffer each, no packing. `fresh`: the receiver
+    allocates new memory every time, as any move into a new home must."""
+    per_pair = plan.bytes_per_pair(DTYPE.itemsize)
+    bufs = {p: torch.ones(n, dtype=torch.uint8) for p, n in per_pair.items() if rank in p}
+
+    def once() -> None:
+        ops = []
+        for (s, d), b in sorted(bufs.items()):
+            if s == rank:
+                ops.append(dist.P2POp(dist.isend, b, d))
+            else:
+                b = torch.empty_like(b) if fresh else b
+                ops.append(dist.P2POp(dist.irecv, b, s))
+        if ops:
+            for w in dist.batch_isend_irecv(ops):
+                w.wait()
+
+    return _timed(once, reps)
+
+
+def _worker(rank: int, world: int, store: str, model: str, reps: int, out: mp.Queue) -> None:
+    torch.set_num_threads(1)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+        timeout=timedelta(seconds=300),
+    )  # fmt: skip
+    spec = preset(model)
+    rows = [("link", _link(rank, reps))]
+    for label, src, dst in changes(world):
+        plan = plan_params(src, dst, spec, world)
+        g = torch.Generator().manual_seed(0)
+        mine = plan.src_layout.get(rank, {})
+        shards = {n: torch.randn(p.shape, generator=g, dtype=DTYPE) for n, p in mine.items()}
+        warm, fresh = _wire(plan, rank, reps, False), _wire(plan, rank, reps, True)
+        moved = sum(plan.bytes_per_pair(DTYPE.itemsize).values())
+        result: dict = {}
+
+        def once(shards=shards, plan=plan, result=result) -> None:
+            result["out"] = reallocate(plan, shards, DTYPE, keep_source=True)
+
+        t = _timed(once, reps, setup=result.clear)
+        rows.append((label, moved, warm, fresh, t))
+        del shards, result
+    if rank == 0:
+        out.put(rows)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def run(world: int, model: str, reps: int) -> list:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = str(Path(tmp) / "store")
+        procs = [
+            ctx.Process(target=_worker, args=(r, world, store, model, reps, out))
+            for r in range(world)
+        ]
+        for p in procs:
+            p.start()
+        rows = out.get(timeout=1800)
+        for p in procs:
+            p.join()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ranks", type=int, nargs="+", default=[2, 4])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--model", default="small")
+    args = ap.parse_args()
+    spec = preset(args.model)
+    print(
+        f"model {args.model}: {spec.num_params() / 1e6:.1f}M parameters, "
+        f"{spec.num_params() * DTYPE.itemsize / 2**20:.0f} MiB in {DTYPE}; "
+        f"median of {args.reps}; torch {torch.__version__}, {os.cpu_count()} CPUs"
+    )
+    for world in args.ranks:
+        rows = run(world, args.model, args.reps)
+        link = rows[0][1]
+        print(
+            f"\n{world} ranks: plain gloo p2p (1 pair, {LINK_BYTES >> 20} MiB) {link / 1e9:.2f} GB/s"
+        )
+        print(
+            f"  {'layout change':32} {'MiB':>5} {'realloc':>14} {'raw, warm':>14} "
+            f"{'raw, fresh':>14} {'vs warm':>7} {'vs fresh':>8}"
+        )
+        for label, moved, warm, fresh, t in rows[1:]:
+            cells = [f"{x:5.3f}s {moved / x / 1e9:4.2f}GB/s" for x in (t, warm, fresh)]
+            print(
+                f"  {label:32} {moved / 2**20:5.0f} "
+                + " ".join(f"{c:>14}" for c in cells)
+                + f" {warm / t:7.0%} {fresh / t:8.0%}"
+            )
+
+
+if __name__ == "__main__":
+    main()
