@@ -70,6 +70,20 @@ def run(
         world=p.cluster.world_size,
         timeout_s=timeout,
     )
+    if code == 0 and not under_torchrun():
+        from cli.common import out
+        from cli.run_views import call_table, load_metrics, reward_curve
+
+        rows = load_metrics(out_dir)
+        if rows:
+            out.print(call_table(rows))
+            out.print(reward_curve(rows), highlight=False)
+            last = rows[-1]
+            out.print(
+                f"last iteration: {last['iteration_s']:.2f} s, reallocation {last['realloc_s']:.3f} s; "
+                f"metrics in {out_dir}/metrics.jsonl",
+                highlight=False,
+            )
     sys.exit(code)
 
 

@@ -94,7 +94,12 @@ def run(env: WorkerEnv, task: RunTask) -> None:
     prompts = Prompts(plan, task.data, tok)
     store = DataStore(gpn, ppo.schema(exp))
     rule = reward_function(exp.reward_function) if exp.reward_function else None
-    producer = {k: m.name for m in exp.mfcs() for k in m.outputs}
+    # Outputs are pushed to every consumer right after they are produced, not fetched when the
+    # consumer starts: a fetch would wait for the producer's ranks, which may by then be busy
+    # with another call, and calls on disjoint meshes would no longer overlap.
+    consumers = {
+        m.name: [c.name for c in exp.mfcs() if set(m.outputs) & set(c.inputs)] for m in exp.mfcs()
+    }
     n = exp.batch_size
     out_dir = Path(task.out_dir)
     if env.rank == 0:
@@ -103,6 +108,7 @@ def run(env: WorkerEnv, task: RunTask) -> None:
         t_iter = time.perf_counter()
         texts, prompt_ids, prompt_mask = prompts.batch(it)
         mine: dict = {"calls": {}, "stats": {}}
+        inbox: dict[str, dict[str, torch.Tensor]] = {m.name: {} for m in exp.mfcs()}
         for m in exp.mfcs():
             alloc = plan.allocations[m.name]
             ctx = ctxs[layout_key(alloc)]
@@ -110,10 +116,8 @@ def run(env: WorkerEnv, task: RunTask) -> None:
             t0 = time.perf_counter()
             model = rm.view(alloc)
             t1 = time.perf_counter()
-            data: dict[str, torch.Tensor] = {}
-            for call in sorted({producer[k] for k in m.inputs if k in producer}):
-                data.update(store.fetch(call, alloc))
-            t2 = time.perf_counter()
+            data = inbox.pop(m.name)
+            out = None
             if ctx.in_mesh:
                 out = _run_call(
                     m,
@@ -131,19 +135,20 @@ def run(env: WorkerEnv, task: RunTask) -> None:
                     alloc.strategy.micro_batches,
                     mine["stats"],
                 )
-                keys = tuple(k for key in m.outputs for k in TENSORS[key])
-                store.put(m.name, alloc, n, keys, out)
-            elif m.outputs:
+            t2 = time.perf_counter()
+            if m.outputs:
                 store.put(
-                    m.name, alloc, n, tuple(k for key in m.outputs for k in TENSORS[key]), None
+                    m.name, alloc, n, tuple(k for key in m.outputs for k in TENSORS[key]), out
                 )
             if m.kind == "train":
                 rm.drop_view()  # its other layouts hold the old weights now
+            for c in consumers[m.name]:
+                inbox[c].update(store.fetch(m.name, plan.allocations[c]))
             if ctx.in_mesh:
                 mine["calls"][m.name] = {
                     "realloc_s": t1 - t0,
-                    "data_s": t2 - t1,
-                    "compute_s": time.perf_counter() - t2,
+                    "compute_s": t2 - t1,
+                    "data_s": time.perf_counter() - t2,  # pushing the outputs to their consumers
                 }
         mine["iteration_s"] = time.perf_counter() - t_iter
         everyone: list = [None] * env.world

@@ -1,0 +1,54 @@
+"""What rlhf-run prints when a run ends: the reward curve and the per-call times."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+BARS = " ▁▂▃▄▅▆▇█"
+
+
+def load_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def reward_curve(rows: list[dict], width: int = 60) -> str:
+    """One text line per metric: a bar per iteration (bucketed to `width`), with first and last value."""
+    vals = [r["reward_mean"] for r in rows if r.get("reward_mean") is not None]
+    if not vals:
+        return "(no rewards logged)"
+    step = max(1, -(-len(vals) // width))
+    buckets = [sum(vals[i : i + step]) / len(vals[i : i + step]) for i in range(0, len(vals), step)]
+    lo, hi = min(buckets), max(buckets)
+    span = (hi - lo) or 1.0
+    bars = "".join(BARS[round((v - lo) / span * (len(BARS) - 1))] for v in buckets)
+    return f"reward {vals[0]:.3f} {bars} {vals[-1]:.3f}  (min {lo:.3f}, max {hi:.3f}, {len(vals)} iterations)"
+
+
+def call_table(rows: list[dict]) -> Table:
+    """Mean measured time per call over the run (the first iteration, which warms up, excluded
+    when there are others), next to the plan's estimate."""
+    use = rows[1:] if len(rows) > 1 else rows
+    table = Table(title="per-call time, mean over iterations (s)")
+    for col in ("call", "compute", "realloc", "data", "estimate"):
+        table.add_column(col, justify="left" if col == "call" else "right")
+    names = list(use[0]["calls"]) if use else []
+    for name in names:
+
+        def mean(k: str, name: str = name) -> float:
+            return sum(r["calls"][name][k] for r in use) / len(use)
+
+        est = use[0]["calls"][name].get("estimate_s")
+        table.add_row(
+            name,
+            f"{mean('compute_s'):.3f}",
+            f"{mean('realloc_s'):.3f}",
+            f"{mean('data_s'):.3f}",
+            "-" if est is None else f"{est:.3f}",
+        )
+    return table
