@@ -23,8 +23,11 @@ def run(
         typer.Option("--out", help="Run folder for metrics.jsonl (default: runs/<plan>-<time>)."),
     ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from the last complete checkpoint.")
+        bool, typer.Option("--resume", help="Continue from the last complete checkpoint in --out.")
     ] = False,
+    checkpoint_every: Annotated[
+        int, typer.Option(min=0, help="Save a checkpoint every N iterations (0: never).")
+    ] = 10,
     data: Annotated[
         Path | None, typer.Option("--data", help="Prompts JSONL; default: the plan's dataset.")
     ] = None,
@@ -52,7 +55,14 @@ def run(
             field="experiment.algorithm",
         )
     if resume:
-        raise PlanError("checkpoints and --resume are not available yet", field="--resume")
+        from executor.runtime.checkpoints import latest
+
+        if out_dir is None:
+            raise PlanError("--resume needs the run folder given with --out", field="--resume")
+        if latest(out_dir, p.cluster.world_size) is None:
+            raise PlanError(
+                f"no complete checkpoint in {out_dir / 'checkpoints'}", field="--resume"
+            )
     estimate_plan(p)  # a plan that does not fit in memory stops here, naming the call
     if data:
         load_prompts(data)  # a bad line is reported before any worker starts
@@ -66,7 +76,14 @@ def run(
         )
     code = launch(
         worker,
-        RunTask(str(plan), iterations, str(out_dir), str(data) if data else None),
+        RunTask(
+            str(plan),
+            iterations,
+            str(out_dir),
+            str(data) if data else None,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+        ),
         world=p.cluster.world_size,
         timeout_s=timeout,
     )

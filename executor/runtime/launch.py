@@ -24,6 +24,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from executor.runtime.health import Health, mark_dead
+from plans import PlanError
 
 WorkerFn = Callable[["WorkerEnv", Any], None]
 
@@ -69,6 +70,9 @@ def _run_worker(
         fn(env, task)
         dist.barrier()
         return 0
+    except PlanError as e:  # a user error found inside the worker: one line, no traceback
+        print(f"rank {rank}: error: {e}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
     except (RuntimeError, dist.DistError) as e:
         lost = health.lost_ranks()
         if lost:

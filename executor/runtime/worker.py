@@ -17,14 +17,14 @@ import torch.distributed as dist
 
 from executor.checkpoint import save_checkpoint
 from executor.data import load_prompts, reward_function, synthetic_prompts
-from executor.runtime import ppo
+from executor.runtime import checkpoints, ppo
 from executor.runtime.launch import WorkerEnv
 from executor.runtime.roles import build_contexts, build_roles, layout_key
 from executor.runtime.store import DataStore
 from executor.slicing import split_range
 from executor.tokenizer import ByteTokenizer, left_pad
 from executor.train import OptimConfig, make_optimizer
-from plans import Plan, load_plan
+from plans import Plan, PlanError, load_plan
 
 # MFC data keys (plans.algorithms) -> the tensors that carry them.
 TENSORS = {
@@ -44,6 +44,10 @@ class RunTask:
     data: str | None = None
     save_final: bool = False
     """Write every trained model to <out_dir>/final/<role> (HF folders) after the last iteration."""
+    checkpoint_every: int = 0
+    """Save a run checkpoint every N iterations (0: never)."""
+    resume: bool = False
+    """Continue from the newest complete checkpoint in out_dir."""
 
 
 class Prompts:
@@ -104,7 +108,17 @@ def run(env: WorkerEnv, task: RunTask) -> None:
     out_dir = Path(task.out_dir)
     if env.rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-    for it in range(task.iterations):
+    start = 0
+    if task.resume:
+        path = checkpoints.latest(out_dir, env.world)
+        if path is None:
+            raise PlanError(
+                f"no complete checkpoint in {out_dir / 'checkpoints'}", field="--resume"
+            )
+        start = checkpoints.load(path, env.rank, plan, roles, opts)
+        if env.rank == 0:
+            _truncate_metrics(out_dir, start)
+    for it in range(start, task.iterations):
         t_iter = time.perf_counter()
         texts, prompt_ids, prompt_mask = prompts.batch(it)
         mine: dict = {"calls": {}, "stats": {}}
@@ -155,6 +169,8 @@ def run(env: WorkerEnv, task: RunTask) -> None:
         dist.all_gather_object(everyone, mine)
         if env.rank == 0:
             _write_metrics(out_dir, plan, it, everyone)
+        if task.checkpoint_every and (it + 1) % task.checkpoint_every == 0:
+            checkpoints.save(out_dir, it + 1, env.rank, plan, roles, opts, tok)
     if task.save_final:
         for role in opts:
             rm = roles[role]
@@ -216,6 +232,18 @@ def _run_call(
             }
         return None
     raise NotImplementedError(f"rlhf-run does not run {m.name} yet")
+
+
+def _truncate_metrics(out_dir: Path, done: int) -> None:
+    """Drop metric lines of iterations after the checkpoint: they will be run again."""
+    path = out_dir / "metrics.jsonl"
+    if path.exists():
+        keep = [
+            line
+            for line in path.read_text().splitlines()
+            if line and json.loads(line)["iteration"] < done
+        ]
+        path.write_text("".join(line + "\n" for line in keep))
 
 
 def _write_metrics(out_dir: Path, plan: Plan, it: int, everyone: list) -> None:

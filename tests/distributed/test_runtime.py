@@ -96,3 +96,39 @@ def test_same_plan_and_seed_same_metrics(runs):
     assert _numbers(runs["multi"][1]) == _numbers(runs["multi_again"][1])
     a, b = _weights(runs["multi"][0], "actor"), _weights(runs["multi_again"][0], "actor")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    plan = load_plan(example_path("ppo-tiny-4cpu", "plan"))
+    path = tmp_path / "plan.json"
+    save_plan(plan, path)
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    world = plan.cluster.world_size
+    assert (
+        launch(
+            run, RunTask(str(path), 4, str(whole), save_final=True, checkpoint_every=2), world=world
+        )
+        == 0
+    )
+    # Stopped after two iterations (a checkpoint is written then) ...
+    assert launch(run, RunTask(str(path), 2, str(parts), checkpoint_every=2), world=world) == 0
+    # ... and resumed to four.
+    assert (
+        launch(
+            run,
+            RunTask(str(path), 4, str(parts), save_final=True, checkpoint_every=2, resume=True),
+            world=world,
+        )
+        == 0
+    )
+
+    def rows(d):
+        return [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+
+    assert [r["iteration"] for r in rows(parts)] == [0, 1, 2, 3]
+    assert _numbers(rows(parts)) == _numbers(rows(whole))
+    for role in ("actor", "critic"):
+        a, b = _weights(whole, role), _weights(parts, role)
+        assert all(torch.equal(a[k], b[k]) for k in a), role
+    # Checkpoints are complete folders with HF copies of the trained models.
+    assert (parts / "checkpoints" / "iter-000004" / "hf" / "actor" / "model.safetensors").exists()
