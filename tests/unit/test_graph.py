@@ -86,3 +86,12 @@ def test_graph_dict_is_json_ready():
     doc = graph_to_dict(build_graph("grpo", 2))
     assert json.loads(json.dumps(doc)) == doc
     assert [n["id"] for n in doc["nodes"]] == doc["order"]
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHM_MFCS))
+def test_runtime_order_is_the_global_order(algorithm):
+    # rlhf-run walks each iteration's calls in the canonical order of plans.algorithms; that
+    # must be exactly the planner's global order, iteration after iteration.
+    canonical = [m.name for m in mfcs(algorithm)]
+    order = global_order(build_graph(algorithm, 3))
+    assert order == [f"{name}@{it}" for it in range(3) for name in canonical]
