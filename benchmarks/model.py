@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256, help="training sequence length")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--only", choices=["decode", "train"], help="run one of the two figures")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
@@ -61,6 +62,13 @@ def main() -> None:
         f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__}"
     )
 
+    if args.only != "train":
+        bench_decode(args, ours, hf, ctx, dev)
+    if args.only != "decode":
+        bench_train(args, ours, hf, ctx, dev)
+
+
+def bench_decode(args, ours, hf, ctx, dev) -> None:
     # ---- decode --------------------------------------------------------------------
     prompts = torch.randint(0, 256, (args.batch, args.prompt), device=dev)
     cfg = GenerationConfig(args.new, pad_token_id=258)
@@ -93,6 +101,8 @@ def main() -> None:
         f"ratio {t_hf / t_ours:.2f}x   (prompt {args.prompt}, {args.new} new, same tokens: {same})"
     )
 
+
+def bench_train(args, ours, hf, ctx, dev) -> None:
     # ---- forward + backward ---------------------------------------------------------
     ids = torch.randint(0, 256, (args.batch, args.seq), device=dev)
     loss_fn, _ = next_token_loss(ours, ctx)

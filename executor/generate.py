@@ -10,6 +10,7 @@ takes its rows: a layout therefore never changes which tokens are sampled.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,13 @@ class GenerationConfig:
     eos_token_id: int | None = None
     pad_token_id: int = 0
     seed: int = 0
+    fuse_weights: bool | None = None
+    """Concatenate q/k/v and gate/up weights for the call (executor.fusion). None: only for
+    models with hidden_size <= FUSE_MAX_HIDDEN, where per-op overhead dominates a step; for
+    bigger ones each matmul is bandwidth-bound and the copy costs more than it saves."""
+
+
+FUSE_MAX_HIDDEN = 512
 
 
 @dataclass(frozen=True)
@@ -86,7 +94,10 @@ def generate(
     stage of its pipeline."""
     if model.spec.head != "lm":
         raise ValueError("generation needs an LM head")
-    with fused_inference(model):
+    fuse = cfg.fuse_weights
+    if fuse is None:
+        fuse = model.spec.hidden_size <= FUSE_MAX_HIDDEN
+    with fused_inference(model) if fuse else nullcontext(model):
         return _generate(model, ctx, prompts, attention_mask, cfg)
 
 

@@ -51,6 +51,25 @@ def test_greedy_equals_transformers_with_ragged_prompts_and_eos():
         assert (out.logprobs[i, n:] == 0).all() and (out.logprobs[i, :n] < 0).all()
 
 
+def test_fused_and_plain_weights_generate_the_same():
+    ours, _ = _model()
+    ids, mask = _prompts()
+    runs = [
+        generate(
+            ours,
+            CTX,
+            ids,
+            mask,
+            GenerationConfig(10, pad_token_id=TOK.pad_token_id, fuse_weights=f),
+        )
+        for f in (True, False)
+    ]
+    assert torch.equal(runs[0].tokens, runs[1].tokens)
+    assert torch.allclose(runs[0].logprobs, runs[1].logprobs, atol=1e-5)
+    blk = next(iter(ours.model.layers.values()))
+    assert blk.self_attn.fused_qkv is None and blk.mlp.fused_gate_up is None  # released
+
+
 def test_stops_when_every_sequence_ended():
     ours, _ = _model()
     ids, mask = _prompts()
