@@ -66,15 +66,9 @@ def exchange(
     (no framing), -1 = `default_chunk_bytes()`."""
     rank = this_rank() if rank is None else rank
     chunk = default_chunk_bytes() if chunk_bytes == -1 else chunk_bytes
-    for t in plan.local(rank):
-        for d, s in zip(write(t), read(t), strict=True):
-            if (d.data_ptr(), d.stride()) != (s.data_ptr(), s.stride()):
-                d.copy_(s)
     sends, recvs = plan.sends(rank), plan.recvs(rank)
-    if not sends and not recvs:
-        return
     # Every receive is posted before any send is packed, and nothing blocks until the final
-    # wait, so no order of peers can deadlock.
+    # wait, so no order of peers can deadlock. Local copies run while the messages fly.
     ops, unpack = [], []
     for peer, ts in sorted(recvs.items()):
         peer_ops, peer_unpack = wire.recv(
@@ -82,13 +76,17 @@ def exchange(
         )
         ops.extend(peer_ops)
         unpack.extend(peer_unpack)
-    works = dist.batch_isend_irecv(ops) if ops and chunk else []
+    works: list = dist.batch_isend_irecv(ops) if ops and chunk else []
     batch = [] if chunk else ops
     for peer, ts in sorted(sends.items()):
         posted = wire.send([v for t in ts for v in read(t)], peer, chunk, direct_bytes)
         (works if chunk else batch).extend(posted)
     if batch:
         works.extend(dist.batch_isend_irecv(batch))
+    for t in plan.local(rank):
+        for d, s in zip(write(t), read(t), strict=True):
+            if (d.data_ptr(), d.stride()) != (s.data_ptr(), s.stride()):
+                d.copy_(s)
     for work in works:
         work.wait(timeout)
     for region, dst in unpack:
