@@ -195,16 +195,20 @@ def plan_transfers(src: Layout, dst: Layout, gpus_per_node: int | None = None) -
     load: dict[int, int] = defaultdict(int)  # elements each source rank sends
     chosen: list[tuple[int, int, int, Transfer]] = []
 
+    candidates: dict[tuple[int, int], list[tuple[int, str]]] = {}
+
     def pick(rank: int, hs: tuple[tuple[int, str], ...]) -> tuple[int, str]:
         for h in hs:  # already here: a local copy, or no copy at all
             if h[0] == rank:
                 return h
-
-        def cost(h: tuple[int, str]) -> tuple[bool, int, int]:
-            far = gpus_per_node is not None and h[0] // gpus_per_node != rank // gpus_per_node
-            return far, load[h[0]], h[0]
-
-        return min(hs, key=cost)
+        # Holders on the destination's node if any (a faster link), else all; among them the
+        # least loaded, then the lowest rank (holders are in rank order and min keeps the first).
+        node = rank // gpus_per_node if gpus_per_node else 0
+        key = (id(hs), node)
+        if key not in candidates:
+            near = [h for h in hs if gpus_per_node and h[0] // gpus_per_node == node]
+            candidates[key] = near or list(hs)
+        return min(candidates[key], key=lambda h: load[h[0]])
 
     # Biggest pieces first: greedy least-loaded assignment balances best that way. The order
     # is a pure function of the inputs, so every rank picks the same replicas.
