@@ -67,22 +67,19 @@ def changes(world: int) -> list[tuple[str, Allocation, Allocation]]:
     ]
 
 
-def _timed(fn, reps: int, setup=None) -> float:
-    """Best (least disturbed) seconds of `reps` runs, every rank starting together; `setup`
-    runs untimed. The machine is shared, so the minimum is the stable figure."""
-    times = []
-    for _ in range(reps):
-        if setup is not None:
-            setup()
-        dist.barrier()
-        t0 = time.perf_counter()
-        fn()
-        dist.barrier()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def _time(fn, setup=None) -> float:
+    """Seconds of one run, every rank starting together; `setup` runs untimed."""
+    if setup is not None:
+        setup()
+    dist.barrier()
+    t0 = time.perf_counter()
+    fn()
+    dist.barrier()
+    return time.perf_counter() - t0
 
 
-def _link(rank: int, reps: int) -> float:
+def _link(rank: int):
+    """One pair (rank 0 -> 1), one contiguous buffer, plain dist.send / dist.recv."""
     buf = torch.ones(LINK_BYTES, dtype=torch.uint8)
 
     def once() -> None:
@@ -91,11 +88,10 @@ def _link(rank: int, reps: int) -> float:
         elif rank == 1:
             dist.recv(buf, 0)
 
-    once()  # warm the pair's connection
-    return LINK_BYTES / _timed(once, reps)
+    return once
 
 
-def _wire(plan, rank: int, reps: int, fresh: bool) -> float:
+def _raw(plan, rank: int, fresh: bool):
     """The plan's bytes per pair as one raw buffer each, no packing. `fresh`: the receiver
     allocates new memory every time, as any move into a new home must."""
     per_pair = plan.bytes_per_pair(DTYPE.itemsize)
@@ -113,7 +109,7 @@ def _wire(plan, rank: int, reps: int, fresh: bool) -> float:
             for w in dist.batch_isend_irecv(ops):
                 w.wait()
 
-    return _timed(once, reps)
+    return once
 
 
 def _worker(rank: int, world: int, store: str, model: str, reps: int, out: mp.Queue) -> None:
@@ -124,24 +120,32 @@ def _worker(rank: int, world: int, store: str, model: str, reps: int, out: mp.Qu
         timeout=timedelta(seconds=300),
     )  # fmt: skip
     spec = preset(model)
-    rows = [("link", _link(rank, reps))]
+    link_fn = _link(rank)
+    link_fn()  # warm the pair's connection
+    rows = []
     for label, src, dst in changes(world):
         plan = plan_params(src, dst, spec, world)
         g = torch.Generator().manual_seed(0)
         mine = plan.src_layout.get(rank, {})
         shards = {n: torch.randn(p.shape, generator=g, dtype=DTYPE) for n, p in mine.items()}
-        warm, fresh = _wire(plan, rank, reps, False), _wire(plan, rank, reps, True)
         moved = sum(plan.bytes_per_pair(DTYPE.itemsize).values())
         result: dict = {}
 
         def once(shards=shards, plan=plan, result=result) -> None:
             result["out"] = reallocate(plan, shards, DTYPE, keep_source=True)
 
-        t = _timed(once, reps, setup=result.clear)
+        # Interleaved, so that each figure sees the same share of a busy machine; best of reps.
+        warm_fn, fresh_fn = _raw(plan, rank, False), _raw(plan, rank, True)
+        times = [
+            (_time(link_fn), _time(warm_fn), _time(fresh_fn), _time(once, setup=result.clear))
+            for _ in range(reps)
+        ]
+        link, warm, fresh, t = (min(col) for col in zip(*times, strict=True))
         received: dict[int, int] = {}
         for (_, d), n in plan.bytes_per_pair(DTYPE.itemsize).items():
             received[d] = received.get(d, 0) + n
-        rows.append((label, moved, warm, fresh, t, max(received.values(), default=0)))
+        busiest = max(received.values(), default=0)
+        rows.append((label, moved, LINK_BYTES / link, warm, fresh, t, busiest))
         del shards, result
     if rank == 0:
         out.put(rows)
@@ -180,18 +184,15 @@ def main() -> None:
     )
     for world in args.ranks:
         rows = run(world, args.model, args.reps)
-        link = rows[0][1]
+        print(f"\n{world} ranks (link: 1 pair, {LINK_BYTES >> 20} MiB, plain send/recv)")
         print(
-            f"\n{world} ranks: plain gloo p2p (1 pair, {LINK_BYTES >> 20} MiB) {link / 1e9:.2f} GB/s"
-        )
-        print(
-            f"  {'layout change':32} {'MiB':>5} {'realloc':>14} {'raw, warm':>14} "
+            f"  {'layout change':32} {'MiB':>5} {'link':>8} {'realloc':>14} {'raw, warm':>14} "
             f"{'raw, fresh':>14} {'vs warm':>7} {'vs fresh':>8} {'vs link':>7} {'plan/link':>9}"
         )
-        for label, moved, warm, fresh, t, busiest in rows[1:]:
+        for label, moved, link, warm, fresh, t, busiest in rows:
             cells = [f"{x:5.3f}s {moved / x / 1e9:4.2f}GB/s" for x in (t, warm, fresh)]
             print(
-                f"  {label:32} {moved / 2**20:5.0f} "
+                f"  {label:32} {moved / 2**20:5.0f} {link / 1e9:4.2f}GB/s "
                 + " ".join(f"{c:>14}" for c in cells)
                 + f" {warm / t:7.0%} {fresh / t:8.0%} {moved / t / link:7.0%}"
                 + f" {busiest / link:8.3f}s"

@@ -93,6 +93,24 @@ def exchange(
         dst.copy_(region)
 
 
+def _param_indices(
+    plan: TransferPlan, rank: int
+) -> dict[int, tuple[tuple[slice, ...], tuple[slice, ...]]]:
+    """id(transfer) -> (index into its source tensor, index into its destination tensor) for
+    the transfers of `rank`; computed once per plan (a runtime reuses its plans)."""
+    key = ("param-indices", rank)
+    if key not in plan.memo:
+        src, dst = plan.src_layout.get(rank, {}), plan.dst_layout.get(rank, {})
+        out = {}
+        for t in plan.transfers:
+            if rank in (t.src, t.dst):
+                s = _index(src[t.src_name].relative(t.box)) if t.src == rank else ()
+                d = _index(dst[t.dst_name].relative(t.box)) if t.dst == rank else ()
+                out[id(t)] = (s, d)
+        plan.memo[key] = out
+    return plan.memo[key]
+
+
 def _kept(plan: TransferPlan, rank: int) -> dict[str, str]:
     """Destination name -> source name for pieces this rank already holds whole (the same
     box of the same tensor): the destination is that very tensor, no copy."""
@@ -134,11 +152,12 @@ def reallocate(
         n: shards[kept[n]] if n in kept else torch.empty(p.shape, dtype=dtype)
         for n, p in dst_pieces.items()
     }
+    idx = _param_indices(plan, rank)
     with torch.no_grad():
         exchange(
             plan,
-            read=lambda t: [shards[t.src_name][_index(src_pieces[t.src_name].relative(t.box))]],
-            write=lambda t: [out[t.dst_name][_index(dst_pieces[t.dst_name].relative(t.box))]],
+            read=lambda t: [shards[t.src_name][idx[id(t)][0]]],
+            write=lambda t: [out[t.dst_name][idx[id(t)][1]]],
             rank=rank,
             timeout=timeout,
             chunk_bytes=chunk_bytes,

@@ -140,6 +140,9 @@ class TransferPlan:
     _by_pair: dict[tuple[int, int], list[Transfer]] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
+    memo: dict = field(init=False, repr=False, compare=False, default_factory=dict)
+    """Scratch space for an executor that runs this plan again and again (e.g. index tuples
+    per rank); not part of the plan's value."""
 
     def __post_init__(self) -> None:
         for t in self.transfers:
