@@ -174,8 +174,10 @@ class CostModel:
         if train:
             out["dp_sync"] = steps * self._dp_sync(model, alloc)
             params = max(stage_params(model, s.tp, s.pp)) / (s.dp if s.zero1 else 1)
+            # 9 tensors per block (7 projections, 2 norms) + embedding, final norm, head.
+            tensors = 9 * max(split_layers(model.num_hidden_layers, s.pp)) + 3
             out["optimizer"] = steps * self.lookup.op_time(
-                "optimizer", shard_shape(model, 1, self.dt), params, 1
+                "optimizer", shard_shape(model, 1, self.dt), params, tensors
             )
         return out
 

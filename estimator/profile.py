@@ -65,14 +65,16 @@ class OpTiming(_Doc):
     op: OpName = Field(
         description="embedding_fwd[_bwd], block_fwd[_bwd], decode (one block, one new token per "
         "sequence against a KV cache), head_fwd[_bwd] (final norm, LM head, log-softmax), "
-        "optimizer (AdamW update of `batch` parameters), sample (choosing one token "
+        "optimizer (zero grads, clip and AdamW of `batch` parameters in `seq_len` tensors), sample (choosing one token "
         "per sequence from full-vocabulary logits), generate_step (one token of the executor's "
         "generation loop on a one-block model: decode, embedding, head, sampling, bookkeeping)."
     )
     shape: ShardShape = Field(description="The shard that was timed.")
     batch: int = Field(gt=0, description="Sequences (optimizer: parameters updated).")
     seq_len: int = Field(
-        gt=0, description="Tokens per sequence; for `decode`, the KV cache length (1 otherwise)."
+        gt=0,
+        description="Tokens per sequence; for `decode`, the KV cache length; for `optimizer`, "
+        "the number of parameter tensors.",
     )
     time_s: float = Field(gt=0, description="Seconds, on the profile's `clock`.")
 

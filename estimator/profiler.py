@@ -14,6 +14,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -42,19 +43,21 @@ class Grid:
     adam_params: tuple[int, ...]
     min_time_s: float
     min_reps: int
+    rounds: int = 1
 
 
 GRIDS = {
     ("cpu", True): Grid(("tiny", "small"), (1, 2), (1, 8), (16, 128), (16, 128),
                         (10**4, 10**6), 0.05, 2),
     ("cpu", False): Grid(("tiny", "small"), (1, 2, 4), (1, 2, 8), (16, 64, 256), (16, 64, 256),
-                         (10**4, 10**5, 10**6, 10**7), 0.2, 3),
+                         (10**4, 10**5, 10**6, 10**7), 0.2, 3, 2),
     ("cuda", True): Grid(("llama2-7b",), (1, 2, 8), (1, 8, 32), (128, 1024), (128, 1024),
                          (10**6, 10**8), 0.05, 3),
     ("cuda", False): Grid(("llama2-7b", "llama2-70b"), (1, 2, 4, 8), (1, 4, 16, 64),
                           (128, 512, 2048), (128, 512, 2048), (10**6, 10**7, 10**8, 10**9),
                           0.2, 5),
 }  # fmt: skip
+ADAM_TENSORS = (8, 32, 128)
 ADAM_SHAPE = ShardShape(
     model="adamw", hidden_size=1, intermediate_size=1, num_heads=1, num_kv_heads=1,
     head_dim=1, vocab_size=1,
@@ -98,6 +101,7 @@ def _op_points(grid: Grid, model, name, tp, dt, device, dtype, timed) -> list[Op
     import torch
 
     from executor.fusion import fused_inference
+    from executor.generate import FUSE_MAX_HIDDEN
     from executor.logprobs import token_logprobs
     from executor.model.layers import LayerCache
 
@@ -156,7 +160,9 @@ def _op_points(grid: Grid, model, name, tp, dt, device, dtype, timed) -> list[Op
             )
             x1 = torch.randn(b, 1, h, dtype=dtype, device=device)
             cos, sin = rope(b, 1, c)
-            with torch.no_grad(), fused_inference(model):  # as executor.generate runs it
+            # Fused q/k/v and gate/up weights exactly when executor.generate fuses them.
+            fuse = fused_inference(model) if spec.hidden_size <= FUSE_MAX_HIDDEN else nullcontext()
+            with torch.no_grad(), fuse:
                 rec("decode", b, c, blk, x1, cos, sin, None, cache, c)
         if tp == 1:
             rec(
@@ -172,20 +178,23 @@ def _op_points(grid: Grid, model, name, tp, dt, device, dtype, timed) -> list[Op
 
 
 def _adam_points(grid: Grid, device, dtype, timed) -> list[OpTiming]:
-    """AdamW plus the executor's global-norm clipping, over parameters in 8 tensors."""
+    """The executor's optimizer work per step (zero the grads, global-norm clip, AdamW) over
+    `batch` parameters held in `seq_len` tensors: per-tensor overhead dominates small models."""
     import torch
 
     out = []
     for n in grid.adam_params:
-        params = [
-            torch.zeros(n // 8, dtype=dtype, device=device, requires_grad=True) for _ in range(8)
-        ]
-        for p in params:
-            p.grad = torch.randn_like(p)
-        opt = torch.optim.AdamW(params, lr=1e-4)
-        t = timed(partial(_clip_and_step, params, opt))
-        out.append(OpTiming(op="optimizer", shape=ADAM_SHAPE, batch=n, seq_len=1, time_s=t))
-    return out  # fmt: skip
+        for k in ADAM_TENSORS:
+            params = [
+                torch.zeros(max(n // k, 1), dtype=dtype, device=device, requires_grad=True)
+                for _ in range(k)
+            ]
+            for p in params:
+                p.grad = torch.randn_like(p)
+            opt = torch.optim.AdamW(params, lr=1e-4)
+            t = timed(partial(_clip_and_step, params, opt))
+            out.append(OpTiming(op="optimizer", shape=ADAM_SHAPE, batch=n, seq_len=k, time_s=t))
+    return out
 
 
 GEN_STEPS = 16
@@ -232,10 +241,12 @@ def _sample_step(logits) -> None:
 
 
 def _clip_and_step(params, opt) -> None:
-    """The executor's post-backward work: global grad norm (in float64), clip, AdamW."""
+    """zero_grad(set_to_none=False), then the post-backward work: global grad norm (in
+    float64), clip, AdamW -- what executor.train.train_step does besides the passes."""
+    opt.zero_grad(set_to_none=False)
     sq = sum(p.grad.double().pow(2).sum() for p in params)
     coef = 1.0 / (float(sq) ** 0.5 + 1e-6)
-    for p in params:
+    for p in params:  # always scaled: early RL steps usually clip
         p.grad.mul_(min(coef, 1.0))
     opt.step()
 
@@ -287,22 +298,32 @@ def run_profile(device: str, quick: bool, command: str, progress=None) -> Profil
     # stays so when other jobs share the cores; a GPU is timed by the wall clock.
     clock = time.process_time if dev_type == "cpu" else time.perf_counter
     timed = _timer(sync, grid, clock)
-    ops: list[OpTiming] = []
     jobs = [
         (m, tp) for m in grid.models for tp in grid.tps if preset(m).num_key_value_heads % tp == 0
     ]
-    task = progress.add_task("compute ops", total=len(jobs) + 1) if progress else None
-    for name, tp in jobs:
-        if progress:
-            progress.update(task, description=f"{name} tp={tp}")
-        model = _shard_pieces(name, tp, dtype, torch_dev)
-        ops += _op_points(grid, model, name, tp, dt, torch_dev, dtype, timed)
-        del model
+    rounds = grid.rounds
+    task = progress.add_task("compute ops", total=rounds * (len(jobs) + 1)) if progress else None
+    best: dict[tuple, OpTiming] = {}
+    # Several passes over the whole grid, keeping each point's fastest: a burst of other
+    # work on a shared machine then spoils at most one pass of a point.
+    for r in range(rounds):
+        ops: list[OpTiming] = []
+        for name, tp in jobs:
+            if progress:
+                progress.update(task, description=f"{name} tp={tp} ({r + 1}/{rounds})")
+            model = _shard_pieces(name, tp, dtype, torch_dev)
+            ops += _op_points(grid, model, name, tp, dt, torch_dev, dtype, timed)
+            del model
+            if progress:
+                progress.advance(task)
+        ops += _adam_points(grid, torch_dev, dtype, timed)
+        for t in ops:
+            key = (t.op, t.shape, t.batch, t.seq_len)
+            if key not in best or t.time_s < best[key].time_s:
+                best[key] = t
         if progress:
             progress.advance(task)
-    ops += _adam_points(grid, torch_dev, dtype, timed)
-    if progress:
-        progress.advance(task)
+    ops = list(best.values())
     if dev_type == "cuda":
         dev_name = torch.cuda.get_device_name()
         dev_kind = _device_kind(dev_name)
