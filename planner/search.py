@@ -7,14 +7,14 @@ import math
 import multiprocessing as mp
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from estimator.cost import CostModel
 from estimator.profile import Profile
 from planner import baselines
 from planner.candidates import Scored, candidates
 from planner.context import SearchContext
-from planner.mcmc import ChainResult, Space, State, run_chain
+from planner.mcmc import ChainResult, Space, State, polish, run_chain
 from plans import Allocation, ClusterSpec, ExperimentSpec, PlanError
 
 EXHAUSTIVE_LIMIT = 2_000_000
@@ -30,7 +30,6 @@ class SearchOutcome:
     search_time_s: float
     steps: int = 0
     timed_out: bool = False
-    chains: list[float] = field(default_factory=list)
 
 
 def _state_of(space: Space, allocs: dict[str, Allocation]) -> State | None:
@@ -100,7 +99,8 @@ def _run_chains(
     try:
         while len(done) < len(procs):
             try:
-                kind, i, *rest = queue.get(timeout=max(1.0, deadline - time.monotonic() + 30))
+                wait = None if math.isinf(deadline) else max(1.0, deadline - time.monotonic() + 30)
+                kind, i, *rest = queue.get(timeout=wait)
             except Exception as e:
                 raise PlanError(f"a search chain stopped without a result ({e!r})") from None
             if kind == "progress":
@@ -116,6 +116,27 @@ def _run_chains(
             if p.is_alive():
                 p.terminate()
     return [done[i] for i in range(len(procs))]
+
+
+def optimize(
+    space: Space,
+    ctx: SearchContext,
+    seeds: list[int],
+    steps: int,
+    deadline: float,
+    starts: list[State | None] | None = None,
+    progress: Progress | None = None,
+) -> tuple[ChainResult, bool]:
+    """Chains (one per seed, in parallel processes), then coordinate descent from the best
+    state they found, within the deadline. Returns the result and whether it timed out."""
+    starts = starts or [None] * len(seeds)
+    results = _run_chains(space, ctx, seeds, steps, deadline, starts, progress)
+    best = min(results, key=lambda r: (r.cost, r.state))
+    timed_out = any(r.timed_out for r in results)
+    if math.isfinite(best.cost):
+        cost, state, cut = polish(space, ctx.plan_cost, best.state, deadline)
+        best = ChainResult(cost, state, sum(r.steps for r in results), timed_out or cut)
+    return best, best.timed_out
 
 
 def exhaustive(space: Space, ctx: SearchContext) -> tuple[float, State | None]:
@@ -160,7 +181,7 @@ def search(
     best_name = min(found, key=lambda n: found[n][0])
     for _, allocs in found.values():
         _ensure(cands, ctx, allocs)
-    space = Space(cands)
+    space = Space(cands, [[m.name for m in exp.mfcs() if m.role == r] for r in exp.roles])
     if method == "exhaustive":
         cost, state = exhaustive(space, ctx)
         if state is None:
@@ -175,8 +196,7 @@ def search(
     starts = [start0] + [None] * (chains - 1)
     seeds = [seed * 1000 + i for i in range(chains)]
     deadline = t0 + time_limit
-    results = _run_chains(space, ctx, seeds, steps, deadline, starts, progress)
-    best = min(results, key=lambda r: (r.cost, r.state))
+    best, timed_out = optimize(space, ctx, seeds, steps, deadline, starts, progress)
     if not math.isfinite(best.cost):
         raise PlanError(f"no plan fits on {cluster.label()}", field="method")
     return SearchOutcome(
@@ -185,7 +205,6 @@ def search(
         space.allocations(best.state),
         base_costs,
         time.monotonic() - t0,
-        steps=sum(r.steps for r in results),
-        timed_out=any(r.timed_out for r in results),
-        chains=[r.cost for r in results],
+        steps=best.steps,
+        timed_out=timed_out,
     )

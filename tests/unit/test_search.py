@@ -10,8 +10,8 @@ from estimator.cost import CostModel
 from planner import baselines
 from planner.candidates import candidates, meshes
 from planner.context import SearchContext
-from planner.mcmc import Space, run_chain
-from planner.search import exhaustive, search
+from planner.mcmc import Space
+from planner.search import exhaustive, optimize, search
 from plans import ClusterSpec, load_experiment
 
 CPU4 = ClusterSpec(nodes=1, gpus_per_node=4, device="cpu")
@@ -49,7 +49,10 @@ def test_mcmc_finds_exhaustive_optimum(tiny_ctx):
     assert best_state is not None
     hits = 0
     for seed in range(20):
-        res = run_chain(space, tiny_ctx.plan_cost, seed, steps=1000, deadline=float("inf"))
+        # What `search` runs: two chains of annealing rounds, then coordinate descent.
+        res, _ = optimize(
+            space, tiny_ctx, [seed * 1000, seed * 1000 + 1], steps=2000, deadline=float("inf")
+        )
         hits += res.cost <= best * (1 + 1e-12)
     assert hits >= 19, f"MCMC matched the optimum for {hits}/20 seeds"
 
