@@ -12,8 +12,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from executor import forward
+from executor.batching import dp_share
+from executor.model import Transformer
+from executor.model_shards import adopt_shards_, model_shards
+from executor.parallel import ParallelContext
 from executor.realloc import batch_schema, move_batch, reallocate
 from executor.transfer_plan import SAMPLES, param_layout, plan_batch, plan_params
+from executor.weights import random_init_
 from plans.allocation import Allocation, DeviceMesh, ParallelStrategy
 from tests.distributed.pool import WorkerPool
 from tests.distributed.realloc_cases import (
@@ -173,6 +179,31 @@ def check_round_trip(
     }
 
 
+def check_model_move(rank: int, world: int, gpn: int, train: Allocation, gen: Allocation) -> dict:
+    """A seeded model in the train layout, moved to the generation layout and adopted by a
+    model built there (no copy), computes the single-process model's logits."""
+    spec = specs()["tiny"]
+    batch = {"input_ids": torch.arange(30).remainder(250).view(3, 10)}
+    ref = random_init_(Transformer(spec), seed=5)
+    ref_logits = forward.logits(ref, ParallelContext.single(), batch)
+    ctx_train = ParallelContext.build(train, gpn)
+    ctx_gen = ParallelContext.build(gen, gpn)
+    shards = None
+    if ctx_train.in_mesh:
+        shards = model_shards(random_init_(Transformer.for_context(spec, ctx_train), seed=5))
+    moved = reallocate(plan_params(train, gen, spec, gpn), shards, torch.float32, timeout=TIMEOUT)
+    if not ctx_gen.in_mesh:
+        return {"in_gen": False, "moved": len(moved)}
+    model = adopt_shards_(Transformer.for_context(spec, ctx_gen), moved)
+    shared = all(model_shards(model)[n].data_ptr() == t.data_ptr() for n, t in moved.items())
+    logits = forward.logits(model, ctx_gen, batch)
+    err = None
+    if ctx_gen.is_last_stage:
+        want = dp_share({"input_ids": ref_logits}, ctx_gen.dp_size, ctx_gen.dp_rank)["input_ids"]
+        err = (logits - want).abs().max().item()
+    return {"in_gen": True, "shared": shared, "err": err}
+
+
 def _equal_to_reference(got, want, spec, dtype) -> bool:
     shapes = param_shapes(spec)
     return sorted(got) == sorted(want) and all(
@@ -311,3 +342,17 @@ def test_train_to_generation_and_back(pool, name):
         assert r["while_moved_extra"] == 0, (rank, r)
         assert r["end_extra"] == 0, (rank, r)
     assert sum(r["held"] > 0 for r in results) == train_alloc.mesh.size
+
+
+@pytest.mark.parametrize("name", sorted(ROUND_TRIPS))
+def test_moved_model_computes_the_same_logits(pool, name):
+    gpn, train, gen = ROUND_TRIPS[name]
+    gen_alloc = _alloc(gpn, *gen)
+    results = pool.run(check_model_move, gpn, _alloc(gpn, *train), gen_alloc)
+    inside = [r for r in results if r["in_gen"]]
+    assert len(inside) == gen_alloc.mesh.size
+    assert all(r["shared"] for r in inside)
+    errs = [r["err"] for r in inside if r["err"] is not None]
+    assert len(errs) == gen_alloc.strategy.dp * gen_alloc.strategy.tp  # last-stage ranks
+    assert max(errs) < 1e-5, errs
+    assert all(r["moved"] == 0 for r in results if not r["in_gen"])

@@ -1,0 +1,40 @@
+"""A model's parameters as the shard dict that reallocation moves, and back, without copies.
+
+`reallocate` works on plain dicts keyed by state_dict name (the names of executor.layout);
+these two helpers connect them to a Transformer: `model_shards` hands out the tensors a model
+holds, `adopt_shards_` makes a freshly built model use moved tensors as its parameters. With
+both, a layout change costs the transfer only, and dropping the model (or the dict) is what
+releases its memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from executor.model import Transformer
+
+
+def model_shards(model: Transformer) -> dict[str, torch.Tensor]:
+    """The model's parameter tensors by layout name (shared memory, not copies). A tied head
+    on a single stage shares the embedding and is not listed, as in the layout."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    return {name: params[name].data for name in model.slices}
+
+
+def adopt_shards_(model: Transformer, shards: Mapping[str, torch.Tensor]) -> Transformer:
+    """Make `model`'s parameters the tensors of `shards` (no copy); the model's own storage,
+    typically still uninitialised from construction, is dropped."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    missing = set(model.slices) - set(shards)
+    if missing:
+        raise KeyError(f"shards lack {sorted(missing)[:3]}")
+    for name in model.slices:
+        p, t = params[name], shards[name]
+        if p.shape != t.shape or p.dtype != t.dtype:
+            raise ValueError(
+                f"{name}: model wants {p.dtype} {tuple(p.shape)}, got {t.dtype} {tuple(t.shape)}"
+            )
+        p.data = t
+    return model
