@@ -197,3 +197,22 @@ def _stdlib() -> frozenset[str]:
     import sys
 
     return frozenset(sys.stdlib_module_names)
+
+
+def test_planner_starts_without_torch():
+    """Importing the planner (and pricing a move) loads no torch, as the estimator needs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from executor.transfer_plan import transfer_bytes\n"
+        "from plans.allocation import Allocation, DeviceMesh, ParallelStrategy\n"
+        "from plans.model import preset\n"
+        "a = Allocation(mesh=DeviceMesh(n_gpus=2), strategy=ParallelStrategy(tp=2))\n"
+        "b = Allocation(mesh=DeviceMesh(n_gpus=2), strategy=ParallelStrategy(pp=2))\n"
+        "assert transfer_bytes(a, b, preset('tiny'), 2)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    root = Path(__file__).parents[2]
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
