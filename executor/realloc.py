@@ -131,6 +131,7 @@ def reallocate(
     timeout: timedelta = DEFAULT_TIMEOUT,
     chunk_bytes: int | None = -1,
     direct_bytes: int = DIRECT,
+    device: torch.device | str = "cpu",
 ) -> dict[str, torch.Tensor]:
     """Move a model's parameters along `plan` (from executor.transfer_plan.plan_params).
 
@@ -140,7 +141,8 @@ def reallocate(
     is that very tensor. `keep_source=False` means the model's home moves: `shards` is emptied
     afterwards, so once the caller drops its other references the source memory is freed.
     With `keep_source=True` (a temporary generation copy) the result may share tensors with
-    `shards`; dropping the result releases all it added."""
+    `shards`; dropping the result releases all it added. `device`: where new destination
+    tensors live (the device of this rank's shards with NCCL)."""
     rank = this_rank()
     shards = {} if shards is None else shards
     src_pieces, dst_pieces = plan.src_layout.get(rank, {}), plan.dst_layout.get(rank, {})
@@ -149,7 +151,7 @@ def reallocate(
             raise TypeError(f"{name} is {shards[name].dtype}, the move is {dtype}")
     kept = _kept(plan, rank)
     out = {
-        n: shards[kept[n]] if n in kept else torch.empty(p.shape, dtype=dtype)
+        n: shards[kept[n]] if n in kept else torch.empty(p.shape, dtype=dtype, device=device)
         for n, p in dst_pieces.items()
     }
     idx = _param_indices(plan, rank)
@@ -186,6 +188,7 @@ def move_batch(
     timeout: timedelta = DEFAULT_TIMEOUT,
     chunk_bytes: int | None = -1,
     direct_bytes: int = DIRECT,
+    device: torch.device | str = "cpu",
 ) -> dict[str, torch.Tensor]:
     """Move a batch along `plan` (from plan_batch): every key of `schema`, rows of this rank's
     share. `batch` is this rank's source share (None off the producer's mesh); the result is
@@ -202,7 +205,9 @@ def move_batch(
             out = {k: batch[k] for k in keys}
         else:
             n = dst.shape[0]
-            out = {k: torch.empty((n, *schema[k][0]), dtype=schema[k][1]) for k in keys}
+            out = {
+                k: torch.empty((n, *schema[k][0]), dtype=schema[k][1], device=device) for k in keys
+            }
 
     def rows(tensors: Mapping[str, torch.Tensor], piece: Piece | None, t: Transfer) -> Views:
         assert piece is not None

@@ -102,7 +102,7 @@ def send(
                 whole[item] = _bytes(views[item].contiguous())
             data = whole[item][f.start - offs[item] : f.stop - offs[item]]
         else:
-            data = torch.empty(f.stop - f.start, dtype=torch.uint8)
+            data = torch.empty(f.stop - f.start, dtype=torch.uint8, device=views[0].device)
             for j in f.items:
                 o = offs[j] - f.start
                 data[o : o + _nbytes(like[j])].view(views[j].dtype).view(views[j].shape).copy_(
@@ -134,7 +134,7 @@ def recv(
         starts.append(size)
         size += 0 if d else f.stop - f.start
         prev = f.items[0] if f.direct else None
-    buf = torch.empty(size, dtype=torch.uint8)
+    buf = torch.empty(size, dtype=torch.uint8, device=views[0].device if views else None)
     ops, unpack = [], []
     for i, (f, d, s) in enumerate(zip(fs, into_place, starts, strict=True)):
         if d:
