@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from executor import forward
+from executor import forward, train
 from executor.checkpoint import load_checkpoint_, save_checkpoint
 from executor.generate import GenerationConfig, generate
 from executor.hf_config import transformers_model
@@ -157,24 +157,66 @@ def test_checkpoint_round_trip_across_layouts(pool, tmp_path):
     assert not list(tmp_path.glob(".ours*")), "temporary folders are cleaned up"
 
 
+def _value_losses():
+    """Squared error of per-token values against fixed targets on real tokens (a critic's
+    regression loss), summed; normalised by the global count of real tokens."""
+
+    def loss_fn(values, mb):
+        return ((values - mb["targets"]).pow(2) * mb["attention_mask"]).sum()
+
+    return loss_fn, lambda b: float(b["attention_mask"].sum())
+
+
+def _value_batch():
+    b = ragged_batch()
+    b["targets"] = torch.linspace(-1, 1, b["input_ids"].numel()).view_as(b["input_ids"])
+    return b
+
+
+def _train_values(model, ctx, batch):
+    opt = train.make_optimizer(model, train.OptimConfig(lr=1e-3))
+    loss_fn, count_fn = _value_losses()
+    return [
+        train.train_step(model, ctx, opt, batch, loss_fn, count_fn, n_micro=2).loss
+        for _ in range(3)
+    ]
+
+
 def check_values(rank, world, tp, pp, dp):
+    """Values, and a critic's three training steps, equal the single-process ones."""
     spec = preset("tiny", head="value")
     ctx = ParallelContext.build(allocation(tp, pp, dp), GPUS_PER_NODE)
     if not ctx.in_mesh:
         return None
-    batch = ragged_batch()
-    ref = forward.values(_single(spec), ParallelContext.single(), batch)
-    got = forward.values(random_init_(Transformer.for_context(spec, ctx), seed=SEED), ctx, batch, 2)
-    if got is None:
-        return None
-    lo, hi = split_range(batch["input_ids"].shape[0], dp, ctx.dp_rank)
-    return (got - ref[lo:hi]).abs().max().item()
+    batch = _value_batch()
+    single = _single(spec)
+    ref = forward.values(single, ParallelContext.single(), batch)
+    ref_losses = _train_values(single, ParallelContext.single(), batch)
+    model = random_init_(Transformer.for_context(spec, ctx), seed=SEED)
+    got = forward.values(model, ctx, batch, 2)
+    losses = _train_values(model, ctx, batch)
+    full = single.state_dict()
+    params = dict(model.named_parameters())
+    out = {
+        "loss": max(abs(a - b) for a, b in zip(losses, ref_losses, strict=True)),
+        "weights": max(
+            (params[n] - full[n][sl.index()]).abs().max().item() for n, sl in model.slices.items()
+        ),
+        "has_score": "score.weight" in model.slices,
+    }
+    if got is not None:
+        lo, hi = split_range(batch["input_ids"].shape[0], dp, ctx.dp_rank)
+        out["values"] = (got - ref[lo:hi]).abs().max().item()
+    return out
 
 
-@pytest.mark.parametrize("tp,pp,dp", [(2, 2, 1), (4, 1, 1)])
+@pytest.mark.parametrize("tp,pp,dp", [(2, 2, 1), (4, 1, 1), (2, 1, 2)])
 def test_value_head_layouts(pool, tp, pp, dp):
-    diffs = [d for d in pool.run(check_values, tp, pp, dp) if d is not None]
-    assert len(diffs) == tp * dp and max(diffs) < 1e-5
+    res = [r for r in pool.run(check_values, tp, pp, dp) if r is not None]
+    assert sum("values" in r for r in res) == tp * dp
+    assert sum(r["has_score"] for r in res) == tp * dp
+    for r in res:
+        assert r.get("values", 0.0) < 1e-5 and r["loss"] < 1e-5 and r["weights"] < 1e-5, r
 
 
 def check_groups(rank, world):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 
 import pytest
+import torch
 
 from executor import forward, train
 from executor.batching import dp_share
@@ -54,6 +55,11 @@ def check_layout(rank: int, world: int, name: str, tied: bool, tp: int, pp: int,
     if ctx.is_last_stage:
         mine = dp_share({"input_ids": ref_logits}, dp, ctx.dp_rank)["input_ids"]
         out["logits"] = (logits - mine).abs().max().item()
+    logprobs = forward.logprobs(model, ctx, batch, n_micro=2)  # vocab-parallel when tp > 1
+    if ctx.is_last_stage:
+        ids = dp_share(batch, dp, ctx.dp_rank)["input_ids"]
+        ref = torch.log_softmax(mine, -1)[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+        out["logprobs"] = (logprobs - ref).abs().max().item()
     opt = train.make_optimizer(model, train.OptimConfig(lr=1e-3))
     loss_fn, count_fn = train.next_token_loss(model, ctx)
     losses = [
@@ -78,7 +84,7 @@ def test_layout_matches_single_process(pool, tp, pp, dp):
     assert len(results) == tp * pp * dp
     assert sum("logits" in r for r in results) == tp * dp  # one per last-stage rank
     for r in results:
-        assert r.get("logits", 0.0) < TOL, r
+        assert r.get("logits", 0.0) < TOL and r.get("logprobs", 0.0) < TOL, r
         assert r["loss"] < TOL, r
         assert r["weights"] < TOL, r
         assert r["moved"] > 1e-3, r
