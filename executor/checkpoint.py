@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -43,15 +45,12 @@ def _key_files(folder: Path) -> dict[str, Path]:
     return out
 
 
-def _read_slice(path: Path, key: str, sl: ParamSlice) -> torch.Tensor:
-    with safe_open(str(path), framework="pt") as sf:
-        part = sf.get_slice(key)
-        shape = tuple(part.get_shape())
-        if shape != sl.full_shape:
-            raise ValueError(
-                f"{path.name}: {key} has shape {shape}, the model expects {sl.full_shape}"
-            )
-        return part[sl.index()]
+def _read_slice(sf: Any, path: Path, key: str, sl: ParamSlice) -> torch.Tensor:
+    part = sf.get_slice(key)
+    shape = tuple(part.get_shape())
+    if shape != sl.full_shape:
+        raise ValueError(f"{path.name}: {key} has shape {shape}, the model expects {sl.full_shape}")
+    return part[sl.index()]
 
 
 @torch.no_grad()
@@ -64,18 +63,22 @@ def load_checkpoint_(
     folder = Path(folder)
     files = _key_files(folder)
     params = dict(model.named_parameters(remove_duplicate=False))
-    for name, sl in model.slices.items():
-        key = sl.source
-        if key not in files and name == "lm_head.weight" and model.spec.tie_word_embeddings:
-            key = "model.embed_tokens.weight"
-        if key not in files:
-            if name == "score.weight" and seed_for_missing_head is not None:
-                params[name].copy_(
-                    init_full(name, sl.full_shape, seed_for_missing_head)[sl.index()]
-                )
-                continue
-            raise KeyError(f"{folder}: no tensor {key!r}")
-        params[name].copy_(_read_slice(files[key], key, sl))
+    with ExitStack() as stack:
+        handles: dict[Path, Any] = {}
+        for name, sl in model.slices.items():
+            key = sl.source
+            if key not in files and name == "lm_head.weight" and model.spec.tie_word_embeddings:
+                key = "model.embed_tokens.weight"
+            if key not in files:
+                if name == "score.weight" and seed_for_missing_head is not None:
+                    full = init_full(name, sl.full_shape, seed_for_missing_head)
+                    params[name].copy_(full[sl.index()])
+                    continue
+                raise KeyError(f"{folder}: no tensor {key!r}")
+            path = files[key]
+            if path not in handles:  # each file is opened (memory-mapped) once
+                handles[path] = stack.enter_context(safe_open(str(path), framework="pt"))
+            params[name].copy_(_read_slice(handles[path], path, key, sl))
     return model
 
 
@@ -145,7 +148,7 @@ def save_checkpoint(
     for name, sl in model.slices.items():
         full = _gather_tp(model, ctx, sl, params[name].detach())
         if full is not None and sl.source == name:  # a tied head copy is not written twice
-            mine[name] = full.cpu()
+            mine[name] = full  # stays on the device: NCCL sends device tensors only
     if ctx.tp_rank != 0:
         return None
     writer = ctx.pp_ranks[0]
@@ -153,14 +156,15 @@ def save_checkpoint(
         for t in mine.values():
             dist.send(t.contiguous(), dst=writer, group=ctx.pp_group)
         return None
-    tensors = dict(mine)
+    tensors = {k: v.cpu() for k, v in mine.items()}
+    device = next(model.parameters()).device
     for stage in range(1, ctx.pp_size):
         for sl in param_slices(model.spec, ctx.tp_size, 0, ctx.pp_size, stage):
             if sl.source != sl.name:
                 continue
-            buf = torch.empty(sl.full_shape, dtype=model.dtype)
+            buf = torch.empty(sl.full_shape, dtype=model.dtype, device=device)
             dist.recv(buf, src=ctx.pp_ranks[stage], group=ctx.pp_group)
-            tensors[sl.name] = buf
+            tensors[sl.name] = buf.cpu()
     config = hf_config_dict(model.spec, pad_token_id, bos_token_id, eos_token_id)
     config["torch_dtype"] = str(model.dtype).removeprefix("torch.")
     _write_folder(folder, tensors, config)

@@ -87,7 +87,8 @@ def train_step(
     """`batch` is the global batch (every rank of the mesh passes the same one); each dp rank
     takes its share with split_range and cuts it into `n_micro` micro-batches."""
     local = dp_share(batch, ctx.dp_size, ctx.dp_rank)
-    denom = torch.tensor(count_fn(local), dtype=torch.float64)
+    device = next(model.parameters()).device  # NCCL reduces device tensors only
+    denom = torch.tensor(count_fn(local), dtype=torch.float64, device=device)
     all_reduce_(denom, ctx.dp_group)
     scale = 1.0 / max(float(denom), 1.0)
 
