@@ -17,6 +17,7 @@ With NCCL, the first p2p call on a group must involve all its ranks; gloo has no
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import torch
@@ -69,6 +70,12 @@ def exchange(
     sends, recvs = plan.sends(rank), plan.recvs(rank)
     # Every receive is posted before any send is packed, and nothing blocks until the final
     # wait, so no order of peers can deadlock. Local copies run while the messages fly.
+    local = [
+        (d, s)
+        for t in plan.local(rank)
+        for d, s in zip(write(t), read(t), strict=True)
+        if (d.data_ptr(), d.stride()) != (s.data_ptr(), s.stride())
+    ]
     ops, unpack = [], []
     for peer, ts in sorted(recvs.items()):
         peer_ops, peer_unpack = wire.recv(
@@ -78,19 +85,29 @@ def exchange(
         unpack.extend(peer_unpack)
     works: list = dist.batch_isend_irecv(ops) if ops and chunk else []
     batch = [] if chunk else ops
-    for peer, ts in sorted(sends.items()):
-        posted = wire.send([v for t in ts for v in read(t)], peer, chunk, direct_bytes)
-        (works if chunk else batch).extend(posted)
-    if batch:
-        works.extend(dist.batch_isend_irecv(batch))
-    for t in plan.local(rank):
-        for d, s in zip(write(t), read(t), strict=True):
-            if (d.data_ptr(), d.stride()) != (s.data_ptr(), s.stride()):
-                d.copy_(s)
-    for work in works:
-        work.wait(timeout)
+    # Local copies in a helper thread (torch releases the GIL while copying), so they run
+    # while this thread posts the sends, which gloo partly writes out synchronously.
+    if not (sends or recvs):
+        _copy_all(local)
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        copied = pool.submit(_copy_all, local)
+        for peer, ts in sorted(sends.items()):
+            posted = wire.send([v for t in ts for v in read(t)], peer, chunk, direct_bytes)
+            (works if chunk else batch).extend(posted)
+        if batch:
+            works.extend(dist.batch_isend_irecv(batch))
+        for work in works:
+            work.wait(timeout)
+        copied.result()  # re-raises a failed copy
     for region, dst in unpack:
         dst.copy_(region)
+
+
+def _copy_all(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    with torch.no_grad():
+        for d, s in pairs:
+            d.copy_(s)
 
 
 def _param_indices(
