@@ -16,6 +16,7 @@ import torch
 
 from executor.checkpoint import load_checkpoint_
 from executor.model import Transformer
+from executor.model_shards import adopt_shards_, model_shards
 from executor.parallel import ParallelContext
 from executor.realloc import reallocate
 from executor.transfer_plan import TransferPlan, plan_params
@@ -70,10 +71,8 @@ class RoleModel:
             random_init_(self.model, seed)
 
     def shards(self) -> dict[str, torch.Tensor]:
-        if self.model is None:
-            return {}
-        params = dict(self.model.named_parameters(remove_duplicate=False))
-        return {name: params[name].detach() for name in self.model.slices}
+        """The home shards by layout name (the model's own tensors, not copies)."""
+        return {} if self.model is None else model_shards(self.model)
 
     def view(self, alloc: Allocation) -> Transformer | None:
         """The model in `alloc`'s layout on this rank (None off that mesh). Collective over
@@ -89,12 +88,8 @@ class RoleModel:
         shards = reallocate(self._plans[key], self.shards(), self.dtype, keep_source=True)
         ctx = self.ctxs[key]
         model = None
-        if ctx.in_mesh:
-            model = Transformer.for_context(self.spec, ctx, self.dtype)
-            params = dict(model.named_parameters(remove_duplicate=False))
-            with torch.no_grad():
-                for name in model.slices:
-                    params[name].copy_(shards[name])
+        if ctx.in_mesh:  # adopt the moved tensors as parameters: no copy
+            model = adopt_shards_(Transformer.for_context(self.spec, ctx, self.dtype), shards)
         self._view = (key, model)
         return model
 
