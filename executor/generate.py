@@ -39,6 +39,14 @@ class GenerationConfig:
     models with hidden_size <= FUSE_MAX_HIDDEN, where per-op overhead dominates a step; for
     bigger ones each matmul is bandwidth-bound and the copy costs more than it saves."""
 
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be at least 1")
+        if not self.greedy and self.temperature <= 0:
+            raise ValueError(f"temperature={self.temperature} must be positive (or use greedy)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p} must lie in (0, 1]")
+
 
 FUSE_MAX_HIDDEN = 512
 
@@ -143,8 +151,8 @@ def _generate(
             pair[0], pair[1] = tok, lp
         # Token ids < 2**53 travel exactly in float64, so one broadcast carries both.
         broadcast_(pair, ctx.last_stage_rank, ctx.pp_group)
-        tok, lp = pair[0].long(), pair[1].float()
-        tok = torch.where(done, cfg.pad_token_id, tok)
+        raw, lp = pair[0].long(), pair[1].float()
+        tok = torch.where(done, cfg.pad_token_id, raw)
         tokens[:, t] = tok
         logps[:, t] = torch.where(done, 0.0, lp)
         lengths += (~done).long()
@@ -155,6 +163,8 @@ def _generate(
             break
         cur = p_len + t  # cache slot of the token being fed
         mask = key_valid[:, None, None, : cur + 1] if padded else None
-        logits = step(tok.unsqueeze(1), next_pos.unsqueeze(1), mask, cur)
+        # Ended rows are fed the model's own pick (always a valid id, unlike some pad ids);
+        # their outputs are discarded.
+        logits = step(raw.unsqueeze(1), next_pos.unsqueeze(1), mask, cur)
         next_pos += 1
     return GenerationOutput(tokens[:, :n], lengths, logps[:, :n])

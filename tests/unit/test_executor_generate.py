@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from executor.generate import GenerationConfig, generate
@@ -105,6 +106,14 @@ def test_seeded_sampling_is_reproducible_and_seed_dependent():
 
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
+
+
+@pytest.mark.parametrize(
+    "bad", [dict(max_new_tokens=0), dict(greedy=False, temperature=0.0), dict(top_p=0.0)]
+)
+def test_config_rejects_nonsense(bad):
+    with pytest.raises(ValueError):
+        GenerationConfig(**{"max_new_tokens": 4, **bad})
 
 
 def test_top_p_keeps_the_nucleus():
