@@ -9,9 +9,25 @@ from executor.model import Transformer
 from executor.parallel import ParallelContext
 from executor.weights import random_init_
 from plans.allocation import Allocation, DeviceMesh, ParallelStrategy
+from plans.model import ModelSpec, preset
 
 GPUS_PER_NODE = 4
 SEED = 7
+# 12 query / 4 kv heads; vocab, MLP width and layer count that tp and pp do not divide evenly.
+ODD = ModelSpec(
+    hidden_size=48,
+    intermediate_size=100,
+    num_hidden_layers=5,
+    num_attention_heads=12,
+    num_key_value_heads=4,
+    vocab_size=263,
+    max_position_embeddings=64,
+)
+
+
+def spec_for(name: str, tied: bool = False) -> ModelSpec:
+    spec = ODD if name == "odd" else preset(name)
+    return spec.model_copy(update={"tie_word_embeddings": tied})
 
 
 def allocation(tp: int, pp: int, dp: int, n_micro: int = 2) -> Allocation:

@@ -16,7 +16,7 @@ from executor.slicing import split_range
 from executor.weights import random_init_
 from plans.allocation import Allocation, DeviceMesh, ParallelStrategy
 from plans.model import preset
-from tests.distributed.layouts_util import GPUS_PER_NODE, SEED, allocation, ragged_batch
+from tests.distributed.layouts_util import GPUS_PER_NODE, ODD, SEED, allocation, ragged_batch
 from tests.distributed.pool import WorkerPool
 
 pytestmark = pytest.mark.distributed
@@ -180,6 +180,20 @@ def _train_values(model, ctx, batch):
         train.train_step(model, ctx, opt, batch, loss_fn, count_fn, n_micro=2).loss
         for _ in range(3)
     ]
+
+
+def check_uneven_save(rank, world, folder: str):
+    """Save a model whose tp shards differ in size (vocab 263, MLP 100 over tp=4)."""
+    ctx = ParallelContext.build(allocation(4, 1, 1), GPUS_PER_NODE)
+    model = random_init_(Transformer.for_context(ODD, ctx), seed=SEED)
+    return save_checkpoint(model, ctx, folder) is not None
+
+
+def test_uneven_shards_save_bitwise(pool, tmp_path):
+    assert pool.run(check_uneven_save, str(tmp_path / "odd")) == [True, False, False, False]
+    ref = random_init_(Transformer(ODD), seed=SEED).state_dict()
+    back = load_checkpoint_(Transformer(ODD), tmp_path / "odd").state_dict()
+    assert all(torch.equal(back[k], v) for k, v in ref.items())
 
 
 def check_values(rank, world, tp, pp, dp):

@@ -13,7 +13,6 @@ from executor.batching import dp_share
 from executor.model import Transformer
 from executor.parallel import ParallelContext
 from executor.weights import random_init_
-from plans.model import preset
 from tests.distributed.layouts_util import (
     GPUS_PER_NODE,
     SEED,
@@ -21,6 +20,7 @@ from tests.distributed.layouts_util import (
     allocation,
     ragged_batch,
     reference_run,
+    spec_for,
 )
 from tests.distributed.pool import WorkerPool
 
@@ -38,12 +38,11 @@ def pool(tmp_path_factory):
 
 @functools.cache
 def _reference(name: str, tied: bool):
-    spec = preset(name).model_copy(update={"tie_word_embeddings": tied})
-    return reference_run(spec, ragged_batch(), STEPS)
+    return reference_run(spec_for(name, tied), ragged_batch(), STEPS)
 
 
 def check_layout(rank: int, world: int, name: str, tied: bool, tp: int, pp: int, dp: int):
-    spec = preset(name).model_copy(update={"tie_word_embeddings": tied})
+    spec = spec_for(name, tied)
     ctx = ParallelContext.build(allocation(tp, pp, dp), GPUS_PER_NODE)
     if not ctx.in_mesh:
         return None
@@ -96,4 +95,14 @@ def test_tied_embeddings_across_stages(pool, tp, pp, dp):
     results = [r for r in pool.run(check_layout, "tiny-mha", True, tp, pp, dp) if r is not None]
     for r in results:
         assert r.get("logits", 0.0) < TOL, r
+        assert r["loss"] < TOL and r["weights"] < TOL, r
+
+
+@pytest.mark.parametrize("tp,pp,dp", [(4, 1, 1), (2, 2, 1)])
+def test_uneven_splits(pool, tp, pp, dp):
+    """Vocabulary 263, MLP width 100 and 5 layers: shards of different sizes everywhere."""
+    results = [r for r in pool.run(check_layout, "odd", False, tp, pp, dp) if r is not None]
+    assert len(results) == tp * pp * dp
+    for r in results:
+        assert r.get("logits", 0.0) < TOL and r.get("logprobs", 0.0) < TOL, r
         assert r["loss"] < TOL and r["weights"] < TOL, r

@@ -11,7 +11,7 @@ from executor.layout import check_tp, head_split, param_slices, stage_layers
 from executor.parallel import ParallelContext
 from executor.slicing import shard, split_range, split_sizes
 from plans.allocation import Allocation, DeviceMesh, ParallelStrategy
-from plans.model import preset
+from plans.model import ModelSpec, preset
 
 
 @given(st.integers(0, 500), st.integers(1, 17))
@@ -35,13 +35,25 @@ def test_shard_reassembles():
     assert torch.equal(torch.cat([shard(t, 1, 4, i) for i in range(4)], 1), t)
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-mha", "small"])
+# 12 query / 4 kv heads, and sizes that tp and pp do not divide evenly.
+ODD = ModelSpec(
+    hidden_size=48,
+    intermediate_size=100,
+    num_hidden_layers=5,
+    num_attention_heads=12,
+    num_key_value_heads=4,
+    vocab_size=263,
+    max_position_embeddings=64,
+)
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-mha", "odd"])
 @pytest.mark.parametrize("tp", [1, 2, 4])
 @pytest.mark.parametrize("pp", [1, 2, 3])
 def test_slices_cover_every_tensor_exactly(name, tp, pp):
-    """Over all tp ranks and stages each checkpoint element is held; split tensors are held
-    once per kv replica group, and exactly one holder owns each element for the grad norm."""
-    spec = preset(name)
+    """Over all tp ranks and stages each checkpoint element is held, and exactly one holder
+    owns each element for the grad norm (replicated norms, kv copies, uneven splits)."""
+    spec = ODD if name == "odd" else preset(name)
     if spec.num_attention_heads % tp:
         pytest.skip("tp does not divide the heads")
     owned: dict[str, torch.Tensor] = {}
