@@ -57,21 +57,12 @@ def hf_config_dict(
 
 
 def spec_from_folder(folder: str | Path, head: Head | None = None) -> ModelSpec:
-    """The ModelSpec of a local HF folder. The head defaults to what `architectures` says.
-    transformers >= 5 writes RoPE settings only under `rope_parameters`, which
-    plans.model.from_hf_folder does not read yet, so they are taken from there when present."""
-    cfg = json.loads((Path(folder) / "config.json").read_text())
+    """The ModelSpec of a local HF folder. The head defaults to what `architectures` says."""
     if head is None:
+        cfg = json.loads((Path(folder) / "config.json").read_text())
         archs = cfg.get("architectures") or []
         head = "value" if any("SequenceClassification" in a for a in archs) else "lm"
-    spec = from_hf_folder(folder, head)
-    rp = cfg.get("rope_parameters")
-    if isinstance(rp, dict) and "rope_theta" not in cfg:
-        update: dict[str, Any] = {"rope_theta": float(rp.get("rope_theta", spec.rope_theta))}
-        if rp.get("rope_type", "default") != "default":
-            update["rope_scaling"] = {k: v for k, v in rp.items() if k != "rope_theta"}
-        spec = spec.model_copy(update=update)
-    return spec
+    return from_hf_folder(folder, head)
 
 
 def transformers_model(

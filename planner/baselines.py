@@ -80,7 +80,9 @@ def megatron(ctx: SearchContext) -> Baseline:
         model = exp.model(role)
         tp = cluster.gpus_per_node
         while tp > 1 and (
-            model.num_key_value_heads % tp or model.num_attention_heads % tp or whole.size % tp
+            model.num_attention_heads % tp
+            or (model.num_key_value_heads % tp and tp % model.num_key_value_heads)
+            or whole.size % tp
         ):
             tp //= 2
         shape[role] = (whole.size // tp, tp, 1)

@@ -229,6 +229,13 @@ def from_hf_folder(folder: str | Path, head: Head = "lm") -> ModelSpec:
         raise PlanError(f"{cfg_path} is not a JSON object", field="model")
     fields = {k: v for k, v in cfg.items() if k in _HF_FIELDS}
     fields.setdefault("num_key_value_heads", cfg.get("num_attention_heads"))
+    # transformers >= 5 writes RoPE settings only under `rope_parameters`.
+    rope = cfg.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" not in cfg:
+        if "rope_theta" in rope:
+            fields["rope_theta"] = rope["rope_theta"]
+        if rope.get("rope_type", "default") != "default":
+            fields["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
     if cfg.get("model_type") not in (None, "llama", "mistral", "qwen2"):
         raise PlanError(
             f"{cfg_path}: model_type {cfg.get('model_type')!r} is not LLaMA-family", field="model"

@@ -131,12 +131,20 @@ def check_allocation(
             field=f"{field}.mesh.n_gpus",
         )
     model = exp.model(mfc.role)
-    for heads in ("num_attention_heads", "num_key_value_heads"):
-        if getattr(model, heads) % s.tp:
-            raise PlanError(
-                f"tp={s.tp} does not divide {heads}={getattr(model, heads)} of the {mfc.role} model",
-                field=f"{field}.strategy.tp",
-            )
+    # Whole query heads per rank; kv heads split evenly or, when tp exceeds them (GQA),
+    # replicated evenly (each kv head on tp/nkv ranks, as Megatron does).
+    nh, nkv = model.num_attention_heads, model.num_key_value_heads
+    if nh % s.tp:
+        raise PlanError(
+            f"tp={s.tp} does not divide num_attention_heads={nh} of the {mfc.role} model",
+            field=f"{field}.strategy.tp",
+        )
+    if nkv % s.tp and s.tp % nkv:
+        raise PlanError(
+            f"tp={s.tp} neither divides nor is a multiple of num_key_value_heads={nkv} of the "
+            f"{mfc.role} model",
+            field=f"{field}.strategy.tp",
+        )
     if s.pp > model.num_hidden_layers:
         raise PlanError(
             f"pp={s.pp} exceeds the {model.num_hidden_layers} layers of the {mfc.role} model",

@@ -49,9 +49,12 @@ CASES = [
             allocations__rew_inf__strategy__tp=4,
             allocations__rew_inf__mesh__n_gpus=4,
             allocations__rew_inf__mesh__gpu_start=0,
+            experiment__roles__reward__model__hidden_size=48,
+            experiment__roles__reward__model__num_attention_heads=12,
+            experiment__roles__reward__model__num_key_value_heads=6,
         ),
         "allocations.rew_inf.strategy.tp",
-        "num_key_value_heads=2",
+        "num_key_value_heads=6",
     ),
     (
         dict(
@@ -85,6 +88,18 @@ def test_bad_plan_names_field(mutation, field, word):
     assert "\n" not in msg
     assert field in msg, msg
     assert word.lower() in msg.lower(), msg
+
+
+def test_tp_may_replicate_kv_heads():
+    # 4 query heads, 2 kv heads, tp=4: each kv head lives on two ranks (GQA replication).
+    plan = plan_from_dict(
+        _mutated(
+            allocations__rew_inf__strategy__tp=4,
+            allocations__rew_inf__mesh__n_gpus=4,
+            allocations__rew_inf__mesh__gpu_start=0,
+        )
+    )
+    assert plan.allocations["rew_inf"].strategy.tp == 4
 
 
 def test_tp_must_divide_query_heads():
