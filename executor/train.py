@@ -19,6 +19,7 @@ from executor.logprobs import next_token_logprobs
 from executor.model import Transformer
 from executor.parallel import ParallelContext
 from executor.pipeline import pipeline_train
+from executor.zero import ZeroOneAdamW
 
 LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
 """(head output of a micro-batch, the micro-batch) -> summed loss (a scalar)."""
@@ -43,11 +44,15 @@ class StepStats:
     """Global gradient norm before clipping."""
 
 
-def make_optimizer(model: Transformer, cfg: OptimConfig) -> torch.optim.AdamW:
-    # AdamW is elementwise, so sharded parameters update exactly like the full ones.
-    return torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
-    )
+def make_optimizer(
+    model: Transformer, cfg: OptimConfig, ctx: ParallelContext | None = None, zero1: bool = False
+) -> torch.optim.AdamW | ZeroOneAdamW:
+    """AdamW over the model's shards; with `zero1` (and dp > 1) its states are sharded over dp.
+    AdamW is elementwise, so sharded parameters update exactly like the full ones."""
+    kw = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if zero1 and ctx is not None and ctx.dp_size > 1:
+        return ZeroOneAdamW(list(model.parameters()), ctx, **kw)
+    return torch.optim.AdamW(model.parameters(), **kw)
 
 
 def next_token_loss(model: Transformer, ctx: ParallelContext) -> tuple[LossFn, CountFn]:
@@ -77,7 +82,7 @@ def next_token_loss(model: Transformer, ctx: ParallelContext) -> tuple[LossFn, C
 def train_step(
     model: Transformer,
     ctx: ParallelContext,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | ZeroOneAdamW,
     batch: Batch,
     loss_fn: LossFn,
     count_fn: CountFn,

@@ -93,6 +93,8 @@ def run(env: WorkerEnv, task: RunTask) -> None:
                     eps=o.eps,
                     max_grad_norm=o.grad_clip or None,
                 ),
+                rm.home_ctx,
+                zero1=rm.home.strategy.zero1,
             )
     tok = ByteTokenizer()
     prompts = Prompts(plan, task.data, tok)
