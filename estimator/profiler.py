@@ -50,7 +50,7 @@ GRIDS = {
     ("cpu", True): Grid(("tiny", "small"), (1, 2), (1, 8), (16, 128), (16, 128),
                         (1, 4), 0.05, 2),
     ("cpu", False): Grid(("tiny", "small"), (1, 2, 4), (1, 2, 8), (16, 64, 256), (16, 64, 256),
-                         (1, 4, 12), 0.2, 3, 2),
+                         (1, 4, 12), 0.2, 3, 3),
     ("cuda", True): Grid(("llama2-7b",), (1, 2, 8), (1, 8, 32), (128, 1024), (128, 1024),
                          (1, 2), 0.05, 3),
     ("cuda", False): Grid(("llama2-7b", "llama2-70b"), (1, 2, 4, 8), (1, 4, 16, 64),
@@ -152,7 +152,9 @@ def _op_points(grid: Grid, model, name, tp, dt, device, dtype, timed) -> list[Op
             rec("head_fwd_bwd", b, s, head_fb, xg, ids)
         for c in grid.caches:
             attn = blk.self_attn
-            kv = (b, attn.heads.n_kv, c + 1, attn.hd)
+            # executor.generate preallocates the cache for prompt + new tokens and attends a
+            # slice of it; a cache twice the attended length mimics that mid-generation.
+            kv = (b, attn.heads.n_kv, 2 * c + 1, attn.hd)
             cache = LayerCache(
                 torch.zeros(kv, dtype=dtype, device=device),
                 torch.zeros(kv, dtype=dtype, device=device),
