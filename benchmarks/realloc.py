@@ -14,7 +14,7 @@ and set against two baselines measured in the same run, with the same processes:
 Efficiency = raw time / reallocation time (the target is >= 70%). Throughput counts the
 bytes that cross a link (local copies excluded), summed over pairs. "plan/link" is the time
 the plan's busiest receiver would take at the measured link bandwidth (bytes from
-executor.transfer_plan, as a cost model would price it), next to the measured time.
+plans.transfer, as a cost model would price it), next to the measured time.
 
     .venv/bin/python benchmarks/realloc.py [--ranks 2 4] [--reps 3] [--model small]
 """
@@ -36,9 +36,9 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from executor.realloc import reallocate  # noqa: E402
-from executor.transfer_plan import plan_params  # noqa: E402
 from plans.allocation import Allocation, DeviceMesh, ParallelStrategy  # noqa: E402
 from plans.model import preset  # noqa: E402
+from plans.transfer import plan_params  # noqa: E402
 
 DTYPE = torch.float32
 LINK_BYTES = 128 * 2**20

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from executor.masks import attention_bool_mask, positions_from_mask
-from executor.slicing import split_range
+from plans.slicing import split_range
 
 Batch = dict[str, torch.Tensor]
 

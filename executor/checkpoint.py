@@ -23,10 +23,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from executor.hf_config import hf_config_dict
-from executor.layout import ParamSlice, param_slices
 from executor.model import Transformer
 from executor.parallel import ParallelContext
 from executor.weights import init_full
+from plans.layout import ParamSlice, param_slices
 
 
 def _key_files(folder: Path) -> dict[str, Path]:

@@ -12,7 +12,7 @@ from executor.logprobs import next_token_logprobs
 from executor.model import Transformer
 from executor.parallel import ParallelContext
 from executor.pipeline import pipeline_forward
-from executor.slicing import split_sizes
+from plans.slicing import split_sizes
 
 
 @torch.no_grad()

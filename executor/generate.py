@@ -22,7 +22,7 @@ from executor.masks import attention_bool_mask, positions_from_mask
 from executor.model import Transformer
 from executor.parallel import ParallelContext
 from executor.sampling import choose
-from executor.slicing import split_range, split_sizes
+from plans.slicing import split_range, split_sizes
 
 
 @dataclass(frozen=True)

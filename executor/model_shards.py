@@ -1,6 +1,6 @@
 """A model's parameters as the shard dict that reallocation moves, and back, without copies.
 
-`reallocate` works on plain dicts keyed by state_dict name (the names of executor.layout);
+`reallocate` works on plain dicts keyed by state_dict name (the names of plans.layout);
 these two helpers connect them to a Transformer: `model_shards` hands out the tensors a model
 holds, `adopt_shards_` makes a freshly built model use moved tensors as its parameters. With
 both, a layout change costs the transfer only, and dropping the model (or the dict) is what

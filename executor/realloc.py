@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from executor import wire
 from executor.parallel import DEFAULT_TIMEOUT
-from executor.transfer_plan import SAMPLES, Box, Piece, Transfer, TransferPlan
+from plans.transfer import SAMPLES, Box, Piece, Transfer, TransferPlan
 
 Views = Sequence[torch.Tensor]
 
@@ -150,7 +150,7 @@ def reallocate(
     direct_bytes: int = DIRECT,
     device: torch.device | str = "cpu",
 ) -> dict[str, torch.Tensor]:
-    """Move a model's parameters along `plan` (from executor.transfer_plan.plan_params).
+    """Move a model's parameters along `plan` (from plans.transfer.plan_params).
 
     `shards`: this rank's source tensors by state_dict name (None or empty off the source
     mesh). Returns this rank's destination tensors by name ({} off the destination mesh),

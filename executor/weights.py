@@ -8,8 +8,8 @@ from collections.abc import Mapping
 
 import torch
 
-from executor.layout import ParamSlice
 from executor.model import Transformer
+from plans.layout import ParamSlice
 
 
 def init_full(source: str, shape: tuple[int, ...], seed: int, std: float = 0.02) -> torch.Tensor:

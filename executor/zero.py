@@ -16,7 +16,7 @@ from torch import nn
 
 from executor.collectives import all_gather_dim
 from executor.parallel import ParallelContext
-from executor.slicing import split_range, split_sizes
+from plans.slicing import split_range, split_sizes
 
 
 class ZeroOneAdamW:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from executor.slicing import split_range
 from plans.model import ModelSpec
+from plans.slicing import split_range
 
 
 @dataclass(frozen=True)

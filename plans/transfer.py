@@ -1,8 +1,8 @@
 """Redistribution plan between two layouts: which rank sends which part of which tensor to whom.
 
 A *layout* says, for every rank, which box (index ranges per dimension) of which full tensor
-each of its local tensors is. Parameters get theirs from the layout table (executor.layout),
-a batch of samples from the dp split of its leading dimension (executor.slicing.split_range).
+each of its local tensors is. Parameters get theirs from the layout table (plans.layout),
+a batch of samples from the dp split of its leading dimension (plans.slicing.split_range).
 The plan for moving from a source layout to a destination layout is the list of
 intersections of source and destination boxes of the same full tensor; where several source
 ranks hold the same box (dp replicas, tp copies of norms, replicated kv heads, a tied head's
@@ -13,8 +13,8 @@ The plan is computed identically on every rank from the same inputs, and its tra
 one global order, so a sender packs and a receiver unpacks the same tensors in the same order
 without any negotiation. It also prices itself (bytes per (src, dst) pair) for the cost model.
 
-This module is pure Python: it imports only plans/, executor.slicing, executor.layout and the
-standard library, so the estimator can share it (and it can later move into plans/).
+This module is pure Python (plans/ and the standard library), so the executor, which moves the
+tensors, and the estimator, which prices the moves, share one plan.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from executor.layout import param_slices
-from executor.slicing import split_range
 from plans.allocation import Allocation
+from plans.layout import param_slices
 from plans.model import ModelSpec
+from plans.slicing import split_range
 
 Box = tuple[tuple[int, int], ...]
 """[start, stop) per dimension of a full tensor."""

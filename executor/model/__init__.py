@@ -1,4 +1,4 @@
-"""LLaMA-family transformer, shard-aware (TP slices, PP stage ranges); see executor.layout."""
+"""LLaMA-family transformer, shard-aware (TP slices, PP stage ranges); see plans.layout."""
 
 from executor.model.transformer import Transformer
 

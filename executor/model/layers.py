@@ -1,4 +1,4 @@
-"""Transformer block pieces holding only this rank's slices (see executor.layout)."""
+"""Transformer block pieces holding only this rank's slices (see plans.layout)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from executor.collectives import Group, copy_to_tp, reduce_from_tp
-from executor.layout import HeadSplit
 from executor.model.rope import apply_rotary
+from plans.layout import HeadSplit
 
 
 class RMSNorm(nn.Module):

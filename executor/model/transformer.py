@@ -1,7 +1,7 @@
 """One pipeline stage of a LLaMA-family model, holding this rank's tensor-parallel slices.
 
 The module tree mirrors HF (`model.embed_tokens`, `model.layers.<global i>`, `model.norm`,
-`lm_head` / `score`), so `state_dict()` keys are HF checkpoint keys and executor.layout's
+`lm_head` / `score`), so `state_dict()` keys are HF checkpoint keys and plans.layout's
 table describes every parameter.
 """
 
@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from executor.collectives import Group, copy_to_tp, reduce_from_tp
-from executor.layout import ParamSlice, head_split, param_slices, stage_layers
 from executor.model.layers import MLP, Attention, Block, LayerCache, RMSNorm
 from executor.model.rope import Rotary
 from executor.parallel import ParallelContext
-from executor.slicing import split_range
+from plans.layout import ParamSlice, head_split, param_slices, stage_layers
 from plans.model import ModelSpec
+from plans.slicing import split_range
 
 
 class VocabParallelEmbedding(nn.Module):

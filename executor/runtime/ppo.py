@@ -19,9 +19,9 @@ from executor.generate import GenerationConfig, generate
 from executor.logprobs import next_token_logprobs
 from executor.model import Transformer
 from executor.parallel import ParallelContext
-from executor.slicing import split_range
 from executor.train import StepStats, train_step
 from plans import ExperimentSpec
+from plans.slicing import split_range
 
 ROLLOUT_KEYS = ("input_ids", "attention_mask", "response_mask", "logprobs")
 

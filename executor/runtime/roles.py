@@ -19,9 +19,9 @@ from executor.model import Transformer
 from executor.model_shards import adopt_shards_, model_shards
 from executor.parallel import ParallelContext
 from executor.realloc import reallocate
-from executor.transfer_plan import TransferPlan, plan_params
 from executor.weights import random_init_
 from plans import Allocation, ModelSpec, Plan
+from plans.transfer import TransferPlan, plan_params
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

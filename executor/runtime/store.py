@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from executor.realloc import move_batch
-from executor.transfer_plan import SAMPLES, Piece, TransferPlan, batch_layout, plan_transfers
 from plans import Allocation
+from plans.transfer import SAMPLES, Piece, TransferPlan, batch_layout, plan_transfers
 
 Schema = dict[str, tuple[tuple[int, ...], torch.dtype]]
 

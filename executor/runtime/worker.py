@@ -21,10 +21,10 @@ from executor.runtime import checkpoints, ppo
 from executor.runtime.launch import WorkerEnv
 from executor.runtime.roles import build_contexts, build_roles, layout_key
 from executor.runtime.store import DataStore
-from executor.slicing import split_range
 from executor.tokenizer import ByteTokenizer, left_pad
 from executor.train import OptimConfig, make_optimizer
 from plans import Plan, PlanError, load_plan
+from plans.slicing import split_range
 
 # MFC data keys (plans.algorithms) -> the tensors that carry them.
 TENSORS = {

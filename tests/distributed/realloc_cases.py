@@ -14,10 +14,10 @@ import zlib
 
 import torch
 
-from executor.layout import check_tp, param_slices
-from executor.transfer_plan import Box, Piece
 from plans.allocation import Allocation, DeviceMesh, ParallelStrategy
+from plans.layout import check_tp, param_slices
 from plans.model import ModelSpec, preset
+from plans.transfer import Box, Piece
 
 WORLD = 4
 TOPOLOGIES = ((1, 4), (2, 2))  # (nodes, gpus per node)

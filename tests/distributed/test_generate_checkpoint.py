@@ -12,10 +12,10 @@ from executor.generate import GenerationConfig, generate
 from executor.hf_config import transformers_model
 from executor.model import Transformer
 from executor.parallel import ParallelContext
-from executor.slicing import split_range
 from executor.weights import random_init_
 from plans.allocation import Allocation, DeviceMesh, ParallelStrategy
 from plans.model import preset
+from plans.slicing import split_range
 from tests.distributed.layouts_util import GPUS_PER_NODE, ODD, SEED, allocation, ragged_batch
 from tests.distributed.pool import WorkerPool
 

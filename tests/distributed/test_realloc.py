@@ -18,9 +18,9 @@ from executor.model import Transformer
 from executor.model_shards import adopt_shards_, model_shards
 from executor.parallel import ParallelContext
 from executor.realloc import batch_schema, move_batch, reallocate
-from executor.transfer_plan import SAMPLES, param_layout, plan_batch, plan_params
 from executor.weights import random_init_
 from plans.allocation import Allocation, DeviceMesh, ParallelStrategy
+from plans.transfer import SAMPLES, param_layout, plan_batch, plan_params
 from tests.distributed.pool import WorkerPool
 from tests.distributed.realloc_cases import (
     TOPOLOGIES,

@@ -7,11 +7,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from executor.layout import check_tp, head_split, param_slices, stage_layers
 from executor.parallel import ParallelContext
-from executor.slicing import shard, split_range, split_sizes
+from executor.slicing import shard
 from plans.allocation import Allocation, DeviceMesh, ParallelStrategy
+from plans.layout import check_tp, head_split, param_slices, stage_layers
 from plans.model import ModelSpec, preset
+from plans.slicing import split_range, split_sizes
 
 
 @given(st.integers(0, 500), st.integers(1, 17))
