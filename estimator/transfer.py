@@ -5,8 +5,8 @@ rank) position holds. A piece it already holds in the old layout costs nothing; 
 comes from one of its old holders (the dp replicas of that (stage, tp rank)), over the fastest
 link available to one of them -- inside the node when a holder shares it, else the network. A
 rank receives its pieces one after another and ranks receive in parallel, so the time is that
-of the busiest receiver. Data: the consumer's dp ranks each fetch their share of the sequences
-from the producer's mesh (free when both calls use the same mesh and dp split).
+of the busiest receiver. Both are closed forms of the plans that plans.transfer builds for
+the runtime; tests check they agree.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from estimator.lookup import ProfileLookup
 from estimator.memory import split_layers
 from plans import MFC, Allocation, ClusterSpec, ExperimentSpec, ModelSpec
+from plans.slicing import split_range
 
 # Bytes per sequence of each data key (token ids are int64, per-token floats are fp32).
 _PER_TOKEN_FLOAT = {"logprobs", "ref_logprobs", "values"}
@@ -124,15 +125,28 @@ def data_transfer(
     cluster: ClusterSpec,
     lookup: ProfileLookup,
 ) -> Transfer:
-    if src.mesh == dst.mesh and src.strategy.dp == dst.strategy.dp:
-        return NONE
+    """What rlhf-run does (executor.runtime.store): every rank of the consumer's mesh receives
+    the whole batch, from the producer's last-stage dp shares; a rank only skips the rows it
+    produced itself. Closed form of the plan plans.transfer builds for it (tested equal)."""
     per_seq = sum(key_bytes(k, exp) for k in keys)
     if per_seq <= 0:
         return NONE
     n = exp.sequences(consumer)
     gpn = cluster.gpus_per_node
-    nodes = {r // gpn for r in src.mesh.ranks(gpn)} | {r // gpn for r in dst.mesh.ranks(gpn)}
-    scope = "inter" if len(nodes) > 1 else "intra"
-    share = per_seq * -(-n // dst.strategy.dp)
-    time = lookup.collective_time("send_recv", 2, scope, share)
-    return Transfer(per_seq * n, share, time, scope)
+    s = src.strategy
+    grid = src.rank_grid(gpn)
+    held = {grid[s.pp - 1][d][t]: split_range(n, s.dp, d) for d in range(s.dp) for t in range(s.tp)}
+    total = worst = 0.0
+    scope = "none"
+    for r in dst.mesh.ranks(gpn):
+        lo, hi = held.get(r, (0, 0))
+        rows = n - (hi - lo)
+        if rows <= 0:
+            continue
+        total += rows * per_seq
+        worst = max(worst, rows * per_seq)
+        far = any(h // gpn != r // gpn for h in held)
+        scope = "inter" if far or scope == "inter" else "intra"
+    if total == 0:
+        return NONE
+    return Transfer(total, worst, lookup.collective_time("send_recv", 2, scope, worst), scope)
