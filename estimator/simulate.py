@@ -1,6 +1,6 @@
 """Replay the unrolled call graph of a plan on its devices (list scheduling in global order).
 
-Every rank walks the same global order (estimator.dataflow); a call starts when its inputs are
+Every rank walks the same global order (plans.dataflow); a call starts when its inputs are
 ready and every device of its mesh is free, so calls on disjoint meshes overlap. Before a call,
 its role's parameters are reallocated if they are in another layout (a timed step occupying
 the union of old and new meshes), and data produced on another mesh is fetched (a timed step on
@@ -19,8 +19,8 @@ import math
 from dataclasses import dataclass, field
 
 from estimator.cost import CostModel
-from estimator.dataflow import unrolled
 from plans import Allocation
+from plans.dataflow import unrolled
 
 DEFAULT_ITERATIONS = 3
 

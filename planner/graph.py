@@ -1,9 +1,10 @@
-"""Dataflow graphs of model function calls, unrolled over iterations.
+"""Dataflow graphs of model function calls, unrolled over iterations, as networkx graphs.
 
 A node is one call in one iteration, keyed `"<mfc>@<iteration>"`. Data edges join the producer
 of a key to each consumer in the same iteration. Parameter-version edges order a model's train
 call before the first calls of the same model in the next iteration: no data flows there, but
-the next rollout must see the updated weights.
+the next rollout must see the updated weights. The structure and the global order come from
+plans.dataflow, which the estimator and the runtime use too.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 
 import networkx as nx
 
-from plans import ExperimentSpec, mfcs, trained_roles
+from plans import ExperimentSpec
+from plans.dataflow import unrolled
 
 
 def node_id(mfc: str, iteration: int) -> str:
@@ -25,59 +27,39 @@ def build_graph(algorithm: str | ExperimentSpec, iterations: int = 1) -> nx.DiGr
         algorithm = algorithm.algorithm
     if iterations < 1:
         raise ValueError("iterations must be at least 1")
-    calls = mfcs(algorithm)
-    producer = {key: m.name for m in calls for key in m.outputs}
+    nodes = unrolled(algorithm, iterations)
+    ids = [node_id(n.mfc.name, n.iteration) for n in nodes]
     g = nx.DiGraph(algorithm=algorithm, iterations=iterations)
-    for it in range(iterations):
-        for index, m in enumerate(calls):
-            g.add_node(
-                node_id(m.name, it),
-                mfc=m.name,
-                iteration=it,
-                index=index,
-                role=m.role,
-                kind=m.kind,
-                inputs=list(m.inputs),
-                outputs=list(m.outputs),
-            )
-        for m in calls:
-            for key in m.inputs:
-                if key in producer:
-                    src, dst = node_id(producer[key], it), node_id(m.name, it)
-                    if g.has_edge(src, dst):
-                        g.edges[src, dst]["keys"].append(key)
-                    else:
-                        g.add_edge(src, dst, kind="data", keys=[key])
-    for it in range(1, iterations):
-        _add_version_edges(g, calls, it)
+    for pos, (nid, n) in enumerate(zip(ids, nodes, strict=True)):
+        m = n.mfc
+        g.add_node(
+            nid,
+            mfc=m.name,
+            iteration=n.iteration,
+            index=n.index,
+            position=pos,
+            role=m.role,
+            kind=m.kind,
+            inputs=list(m.inputs),
+            outputs=list(m.outputs),
+        )
+    for nid, n in zip(ids, nodes, strict=True):
+        for p, keys in n.data_deps:
+            g.add_edge(ids[p], nid, kind="data", keys=list(keys))
+        for p in n.version_deps:
+            g.add_edge(ids[p], nid, kind="version", keys=[])
     return g
-
-
-def _add_version_edges(g: nx.DiGraph, calls, it: int) -> None:
-    algorithm = g.graph["algorithm"]
-    for role in sorted(trained_roles(algorithm)):
-        trains = [m.name for m in calls if m.role == role and m.kind == "train"]
-        same_role = [node_id(m.name, it) for m in calls if m.role == role]
-        # Only the first uses of the model in the new iteration need the edge; later ones
-        # follow them through data edges already.
-        firsts = [n for n in same_role if not (nx.ancestors(g, n) & set(same_role))]
-        for t in trains:
-            for n in firsts:
-                g.add_edge(node_id(t, it - 1), n, kind="version", keys=[])
 
 
 def global_order(g: nx.DiGraph) -> list[str]:
     """The one order every rank walks: topological, ties broken by (iteration, canonical index)."""
-    return list(
-        nx.lexicographical_topological_sort(
-            g, key=lambda n: (g.nodes[n]["iteration"], g.nodes[n]["index"])
-        )
-    )
+    return sorted(g.nodes, key=lambda n: g.nodes[n]["position"])
 
 
 def graph_to_dict(g: nx.DiGraph) -> dict[str, Any]:
     """A JSON-ready description: nodes in global order, data and version edges."""
     order = global_order(g)
+    pos = {n: i for i, n in enumerate(order)}
     return {
         "algorithm": g.graph["algorithm"],
         "iterations": g.graph["iterations"],
@@ -93,9 +75,7 @@ def graph_to_dict(g: nx.DiGraph) -> dict[str, Any]:
         ],
         "edges": [
             {"source": u, "target": v, "kind": d["kind"], "keys": d["keys"]}
-            for u, v, d in sorted(
-                g.edges(data=True), key=lambda e: (order.index(e[0]), order.index(e[1]))
-            )
+            for u, v, d in sorted(g.edges(data=True), key=lambda e: (pos[e[0]], pos[e[1]]))
         ],
         "order": order,
     }

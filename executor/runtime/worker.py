@@ -24,6 +24,7 @@ from executor.runtime.store import DataStore
 from executor.tokenizer import ByteTokenizer, left_pad
 from executor.train import OptimConfig, make_optimizer
 from plans import Plan, PlanError, load_plan
+from plans.dataflow import unrolled
 from plans.slicing import split_range
 
 # MFC data keys (plans.algorithms) -> the tensors that carry them.
@@ -103,6 +104,7 @@ def run(env: WorkerEnv, task: RunTask) -> None:
     # Outputs are pushed to every consumer right after they are produced, not fetched when the
     # consumer starts: a fetch would wait for the producer's ranks, which may by then be busy
     # with another call, and calls on disjoint meshes would no longer overlap.
+    order = [node.mfc for node in unrolled(exp.algorithm, 1)]  # the global order of calls
     consumers = {
         m.name: [c.name for c in exp.mfcs() if set(m.outputs) & set(c.inputs)] for m in exp.mfcs()
     }
@@ -125,7 +127,7 @@ def run(env: WorkerEnv, task: RunTask) -> None:
         texts, prompt_ids, prompt_mask = prompts.batch(it)
         mine: dict = {"calls": {}, "stats": {}}
         inbox: dict[str, dict[str, torch.Tensor]] = {m.name: {} for m in exp.mfcs()}
-        for m in exp.mfcs():
+        for m in order:
             alloc = plan.allocations[m.name]
             ctx = ctxs[layout_key(alloc)]
             rm = roles[m.role]

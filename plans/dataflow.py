@@ -1,7 +1,7 @@
-"""The unrolled call order, built from plans.algorithms alone.
+"""The unrolled call graph and the one global order of calls, from plans.algorithms alone.
 
-The estimator must not import the planner (dependency direction cli -> planner -> estimator), so
-this module re-derives what planner.graph computes with networkx: nodes are (call, iteration);
+The planner (planner.graph wraps it in networkx), the estimator's simulator and the runtime all
+read it here: nodes are (call, iteration);
 data edges join a key's producer to its consumers in the same iteration; parameter-version edges
 join a trained role's train call of iteration i-1 to the first calls of that role in iteration
 i; the global order is topological with ties broken by (iteration, canonical index). It is pure
