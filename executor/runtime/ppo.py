@@ -14,7 +14,7 @@ import torch
 
 from executor import forward
 from executor.algorithms.ppo import gae, policy_loss, shaped_rewards, value_loss, whiten
-from executor.batching import Batch
+from executor.batching import Batch, micro_batches
 from executor.generate import GenerationConfig, generate
 from executor.logprobs import next_token_logprobs
 from executor.model import Transformer
@@ -127,11 +127,6 @@ def advantages(exp: ExperimentSpec, data: Batch) -> Advantages:
     return Advantages(rewards, kl, adv, ret)
 
 
-def _mini_batches(batch: Batch, n: int) -> list[Batch]:
-    total = batch["input_ids"].shape[0]
-    return [{k: v[slice(*split_range(total, n, i))] for k, v in batch.items()} for i in range(n)]
-
-
 def train_actor(
     model,
     ctx,
@@ -188,7 +183,9 @@ def train_critic(
 def _epochs(model, ctx, opt, exp, batch, loss_fn, n_micro, grad_clip) -> list[StepStats]:
     stats = []
     for _ in range(exp.ppo_epochs):
-        for mb in _mini_batches(batch, exp.mini_batches):
+        for mb in micro_batches(
+            batch, exp.mini_batches
+        ):  # the one split rule, for mini-batches too
             stats.append(
                 train_step(
                     model,
