@@ -15,6 +15,7 @@ import torch
 from executor import forward
 from executor.algorithms.ppo import gae, policy_loss, shaped_rewards, value_loss, whiten
 from executor.batching import Batch, micro_batches
+from executor.collectives import all_reduce_
 from executor.generate import GenerationConfig, generate
 from executor.logprobs import next_token_logprobs
 from executor.model import Transformer
@@ -136,7 +137,9 @@ def train_actor(
     adv: Advantages,
     n_micro: int,
     grad_clip: float,
-) -> list[StepStats]:
+) -> tuple[list[StepStats], float]:
+    """PPO steps of the actor; also the share of response tokens whose ratio was clipped
+    (meaningful on the last pipeline stage, where the loss is computed)."""
     p, g, eps = exp.prompt_len, exp.gen_len, exp.ppo.eps_clip
     batch = {
         **_model_batch(data),
@@ -145,14 +148,20 @@ def train_actor(
         "response_mask": data["response_mask"],
     }
 
+    clipped = torch.zeros((), dtype=torch.float64)  # clipped response tokens, this rank's share
+
     def loss_fn(logits: torch.Tensor, mb: Batch) -> torch.Tensor:
+        nonlocal clipped
         lp = next_token_logprobs(logits, mb["input_ids"], model.vocab_rows[0], ctx.tp_group)
         lp = lp[:, p - 1 : p - 1 + g]
-        return policy_loss(
-            lp, mb["old_logprobs"], mb["advantages"], mb["response_mask"], eps, 1.0
-        ).loss
+        out = policy_loss(lp, mb["old_logprobs"], mb["advantages"], mb["response_mask"], eps, 1.0)
+        clipped = clipped + out.clip_frac.double().cpu()  # denominator 1: a token count
+        return out.loss
 
-    return _epochs(model, ctx, opt, exp, batch, loss_fn, n_micro, grad_clip)
+    steps = _epochs(model, ctx, opt, exp, batch, loss_fn, n_micro, grad_clip)
+    all_reduce_(clipped, ctx.dp_group)  # last stage: every dp share's count
+    tokens = float(data["response_mask"].sum()) * exp.ppo_epochs
+    return steps, float(clipped) / max(tokens, 1.0)
 
 
 def train_critic(

@@ -8,6 +8,7 @@ call, so calls on disjoint meshes overlap without a central controller.
 from __future__ import annotations
 
 import json
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +170,7 @@ def run(env: WorkerEnv, task: RunTask) -> None:
                     "data_s": time.perf_counter() - t2,  # pushing the outputs to their consumers
                 }
         mine["iteration_s"] = time.perf_counter() - t_iter
+        mine["peak_memory_mib"] = _peak_memory_mib(env.device)
         everyone: list = [None] * env.world
         dist.all_gather_object(everyone, mine)
         if env.rank == 0:
@@ -221,21 +223,33 @@ def _run_call(
     if m.kind == "train":
         adv = ppo.advantages(exp, data)
         grad_clip = exp.optimizer(m.role).grad_clip
-        train = ppo.train_actor if m.role == "actor" else ppo.train_critic
-        steps = train(model, ctx, opts[m.role], exp, data, adv, n_micro, grad_clip)
         mask = data["response_mask"]
-        stats[m.name] = {
-            "loss": sum(s.loss for s in steps) / len(steps),
-            "grad_norm": sum(s.grad_norm for s in steps) / len(steps),
-        }
         if m.role == "actor":
+            steps, clip_frac = ppo.train_actor(
+                model, ctx, opts[m.role], exp, data, adv, n_micro, grad_clip
+            )
             stats["rollout"] = {
                 "reward_mean": float(data["score"].mean()),
                 "kl_mean": float((adv.kl.sum(1) / mask.sum(1).clamp(min=1)).mean()),
                 "response_len": float(mask.sum(1).mean()),
             }
+            if ctx.is_last_stage:  # where the loss, hence the clipping, is computed
+                stats["clip_frac"] = clip_frac
+        else:
+            steps = ppo.train_critic(model, ctx, opts[m.role], exp, data, adv, n_micro, grad_clip)
+        stats[m.name] = {
+            "loss": sum(s.loss for s in steps) / len(steps),
+            "grad_norm": sum(s.grad_norm for s in steps) / len(steps),
+        }
         return None
     raise NotImplementedError(f"rlhf-run does not run {m.name} yet")
+
+
+def _peak_memory_mib(device: torch.device) -> float:
+    """Peak memory of this worker: allocated device memory on a GPU, resident set on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
 
 
 def _truncate_metrics(out_dir: Path, done: int) -> None:
@@ -270,6 +284,8 @@ def _write_metrics(out_dir: Path, plan: Plan, it: int, everyone: list) -> None:
         **stats.get("rollout", {}),
         "actor_loss": stats.get("actor_train", {}).get("loss"),
         "critic_loss": stats.get("critic_train", {}).get("loss"),
+        "clip_frac": stats.get("clip_frac"),
+        "peak_memory_mib": max(r["peak_memory_mib"] for r in everyone),
         "calls": calls,
     }
     with open(out_dir / "metrics.jsonl", "a") as f:

@@ -88,7 +88,7 @@ def test_multi_mesh_plan_matches_one_process(runs):
 
 
 def _numbers(rows):
-    keep = ("reward_mean", "kl_mean", "response_len", "actor_loss", "critic_loss")
+    keep = ("reward_mean", "kl_mean", "response_len", "actor_loss", "critic_loss", "clip_frac")
     return [{k: r[k] for k in keep} for r in rows]
 
 
