@@ -64,8 +64,10 @@ def run(
                 f"no complete checkpoint in {out_dir / 'checkpoints'}", field="--resume"
             )
     estimate_plan(p)  # a plan that does not fit in memory stops here, naming the call
-    if data:
-        load_prompts(data)  # a bad line is reported before any worker starts
+    if data or p.experiment.dataset:
+        load_prompts(
+            data or p.experiment.dataset
+        )  # a bad line is reported before any worker starts
     if out_dir is None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out_dir = Path("runs") / f"{plan.stem}-{stamp}"

@@ -128,3 +128,34 @@ def test_search_rejects_unknown_device():
 def test_unknown_experiment():
     r = run("graph", "no-such-experiment")
     assert r.returncode == 1 and "not a built-in experiment" in r.stderr
+
+
+def test_run_rejects_bad_dataset_line_before_starting_workers(tmp_path):
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"prompt": "ab"}\n{"prompt": 5}\n')
+    run_exe = shutil.which("rlhf-run") or f"{sys.executable} -m cli.run_app"
+    r = subprocess.run(
+        [*run_exe.split(), str(example_path("ppo-tiny-4cpu", "plan")), "--data", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1
+    assert "prompts.jsonl: line 2" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_run_resume_without_checkpoint(tmp_path):
+    run_exe = shutil.which("rlhf-run") or f"{sys.executable} -m cli.run_app"
+    r = subprocess.run(
+        [
+            *run_exe.split(),
+            str(example_path("ppo-tiny-4cpu", "plan")),
+            "--resume",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1 and "no complete checkpoint" in r.stderr
