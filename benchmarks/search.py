@@ -65,7 +65,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     speedups = []
-    for actor, critic in PAIRS:
+    for actor, critic in [p for p in PAIRS if not args.actors or p[0] in args.actors]:
         exp = experiment(actor, critic)
         for nodes in nodes_list:
             cluster = ClusterSpec(nodes=nodes, gpus_per_node=8, device="h100")

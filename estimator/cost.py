@@ -250,7 +250,10 @@ class CostModel:
     # ---- moving parameters and data ------------------------------------------------------
     def realloc_cost(self, role: str, src: Allocation, dst: Allocation) -> Transfer:
         """Moving a role's parameters from the layout of `src` to that of `dst`."""
-        key = ("p", role, src, dst)
+        # Only the layouts matter (not micro-batches or ZeRO-1): key on them, so the search's
+        # many allocations that differ only there share one priced move.
+        ss, ds = src.strategy, dst.strategy
+        key = ("p", role, src.mesh, ss.dp, ss.tp, ss.pp, dst.mesh, ds.dp, ds.tp, ds.pp)
         t = self._moves.get(key)
         if t is None:
             model = self.experiment.model(role)
@@ -261,7 +264,8 @@ class CostModel:
 
     def data_cost(self, keys: tuple[str, ...], mfc: str, src: Allocation, dst: Allocation):
         """Moving the data keys `keys` a call `mfc` consumes from the producer's mesh to its own."""
-        key = ("d", keys, mfc, src, dst)
+        ss = src.strategy  # the producer's layout and the consumer's mesh decide the move
+        key = ("d", keys, mfc, src.mesh, ss.dp, ss.tp, ss.pp, dst.mesh)
         t = self._moves.get(key)
         if t is None:
             t = self._moves[key] = data_transfer(

@@ -78,23 +78,27 @@ def realloc_transfer(
     total = worst_bytes = worst_time = 0.0
     slowest = "none"
     for p, layers in enumerate(dst_stages):
-        for d in range(ds.dp):
-            for t in range(ds.tp):
+        for t in range(ds.tp):
+            # What position (p, t) needs from each source piece is the same for all its dp
+            # replicas; only which pieces a replica already holds, and how near the holders
+            # are, differ. Computing the overlaps once per position keeps this cheap enough
+            # for the search, which prices thousands of distinct moves.
+            interval = (t / ds.tp, (t + 1) / ds.tp)
+            needs = []
+            for s_layers, s_int, holders, (s_emb, s_head) in pieces:
+                n = _overlap(layers, s_layers) * blk
+                n += s_emb if p == 0 else 0.0
+                n += s_head if p == ds.pp - 1 else 0.0
+                n *= _overlap(interval, s_int)
+                if n > 0:
+                    needs.append((n, holders, {h // gpn for h in holders}))
+            for d in range(ds.dp):
                 rank = dst_grid[p][d][t]
-                interval = (t / ds.tp, (t + 1) / ds.tp)
                 got = spent = 0.0
-                for s_layers, s_int, holders, (s_emb, s_head) in pieces:
+                for n, holders, nodes in needs:
                     if rank in holders:
                         continue
-                    frac = _overlap(interval, s_int)
-                    n = _overlap(layers, s_layers) * blk
-                    n += s_emb if p == 0 else 0.0
-                    n += s_head if p == ds.pp - 1 else 0.0
-                    n *= frac
-                    if n <= 0:
-                        continue
-                    near = any(h // gpn == rank // gpn for h in holders)
-                    scope = "intra" if near else "inter"
+                    scope = "intra" if rank // gpn in nodes else "inter"
                     spent += lookup.collective_time("send_recv", 2, scope, n)
                     got += n
                     if scope == "inter" or slowest == "none":
@@ -136,6 +140,7 @@ def data_transfer(
     s = src.strategy
     grid = src.rank_grid(gpn)
     held = {grid[s.pp - 1][d][t]: split_range(n, s.dp, d) for d in range(s.dp) for t in range(s.tp)}
+    held_nodes = {h // gpn for h in held}
     total = worst = 0.0
     scope = "none"
     for r in dst.mesh.ranks(gpn):
@@ -145,7 +150,7 @@ def data_transfer(
             continue
         total += rows * per_seq
         worst = max(worst, rows * per_seq)
-        far = any(h // gpn != r // gpn for h in held)
+        far = bool(held_nodes - {r // gpn})
         scope = "inter" if far or scope == "inter" else "intra"
     if total == 0:
         return NONE
