@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument(
         "--longer", type=int, default=0, help="also re-run 16-node settings with N x steps"
     )
+    ap.add_argument("--actors", nargs="*", default=None, help="only these actor presets")
     args = ap.parse_args()
     nodes_list = args.nodes or ([1, 4] if args.quick else [1, 2, 4, 8, 16])
     print(
