@@ -16,6 +16,7 @@ import itertools
 import math
 from collections.abc import Iterator
 
+from planner.candidates import mesh_shapes
 from planner.context import SearchContext
 from plans import Allocation, ClusterSpec, DeviceMesh
 
@@ -52,21 +53,11 @@ def _better(a: Baseline, b: Baseline) -> Baseline:
     return b if b[0] < a[0] else a
 
 
-def _shapes(size: int, cluster: ClusterSpec) -> Iterator[tuple[int, int, int]]:
-    tp = 1
-    while tp <= min(size, cluster.gpus_per_node):
-        if size % tp == 0:
-            for pp in range(1, size // tp + 1):
-                if (size // tp) % pp == 0:
-                    yield size // tp // pp, tp, pp
-        tp *= 2
-
-
 def symmetric(ctx: SearchContext) -> Baseline:
     whole = DeviceMesh.whole(ctx.cluster.nodes, ctx.cluster.gpus_per_node)
     meshes = {r: whole for r in ctx.exp.roles}
     best: Baseline = (math.inf, None)
-    for shape in _shapes(whole.size, ctx.cluster):
+    for shape in mesh_shapes(whole.size, ctx.cluster.gpus_per_node):
         best = _better(best, _tuned_plan(ctx, meshes, {r: shape for r in ctx.exp.roles}))
     return best
 

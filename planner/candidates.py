@@ -3,6 +3,7 @@ minus those that do not fit and those another candidate on the same mesh dominat
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -61,32 +62,37 @@ def _micro_batch_choices(mfc: MFC, pp: int, dp: int, per_step: int) -> list[int]
     return out or [1]
 
 
+def mesh_shapes(size: int, gpus_per_node: int) -> Iterator[tuple[int, int, int]]:
+    """Every (dp, tp, pp) with dp*tp*pp == size and a power-of-two tp inside one node, tp then
+    pp ascending."""
+    tp = 1
+    while tp <= min(size, gpus_per_node):
+        if size % tp == 0:
+            for pp in range(1, size // tp + 1):
+                if (size // tp) % pp == 0:
+                    yield size // tp // pp, tp, pp
+        tp *= 2
+
+
 def strategies(
     mesh: DeviceMesh, mfc: MFC, exp: ExperimentSpec, cluster: ClusterSpec
 ) -> list[ParallelStrategy]:
     """Every strategy that fills the mesh and passes the contract's checks."""
     model = exp.model(mfc.role)
-    size = mesh.size
     out = []
-    tp = 1
-    while tp <= min(size, cluster.gpus_per_node):
-        if size % tp == 0:
-            rest = size // tp
-            for pp in range(1, min(rest, model.num_hidden_layers) + 1):
-                if rest % pp:
+    for dp, tp, pp in mesh_shapes(mesh.size, cluster.gpus_per_node):
+        if pp > model.num_hidden_layers:
+            continue
+        for m in _micro_batch_choices(mfc, pp, dp, exp.sequences_per_step(mfc)):
+            for zero1 in (False, True) if mfc.kind == "train" and dp > 1 else (False,):
+                s = ParallelStrategy(dp=dp, tp=tp, pp=pp, micro_batches=m, zero1=zero1)
+                try:
+                    check_allocation(
+                        Allocation(mesh=mesh, strategy=s), mfc, exp, cluster, field=mfc.name
+                    )
+                except PlanError:
                     continue
-                dp = rest // pp
-                for m in _micro_batch_choices(mfc, pp, dp, exp.sequences_per_step(mfc)):
-                    for zero1 in (False, True) if mfc.kind == "train" and dp > 1 else (False,):
-                        s = ParallelStrategy(dp=dp, tp=tp, pp=pp, micro_batches=m, zero1=zero1)
-                        try:
-                            check_allocation(
-                                Allocation(mesh=mesh, strategy=s), mfc, exp, cluster, field=mfc.name
-                            )
-                        except PlanError:
-                            continue
-                        out.append(s)
-        tp *= 2
+                out.append(s)
     return out
 
 

@@ -93,8 +93,7 @@ def run(env: WorkerEnv, task: RunTask) -> None:
                     betas=o.betas,
                     weight_decay=o.weight_decay,
                     eps=o.eps,
-                    max_grad_norm=o.grad_clip or None,
-                ),
+                ),  # clipping is train_step's argument (the role's grad_clip), not the optimizer's
                 rm.home_ctx,
                 zero1=rm.home.strategy.zero1,
             )
