@@ -19,15 +19,24 @@ def rows(batch: Batch, start: int, stop: int) -> Batch:
     return {k: v[start:stop] for k, v in batch.items()}
 
 
-def dp_share(batch: Batch, dp: int, dp_rank: int) -> Batch:
+def _unit_range(b: int, unit: int, parts: int, index: int) -> tuple[int, int]:
+    """split_range over groups of `unit` consecutive rows (a preference pair, a prompt's
+    candidate list), which must land on the same rank and in the same micro-batch."""
+    if b % unit:
+        raise ValueError(f"a batch of {b} rows is not made of groups of {unit}")
+    lo, hi = split_range(b // unit, parts, index)
+    return lo * unit, hi * unit
+
+
+def dp_share(batch: Batch, dp: int, dp_rank: int, unit: int = 1) -> Batch:
     """The samples dp rank `dp_rank` works on."""
-    return rows(batch, *split_range(batch_size(batch), dp, dp_rank))
+    return rows(batch, *_unit_range(batch_size(batch), unit, dp, dp_rank))
 
 
-def micro_batches(batch: Batch, n: int) -> list[Batch]:
+def micro_batches(batch: Batch, n: int, unit: int = 1) -> list[Batch]:
     """`n` consecutive pieces; empty ones are dropped (every stage drops the same ones)."""
     b = batch_size(batch)
-    pieces = [split_range(b, n, i) for i in range(n)]
+    pieces = [_unit_range(b, unit, n, i) for i in range(n)]
     return [rows(batch, a, z) for a, z in pieces if z > a]
 
 

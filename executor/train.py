@@ -88,17 +88,19 @@ def train_step(
     count_fn: CountFn,
     n_micro: int = 1,
     max_grad_norm: float | None = 1.0,
+    unit: int = 1,
 ) -> StepStats:
     """`batch` is the global batch (every rank of the mesh passes the same one); each dp rank
-    takes its share with split_range and cuts it into `n_micro` micro-batches."""
-    local = dp_share(batch, ctx.dp_size, ctx.dp_rank)
+    takes its share with split_range and cuts it into `n_micro` micro-batches. Groups of `unit`
+    consecutive rows (a preference pair: 2) are never split, since their loss couples them."""
+    local = dp_share(batch, ctx.dp_size, ctx.dp_rank, unit)
     device = next(model.parameters()).device  # NCCL reduces device tensors only
     denom = torch.tensor(count_fn(local), dtype=torch.float64, device=device)
     all_reduce_(denom, ctx.dp_group)
     scale = 1.0 / max(float(denom), 1.0)
 
     optimizer.zero_grad(set_to_none=False)
-    micro = micro_batches(local, n_micro)
+    micro = micro_batches(local, n_micro, unit)
     loss_sum = pipeline_train(model, ctx, micro, lambda out, mb: loss_fn(out, mb) * scale)
 
     grads.sum_partial_tp_(model, ctx)

@@ -17,25 +17,17 @@ import torch
 import torch.distributed as dist
 
 from executor.checkpoint import save_checkpoint
-from executor.data import load_prompts, reward_function, synthetic_prompts
-from executor.runtime import checkpoints, ppo
+from executor.data import reward_function
+from executor.runtime import checkpoints
+from executor.runtime.algorithms import program_for
 from executor.runtime.launch import WorkerEnv
+from executor.runtime.program import CallEnv
 from executor.runtime.roles import build_contexts, build_roles, layout_key
 from executor.runtime.store import DataStore
-from executor.tokenizer import ByteTokenizer, left_pad
+from executor.tokenizer import ByteTokenizer
 from executor.train import OptimConfig, make_optimizer
 from plans import Plan, PlanError, load_plan
 from plans.dataflow import unrolled
-from plans.slicing import split_range
-
-# MFC data keys (plans.algorithms) -> the tensors that carry them.
-TENSORS = {
-    "seq": ("input_ids", "attention_mask", "response_mask"),
-    "logprobs": ("logprobs",),
-    "ref_logprobs": ("ref_logprobs",),
-    "rewards": ("score",),
-    "values": ("values",),
-}
 
 
 @dataclass(frozen=True)
@@ -50,31 +42,6 @@ class RunTask:
     """Save a run checkpoint every N iterations (0: never)."""
     resume: bool = False
     """Continue from the newest complete checkpoint in out_dir."""
-
-
-class Prompts:
-    """The prompts of iteration `it`: the same on every rank, from a JSONL file or the
-    built-in synthetic task."""
-
-    def __init__(self, plan: Plan, data: str | None, tok: ByteTokenizer):
-        exp = plan.experiment
-        self.exp, self.tok = exp, tok
-        path = data or exp.dataset
-        self.rows = load_prompts(path) if path else None
-
-    def batch(self, it: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-        n, p = self.exp.batch_size, self.exp.prompt_len
-        if self.rows is None:
-            texts = synthetic_prompts(n, seed=self.exp.seed * 100_003 + it)
-        else:
-            texts = [self.rows[(it * n + i) % len(self.rows)] for i in range(n)]
-        ids = [self.tok.encode(t)[-p:] for t in texts]  # keep the end of a long prompt
-        pad_ids, mask = left_pad(ids, self.tok.pad_token_id)
-        if pad_ids.shape[1] < p:  # every batch has exactly prompt_len columns
-            extra = p - pad_ids.shape[1]
-            pad_ids = torch.cat([torch.full((n, extra), self.tok.pad_token_id), pad_ids], dim=1)
-            mask = torch.cat([torch.zeros(n, extra, dtype=mask.dtype), mask], dim=1)
-        return texts, pad_ids, mask
 
 
 def run(env: WorkerEnv, task: RunTask) -> None:
@@ -98,9 +65,10 @@ def run(env: WorkerEnv, task: RunTask) -> None:
                 zero1=rm.home.strategy.zero1,
             )
     tok = ByteTokenizer()
-    prompts = Prompts(plan, task.data, tok)
-    store = DataStore(gpn, ppo.schema(exp))
+    program = program_for(exp, tok, task.data)
+    store = DataStore(gpn, program.schema())
     rule = reward_function(exp.reward_function) if exp.reward_function else None
+    produced = {k for m in exp.mfcs() for k in m.outputs}
     # Outputs are pushed to every consumer right after they are produced, not fetched when the
     # consumer starts: a fetch would wait for the producer's ranks, which may by then be busy
     # with another call, and calls on disjoint meshes would no longer overlap.
@@ -108,7 +76,7 @@ def run(env: WorkerEnv, task: RunTask) -> None:
     consumers = {
         m.name: [c.name for c in exp.mfcs() if set(m.outputs) & set(c.inputs)] for m in exp.mfcs()
     }
-    n = exp.batch_size
+    n = program.rows()
     out_dir = Path(task.out_dir)
     if env.rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +92,7 @@ def run(env: WorkerEnv, task: RunTask) -> None:
             _truncate_metrics(out_dir, start)
     for it in range(start, task.iterations):
         t_iter = time.perf_counter()
-        texts, prompt_ids, prompt_mask = prompts.batch(it)
+        dataset = program.dataset(it)
         mine: dict = {"calls": {}, "stats": {}}
         inbox: dict[str, dict[str, torch.Tensor]] = {m.name: {} for m in exp.mfcs()}
         for m in order:
@@ -135,29 +103,20 @@ def run(env: WorkerEnv, task: RunTask) -> None:
             model = rm.view(alloc)
             t1 = time.perf_counter()
             data = inbox.pop(m.name)
+            for key in m.inputs:
+                if key not in produced:  # dataset keys: every rank has the whole batch
+                    data.update({t: dataset[t] for t in program.tensors[key]})
             out = None
             if ctx.in_mesh:
-                out = _run_call(
-                    m,
-                    model,
-                    ctx,
-                    exp,
-                    data,
-                    prompt_ids,
-                    prompt_mask,
-                    texts,
-                    rule,
-                    tok,
-                    opts,
-                    it,
-                    alloc.strategy.micro_batches,
-                    mine["stats"],
+                call_env = CallEnv(
+                    exp, tok, rule, it, alloc.strategy.micro_batches, opts.get(m.role)
                 )
+                out = program.run(m, model, ctx, data, call_env)
+                mine["stats"].update(call_env.stats)
             t2 = time.perf_counter()
             if m.outputs:
-                store.put(
-                    m.name, alloc, n, tuple(k for key in m.outputs for k in TENSORS[key]), out
-                )
+                keys = tuple(t for key in m.outputs for t in program.tensors[key])
+                store.put(m.name, alloc, n, keys, out)
             if m.kind == "train":
                 rm.drop_view()  # its other layouts hold the old weights now
             for c in consumers[m.name]:
@@ -187,61 +146,6 @@ def run(env: WorkerEnv, task: RunTask) -> None:
                 tok.bos_token_id,
                 tok.eos_token_id,
             )
-
-
-def _run_call(
-    m, model, ctx, exp, data, prompt_ids, prompt_mask, texts, rule, tok, opts, it, n_micro, stats
-):
-    if m.name == "actor_gen":
-        return ppo.actor_generate(
-            model,
-            ctx,
-            exp,
-            prompt_ids,
-            prompt_mask,
-            tok.eos_token_id,
-            tok.pad_token_id,
-            seed=exp.seed * 7919 + it,
-        )
-    if m.name == "ref_inf":
-        return ppo.response_logprobs(model, ctx, exp, data, n_micro)
-    if m.name == "critic_inf":
-        return ppo.response_values(model, ctx, exp, data, n_micro)
-    if m.name == "rew_inf":
-        if rule is None:
-            return ppo.last_token_score(model, ctx, data, n_micro)
-        if not ctx.is_last_stage:
-            return None
-        lo, hi = split_range(exp.batch_size, ctx.dp_size, ctx.dp_rank)
-        p = exp.prompt_len
-        scores = []
-        for i in range(lo, hi):
-            resp = data["input_ids"][i, p:][data["response_mask"][i] > 0].tolist()
-            scores.append(float(rule(texts[i], tok.decode(resp))))
-        return {"score": torch.tensor(scores, dtype=torch.float32)}
-    if m.kind == "train":
-        adv = ppo.advantages(exp, data)
-        grad_clip = exp.optimizer(m.role).grad_clip
-        mask = data["response_mask"]
-        if m.role == "actor":
-            steps, clip_frac = ppo.train_actor(
-                model, ctx, opts[m.role], exp, data, adv, n_micro, grad_clip
-            )
-            stats["rollout"] = {
-                "reward_mean": float(data["score"].mean()),
-                "kl_mean": float((adv.kl.sum(1) / mask.sum(1).clamp(min=1)).mean()),
-                "response_len": float(mask.sum(1).mean()),
-            }
-            if ctx.is_last_stage:  # where the loss, hence the clipping, is computed
-                stats["clip_frac"] = clip_frac
-        else:
-            steps = ppo.train_critic(model, ctx, opts[m.role], exp, data, adv, n_micro, grad_clip)
-        stats[m.name] = {
-            "loss": sum(s.loss for s in steps) / len(steps),
-            "grad_norm": sum(s.grad_norm for s in steps) / len(steps),
-        }
-        return None
-    raise NotImplementedError(f"rlhf-run does not run {m.name} yet")
 
 
 def _peak_memory_mib(device: torch.device) -> float:
@@ -280,10 +184,7 @@ def _write_metrics(out_dir: Path, plan: Plan, it: int, everyone: list) -> None:
         "iteration": it,
         "iteration_s": max(r["iteration_s"] for r in everyone),
         "realloc_s": sum(c["realloc_s"] for c in calls.values()),
-        **stats.get("rollout", {}),
-        "actor_loss": stats.get("actor_train", {}).get("loss"),
-        "critic_loss": stats.get("critic_train", {}).get("loss"),
-        "clip_frac": stats.get("clip_frac"),
+        **stats,
         "peak_memory_mib": max(r["peak_memory_mib"] for r in everyone),
         "calls": calls,
     }

@@ -1,0 +1,16 @@
+"""The Program of each algorithm (see executor.runtime.program)."""
+
+from __future__ import annotations
+
+from executor.runtime.ppo import PPO
+from executor.runtime.program import Program
+from executor.tokenizer import Tokenizer
+from plans import ExperimentSpec
+
+PROGRAMS: dict[str, type[Program]] = {"ppo": PPO}
+
+
+def program_for(exp: ExperimentSpec, tok: Tokenizer, data: str | None) -> Program:
+    if exp.algorithm not in PROGRAMS:
+        raise NotImplementedError(f"rlhf-run does not run {exp.algorithm} yet")
+    return PROGRAMS[exp.algorithm](exp, tok, data)
