@@ -29,7 +29,11 @@ def run(
         int, typer.Option(min=0, help="Save a checkpoint every N iterations (0: never).")
     ] = 10,
     data: Annotated[
-        Path | None, typer.Option("--data", help="Prompts JSONL; default: the plan's dataset.")
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Dataset JSONL (prompts, pairs, candidate lists or trees, as the algorithm reads); default: the plan's dataset.",
+        ),
     ] = None,
     timeout: Annotated[
         float,
@@ -40,18 +44,20 @@ def run(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
     """Run RLHF training as a plan says: one worker per device, parameters reallocated between
-    the layouts of the plan's calls, metrics as JSON lines (one per iteration)."""
+    the layouts of the plan's calls, metrics as JSON lines (one per iteration). The trained
+    models are written as Hugging Face folders to OUT/final/<role> at the end (a trained
+    reward model is then usable as the `model` of another experiment's reward role)."""
     from estimator.report import estimate_plan
-    from executor.data import load_prompts
+    from executor.runtime.algorithms import PROGRAMS
     from executor.runtime.launch import launch, under_torchrun
     from executor.runtime.worker import RunTask
     from executor.runtime.worker import run as worker
     from plans import PlanError, load_plan
 
     p = load_plan(plan)
-    if p.experiment.algorithm != "ppo":
+    if p.experiment.algorithm not in PROGRAMS:
         raise PlanError(
-            f"rlhf-run runs ppo plans so far, not {p.experiment.algorithm}",
+            f"rlhf-run runs {', '.join(PROGRAMS)} plans so far, not {p.experiment.algorithm}",
             field="experiment.algorithm",
         )
     if resume:
@@ -64,10 +70,11 @@ def run(
                 f"no complete checkpoint in {out_dir / 'checkpoints'}", field="--resume"
             )
     estimate_plan(p)  # a plan that does not fit in memory stops here, naming the call
-    if data or p.experiment.dataset:
-        load_prompts(
-            data or p.experiment.dataset
-        )  # a bad line is reported before any worker starts
+    # A bad dataset line is reported before any worker starts: the program reads its data.
+    from executor.runtime.algorithms import program_for
+    from executor.tokenizer import ByteTokenizer
+
+    program_for(p.experiment, ByteTokenizer(), str(data) if data else None).dataset(0)
     if out_dir is None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out_dir = Path("runs") / f"{plan.stem}-{stamp}"
@@ -83,6 +90,7 @@ def run(
             iterations,
             str(out_dir),
             str(data) if data else None,
+            save_final=True,
             checkpoint_every=checkpoint_every,
             resume=resume,
         ),

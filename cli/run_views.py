@@ -17,17 +17,25 @@ def load_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+HEADLINES = ("task_reward_mean", "reward_mean", "true_accuracy", "pref_accuracy", "eval_accuracy")
+"""What a run's curve shows: the first of these the run logs (RL: the task's own rule
+where a reward model stands in for it, else the reward; preference training: accuracy against the true ranking, else against the labels)."""
+
+
 def reward_curve(rows: list[dict], width: int = 60) -> str:
-    """One text line per metric: a bar per iteration (bucketed to `width`), with first and last value."""
-    vals = [r["reward_mean"] for r in rows if r.get("reward_mean") is not None]
-    if not vals:
+    """The run's headline metric as one text line: a bar per iteration (bucketed to `width`),
+    with first and last value."""
+    name = next((k for k in HEADLINES if any(r.get(k) is not None for r in rows)), None)
+    if name is None:
         return "(no rewards logged)"
+    vals = [r[name] for r in rows if r.get(name) is not None]
     step = max(1, -(-len(vals) // width))
     buckets = [sum(vals[i : i + step]) / len(vals[i : i + step]) for i in range(0, len(vals), step)]
     lo, hi = min(buckets), max(buckets)
     span = (hi - lo) or 1.0
     bars = "".join(BARS[round((v - lo) / span * (len(BARS) - 1))] for v in buckets)
-    return f"reward {vals[0]:.3f} {bars} {vals[-1]:.3f}  (min {lo:.3f}, max {hi:.3f}, {len(vals)} iterations)"
+    label = {"reward_mean": "reward", "task_reward_mean": "task reward"}.get(name, name)
+    return f"{label} {vals[0]:.3f} {bars} {vals[-1]:.3f}  (min {lo:.3f}, max {hi:.3f}, {len(vals)} iterations)"
 
 
 def call_table(rows: list[dict]) -> Table:

@@ -2,8 +2,8 @@
 
 This table is the single source of what calls an algorithm has, which role runs each, and
 which data keys flow between them; the planner builds its graphs from it and plan validation
-rejects allocations for calls that are not here. Keys with no producer (`prompts`, `pairs`)
-come from the dataset.
+rejects allocations for calls that are not here. Keys with no producer (`prompts`, `pairs`, `candidates`)
+come from the dataset (`candidates`: group_size responses per prompt).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Role = Literal["actor", "critic", "ref", "reward"]
 Kind = Literal["generate", "inference", "train"]
-Algorithm = Literal["ppo", "grpo", "remax", "dpo", "rm"]
+Algorithm = Literal["ppo", "grpo", "remax", "dpo", "adpo", "rm"]
 
 ROLE_HEAD = {"actor": "lm", "ref": "lm", "critic": "value", "reward": "value"}
 
@@ -72,6 +72,12 @@ ALGORITHM_MFCS: dict[str, tuple[MFC, ...]] = {
     "dpo": (
         _m("ref_inf", "ref", "inference", "pairs", "ref_logprobs"),
         _m("actor_train", "actor", "train", "pairs ref_logprobs"),
+    ),
+    # Anchored DPO over a candidate list per prompt (group_size candidates); with an on-policy
+    # anchor the actor's own log-probs are taken at the start of its train call.
+    "adpo": (
+        _m("ref_inf", "ref", "inference", "candidates", "ref_logprobs"),
+        _m("actor_train", "actor", "train", "candidates ref_logprobs"),
     ),
     "rm": (_m("rew_train", "reward", "train", "pairs"),),
 }

@@ -58,6 +58,23 @@ class GenerationSpec(_Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 disables it.")
 
 
+class MacroSpec(_Section):
+    """Macro-action PPO (MA-RLHF): values, rewards and GAE per span of tokens."""
+
+    termination: Literal["none", "fixed", "ppl"] = Field(
+        "none",
+        description="`none`: plain PPO; `fixed`: a macro every `n` tokens (n=1 is PPO); `ppl`: "
+        "cut where the reference model's per-token perplexity stops falling.",
+    )
+    n: int = Field(
+        5, ge=1, le=4096, description="Tokens per macro action for `fixed` (MA-RLHF: 5)."
+    )
+    value_function: Literal["equal", "unit", "position"] = Field(
+        "equal",
+        description="How a macro's value and reward aggregate its tokens' (MA-RLHF `equal`: mean).",
+    )
+
+
 class PPOSpec(_Section):
     """PPO loss settings (DeepSpeed-Chat defaults unless noted)."""
 
@@ -72,6 +89,7 @@ class PPOSpec(_Section):
     whiten_advantages: bool = Field(
         True, description="Whiten advantages over the rollout batch (OpenRLHF)."
     )
+    macro: MacroSpec = Field(default_factory=MacroSpec, description="Macro actions (MA-PPO).")
 
 
 class GRPOSpec(_Section):
@@ -79,6 +97,15 @@ class GRPOSpec(_Section):
 
     kl_coef: float = Field(0.04, ge=0, description="Weight of the k3 KL loss term.")
     eps_clip: float = Field(0.2, gt=0, description="Policy ratio clip.")
+    scale_rewards: bool = Field(
+        True,
+        description="Divide by the group's reward std (GRPO); false: mean-centring only (Dr. GRPO).",
+    )
+    loss_level: Literal["sample", "token"] = Field(
+        "sample",
+        description="`sample`: token mean per response, then mean over responses (the paper); "
+        "`token`: one mean over all response tokens (DAPO).",
+    )
 
 
 class DPOSpec(_Section):
@@ -88,13 +115,48 @@ class DPOSpec(_Section):
     beta: float = Field(0.1, gt=0, description="Inverse temperature beta (tau for IPO).")
 
 
+class ADPOSpec(_Section):
+    """Anchored DPO: KL(q || softmax((l - l_anchor) / tau)) over each prompt's candidates."""
+
+    mode: Literal["listwise", "pairwise"] = Field(
+        "listwise",
+        description="`listwise`: candidate lists with rewards, q = softmax(zscore(r) / beta_r); "
+        "`pairwise`: preference pairs (group_size 2) with soft label `label`.",
+    )
+    tau: float = Field(0.5, gt=0, description="Anchor temperature tau_anc (verl ADPO: 0.5).")
+    beta_r: float = Field(0.5, gt=0, description="Reward temperature of listwise targets.")
+    label: float = Field(
+        1.0,
+        ge=0.5,
+        le=1,
+        description="Pairwise: probability that `chosen` is preferred (1 = hard labels = DPO "
+        "with beta = 1/tau under a fixed anchor).",
+    )
+    anchor: Literal["ref", "policy"] = Field(
+        "policy",
+        description="`ref`: the frozen reference (fixed anchor); `policy`: the actor at the "
+        "start of the iteration (on-policy anchor).",
+    )
+
+
+class EvalSpec(_Section):
+    """A held-out evaluation: greedy generation on question/answer rows with few-shot
+    chain-of-thought prompts, scored by exact match of the extracted number."""
+
+    dataset: str = Field(description='JSONL with one {"question", "answer"} per line.')
+    every: int = Field(10, ge=1, description="Evaluate every N iterations (and after the last).")
+    shots: int = Field(4, ge=0, le=64, description="Few-shot exemplars taken from the same file.")
+    questions: int = Field(32, ge=1, description="Held-out questions per evaluation.")
+    max_new_tokens: int = Field(32, ge=1, description="Tokens generated per answer.")
+
+
 class ExperimentSpec(BaseModel):
     """An RLHF experiment: everything but the placement."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field("experiment", description="Label used in plans and run folders.")
-    algorithm: Algorithm = Field(description="ppo, grpo, remax, dpo or rm.")
+    algorithm: Algorithm = Field(description="ppo, grpo, remax, dpo, adpo or rm.")
     roles: dict[str, RoleSpec] = Field(
         description="Models by role: actor, critic, ref, reward as the algorithm needs."
     )
@@ -111,7 +173,10 @@ class ExperimentSpec(BaseModel):
     )
     seed: int = Field(1, description="Seed of initialisation, data order and sampling.")
     dataset: str | None = Field(
-        None, description="Prompts/pairs JSONL file; None = the built-in synthetic task."
+        None,
+        description="JSONL file of prompts, preference pairs, candidate lists or preference "
+        "trees (as the algorithm reads); None = the built-in synthetic task; `builtin:trees` = "
+        "its tree-structured preference sets (reward-model training).",
     )
     reward_function: str | None = Field(
         None,
@@ -124,6 +189,16 @@ class ExperimentSpec(BaseModel):
     ppo: PPOSpec = Field(default_factory=PPOSpec, description="PPO settings.")
     grpo: GRPOSpec = Field(default_factory=GRPOSpec, description="GRPO settings.")
     dpo: DPOSpec = Field(default_factory=DPOSpec, description="DPO/IPO settings.")
+    adpo: ADPOSpec = Field(default_factory=ADPOSpec, description="Anchored DPO settings.")
+    label_noise: float = Field(
+        0.0,
+        ge=0,
+        le=0.5,
+        description="Share of the built-in task's preference pairs with swapped labels.",
+    )
+    evaluation: EvalSpec | None = Field(
+        None, description="Held-out exact-match evaluation of the actor every N iterations."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -192,6 +267,14 @@ class ExperimentSpec(BaseModel):
             raise PlanError(
                 f"{self.mini_batches} does not divide batch_size={self.batch_size}",
                 field="mini_batches",
+            )
+        if self.algorithm == "adpo" and self.adpo.mode == "pairwise" and self.group_size != 2:
+            raise PlanError(
+                "pairwise ADPO compares 2 candidates; set group_size = 2", field="group_size"
+            )
+        if self.algorithm == "adpo" and self.group_size < 2:
+            raise PlanError(
+                "ADPO ranks a list of candidates; use group_size >= 2", field="group_size"
             )
         if self.algorithm == "grpo" and self.group_size < 2:
             raise PlanError(

@@ -16,6 +16,7 @@ from executor import forward
 from executor.batching import Batch, micro_batches
 from executor.data import RewardFn
 from executor.generate import GenerationConfig, generate
+from executor.logprobs import next_token_logprobs
 from executor.model import Transformer
 from executor.parallel import ParallelContext
 from executor.tokenizer import Tokenizer
@@ -74,6 +75,11 @@ def rollout(
     }
 
 
+def token_logprobs(model, ctx, logits: torch.Tensor, mb: Batch) -> torch.Tensor:
+    """log p(input_ids[:, t+1] | prefix) [b, T-1] from this rank's vocab shard of the logits."""
+    return next_token_logprobs(logits, mb["input_ids"], model.vocab_rows[0], ctx.tp_group)
+
+
 def model_batch(data: Batch, prefix: str = "") -> Batch:
     return {
         "input_ids": data[prefix + "input_ids"],
@@ -111,9 +117,15 @@ def rule_score(ctx, exp: ExperimentSpec, data: Batch, rule: RewardFn, tok: Token
     last stage only, like a reward model's score."""
     if not ctx.is_last_stage:
         return None
+    lo, hi = split_range(data[prefix + "input_ids"].shape[0], ctx.dp_size, ctx.dp_rank)
+    return rule_score_all(exp, data, rule, tok, prefix, lo, hi)
+
+
+def rule_score_all(exp, data: Batch, rule: RewardFn, tok: Tokenizer, prefix="", lo=0, hi=None):
+    """The rule's score of rows lo..hi (default: all) [hi - lo]."""
     ids, am = data[prefix + "input_ids"], data[prefix + "attention_mask"]
     resp = data[prefix + "response_mask"]
-    lo, hi = split_range(ids.shape[0], ctx.dp_size, ctx.dp_rank)
+    hi = ids.shape[0] if hi is None else hi
     p = exp.prompt_len
     scores = []
     for i in range(lo, hi):

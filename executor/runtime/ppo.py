@@ -10,6 +10,7 @@ import torch
 from executor.algorithms.ppo import gae, policy_loss, shaped_rewards, value_loss, whiten
 from executor.batching import Batch
 from executor.collectives import all_reduce_
+from executor.data import digit_reward
 from executor.logprobs import next_token_logprobs
 from executor.runtime import calls
 from executor.runtime.program import CallEnv, Program, PromptSource
@@ -38,13 +39,20 @@ def advantages(exp: ExperimentSpec, data: Batch) -> Advantages:
     return Advantages(rewards, kl, adv, ret)
 
 
-def rollout_stats(data: Batch, kl: torch.Tensor) -> dict[str, float]:
+def rollout_stats(data: Batch, kl: torch.Tensor, env: CallEnv) -> dict[str, float]:
     mask = data["response_mask"]
-    return {
+    out = {
         "reward_mean": float(data["score"].mean()),
         "kl_mean": float((kl.sum(1) / mask.sum(1).clamp(min=1)).mean()),
         "response_len": float(mask.sum(1).mean()),
     }
+    if env.rule is None and env.exp.dataset is None:
+        # A reward model on the built-in task: also report the task's own rule, the truth the
+        # reward model was trained to imitate (the model's score can be gamed; this cannot).
+        out["task_reward_mean"] = float(
+            calls.rule_score_all(env.exp, data, digit_reward, env.tok).mean()
+        )
+    return out
 
 
 def tokens(b: Batch) -> float:
@@ -52,10 +60,10 @@ def tokens(b: Batch) -> float:
 
 
 def clipped_policy_steps(model, ctx, env: CallEnv, batch: Batch, loss_terms, count_fn):
-    """Optimizer steps of a clipped-ratio policy loss; `loss_terms(lp, mb)` returns an object
-    with `.loss` and `.clip_frac` (as a count: the caller's denominator is 1). Returns the
-    steps and the share of response tokens whose ratio was clipped (meaningful on the last
-    pipeline stage, where the loss is computed)."""
+    """Optimizer steps of a clipped-ratio policy loss; `loss_terms(lp, mb)` returns the loss
+    (a sum over the micro-batch: train_step divides by count_fn's total) and the number of
+    response tokens whose ratio was clipped. Returns the steps and the share of clipped tokens
+    (meaningful on the last pipeline stage, where the loss is computed)."""
     exp = env.exp
     p, g = exp.prompt_len, exp.gen_len
     clipped = torch.zeros((), dtype=torch.float64)
@@ -63,9 +71,9 @@ def clipped_policy_steps(model, ctx, env: CallEnv, batch: Batch, loss_terms, cou
     def loss_fn(logits: torch.Tensor, mb: Batch) -> torch.Tensor:
         nonlocal clipped
         lp = next_token_logprobs(logits, mb["input_ids"], model.vocab_rows[0], ctx.tp_group)
-        out = loss_terms(lp[:, p - 1 : p - 1 + g], mb)
-        clipped = clipped + out.clip_frac.double().cpu()
-        return out.loss
+        loss, n_clipped = loss_terms(lp[:, p - 1 : p - 1 + g], mb)
+        clipped = clipped + n_clipped.detach().double().cpu()
+        return loss
 
     grad_clip = exp.optimizer("actor").grad_clip
     steps = calls.optimizer_steps(
@@ -143,12 +151,11 @@ class PPO(Program):
 
         def terms(lp, mb):
             mask = mb["response_mask"]
-            return policy_loss(
-                lp, mb["old_logprobs"], mb["advantages"], mask, exp.ppo.eps_clip, 1.0
-            )
+            out = policy_loss(lp, mb["old_logprobs"], mb["advantages"], mask, exp.ppo.eps_clip, 1.0)
+            return out.loss, out.clip_frac  # denominator 1: clip_frac is a token count here
 
         steps, clip_frac = clipped_policy_steps(model, ctx, env, batch, terms, tokens)
-        env.stats.update(rollout_stats(data, adv.kl))
+        env.stats.update(rollout_stats(data, adv.kl, env))
         env.stats.update(calls.step_summary("actor", steps))
         if ctx.is_last_stage:  # where the loss, hence the clipping, is computed
             env.stats["clip_frac"] = clip_frac

@@ -20,6 +20,7 @@ from executor.checkpoint import save_checkpoint
 from executor.data import reward_function
 from executor.runtime import checkpoints
 from executor.runtime.algorithms import program_for
+from executor.runtime.display import RunDisplay
 from executor.runtime.launch import WorkerEnv
 from executor.runtime.program import CallEnv
 from executor.runtime.roles import build_contexts, build_roles, layout_key
@@ -90,51 +91,57 @@ def run(env: WorkerEnv, task: RunTask) -> None:
         start = checkpoints.load(path, env.rank, plan, roles, opts)
         if env.rank == 0:
             _truncate_metrics(out_dir, start)
-    for it in range(start, task.iterations):
-        t_iter = time.perf_counter()
-        dataset = program.dataset(it)
-        mine: dict = {"calls": {}, "stats": {}}
-        inbox: dict[str, dict[str, torch.Tensor]] = {m.name: {} for m in exp.mfcs()}
-        for m in order:
-            alloc = plan.allocations[m.name]
-            ctx = ctxs[layout_key(alloc)]
-            rm = roles[m.role]
-            t0 = time.perf_counter()
-            model = rm.view(alloc)
-            t1 = time.perf_counter()
-            data = inbox.pop(m.name)
-            for key in m.inputs:
-                if key not in produced:  # dataset keys: every rank has the whole batch
-                    data.update({t: dataset[t] for t in program.tensors[key]})
-            out = None
-            if ctx.in_mesh:
-                call_env = CallEnv(
-                    exp, tok, rule, it, alloc.strategy.micro_batches, opts.get(m.role)
-                )
-                out = program.run(m, model, ctx, data, call_env)
-                mine["stats"].update(call_env.stats)
-            t2 = time.perf_counter()
-            if m.outputs:
-                keys = tuple(t for key in m.outputs for t in program.tensors[key])
-                store.put(m.name, alloc, n, keys, out)
-            if m.kind == "train":
-                rm.drop_view()  # its other layouts hold the old weights now
-            for c in consumers[m.name]:
-                inbox[c].update(store.fetch(m.name, plan.allocations[c]))
-            if ctx.in_mesh:
-                mine["calls"][m.name] = {
-                    "realloc_s": t1 - t0,
-                    "compute_s": t2 - t1,
-                    "data_s": time.perf_counter() - t2,  # pushing the outputs to their consumers
-                }
-        mine["iteration_s"] = time.perf_counter() - t_iter
-        mine["peak_memory_mib"] = _peak_memory_mib(env.device)
-        everyone: list = [None] * env.world
-        dist.all_gather_object(everyone, mine)
-        if env.rank == 0:
-            _write_metrics(out_dir, plan, it, everyone)
-        if task.checkpoint_every and (it + 1) % task.checkpoint_every == 0:
-            checkpoints.save(out_dir, it + 1, env.rank, plan, roles, opts, tok)
+    display = RunDisplay(start, task.iterations) if env.rank == 0 else None
+    try:
+        for it in range(start, task.iterations):
+            t_iter = time.perf_counter()
+            dataset = program.dataset(it)
+            mine: dict = {"calls": {}, "stats": {}}
+            inbox: dict[str, dict[str, torch.Tensor]] = {m.name: {} for m in exp.mfcs()}
+            for m in order:
+                alloc = plan.allocations[m.name]
+                ctx = ctxs[layout_key(alloc)]
+                rm = roles[m.role]
+                t0 = time.perf_counter()
+                model = rm.view(alloc)
+                t1 = time.perf_counter()
+                data = inbox.pop(m.name)
+                for key in m.inputs:
+                    if key not in produced:  # dataset keys: every rank has the whole batch
+                        data.update({t: dataset[t] for t in program.tensors[key]})
+                out = None
+                if ctx.in_mesh:
+                    call_env = CallEnv(
+                        exp, tok, rule, it, alloc.strategy.micro_batches, opts.get(m.role)
+                    )
+                    out = program.run(m, model, ctx, data, call_env)
+                    mine["stats"].update(call_env.stats)
+                t2 = time.perf_counter()
+                if m.outputs:
+                    keys = tuple(t for key in m.outputs for t in program.tensors[key])
+                    store.put(m.name, alloc, n, keys, out)
+                if m.kind == "train":
+                    rm.drop_view()  # its other layouts hold the old weights now
+                for c in consumers[m.name]:
+                    inbox[c].update(store.fetch(m.name, plan.allocations[c]))
+                if ctx.in_mesh:
+                    mine["calls"][m.name] = {
+                        "realloc_s": t1 - t0,
+                        "compute_s": t2 - t1,
+                        "data_s": time.perf_counter()
+                        - t2,  # pushing the outputs to their consumers
+                    }
+            mine["iteration_s"] = time.perf_counter() - t_iter
+            mine["peak_memory_mib"] = _peak_memory_mib(env.device)
+            everyone: list = [None] * env.world
+            dist.all_gather_object(everyone, mine)
+            if display is not None:
+                display.update(_write_metrics(out_dir, plan, it, everyone))
+            if task.checkpoint_every and (it + 1) % task.checkpoint_every == 0:
+                checkpoints.save(out_dir, it + 1, env.rank, plan, roles, opts, tok)
+    finally:
+        if display is not None:
+            display.close()
     if task.save_final:
         for role in opts:
             rm = roles[role]
@@ -167,7 +174,7 @@ def _truncate_metrics(out_dir: Path, done: int) -> None:
         path.write_text("".join(line + "\n" for line in keep))
 
 
-def _write_metrics(out_dir: Path, plan: Plan, it: int, everyone: list) -> None:
+def _write_metrics(out_dir: Path, plan: Plan, it: int, everyone: list) -> dict:
     calls: dict[str, dict] = {}
     stats: dict = {}
     for r in everyone:
@@ -190,8 +197,4 @@ def _write_metrics(out_dir: Path, plan: Plan, it: int, everyone: list) -> None:
     }
     with open(out_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
-    print(
-        f"iter {it}: reward {row.get('reward_mean', float('nan')):.3f} kl {row.get('kl_mean', float('nan')):.4f} "
-        f"time {row['iteration_s']:.2f}s realloc {row['realloc_s']:.3f}s",
-        flush=True,
-    )
+    return row
