@@ -143,7 +143,10 @@ class EvalSpec(_Section):
     """A held-out evaluation: greedy generation on question/answer rows with few-shot
     chain-of-thought prompts, scored by exact match of the extracted number."""
 
-    dataset: str = Field(description='JSONL with one {"question", "answer"} per line.')
+    dataset: str = Field(
+        description='JSONL with one {"question", "answer"} per line (answer: reasoning, then '
+        '"#### <number>"); `builtin:arithmetic` = generated word problems.'
+    )
     every: int = Field(10, ge=1, description="Evaluate every N iterations (and after the last).")
     shots: int = Field(4, ge=0, le=64, description="Few-shot exemplars taken from the same file.")
     questions: int = Field(32, ge=1, description="Held-out questions per evaluation.")
@@ -276,6 +279,8 @@ class ExperimentSpec(BaseModel):
             raise PlanError(
                 "ADPO ranks a list of candidates; use group_size >= 2", field="group_size"
             )
+        if self.evaluation is not None and "actor" not in need:
+            raise PlanError(f"{self.algorithm} has no actor to evaluate", field="evaluation")
         if self.algorithm == "grpo" and self.group_size < 2:
             raise PlanError(
                 "GRPO normalises rewards within a group; use group_size >= 2", field="group_size"

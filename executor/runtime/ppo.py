@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from executor.algorithms.macro import fixed_ngram_starts, macro_gae, ppl_starts
 from executor.algorithms.ppo import gae, policy_loss, shaped_rewards, value_loss, whiten
 from executor.batching import Batch
 from executor.collectives import all_reduce_
@@ -33,7 +34,15 @@ def advantages(exp: ExperimentSpec, data: Batch) -> Advantages:
     rewards, kl = shaped_rewards(
         data["logprobs"], data["ref_logprobs"], data["score"], mask, c.kl_coef, c.reward_clip
     )
-    adv, ret = gae(rewards, data["values"], mask, c.gamma, c.lam)
+    if c.macro.termination == "none":
+        adv, ret = gae(rewards, data["values"], mask, c.gamma, c.lam)
+    else:  # MA-PPO: GAE over macro actions, each token takes its macro's advantage and return
+        if c.macro.termination == "fixed":
+            starts = fixed_ngram_starts(mask, c.macro.n)
+        else:
+            starts = ppl_starts(data["ref_logprobs"], mask)
+        w = c.macro.value_function
+        adv, ret = macro_gae(rewards, data["values"], starts, mask, c.gamma, c.lam, w, w)
     if c.whiten_advantages:
         adv = whiten(adv, mask)
     return Advantages(rewards, kl, adv, ret)

@@ -21,6 +21,7 @@ from executor.data import reward_function
 from executor.runtime import checkpoints
 from executor.runtime.algorithms import program_for
 from executor.runtime.display import RunDisplay
+from executor.runtime.evaluate import Evaluation
 from executor.runtime.launch import WorkerEnv
 from executor.runtime.program import CallEnv
 from executor.runtime.roles import build_contexts, build_roles, layout_key
@@ -91,6 +92,10 @@ def run(env: WorkerEnv, task: RunTask) -> None:
         start = checkpoints.load(path, env.rank, plan, roles, opts)
         if env.rank == 0:
             _truncate_metrics(out_dir, start)
+    evaluation, eval_alloc = None, None
+    if exp.evaluation is not None:  # in the generation layout (the actor's home without one)
+        evaluation = Evaluation(exp.evaluation, tok, exp.model("actor").max_position_embeddings)
+        eval_alloc = plan.allocations.get("actor_gen", roles["actor"].home)
     display = RunDisplay(start, task.iterations) if env.rank == 0 else None
     try:
         for it in range(start, task.iterations):
@@ -132,6 +137,12 @@ def run(env: WorkerEnv, task: RunTask) -> None:
                         - t2,  # pushing the outputs to their consumers
                     }
             mine["iteration_s"] = time.perf_counter() - t_iter
+            if evaluation is not None and evaluation.due(it, task.iterations):
+                t0 = time.perf_counter()
+                model = roles["actor"].view(eval_alloc)
+                if ctxs[layout_key(eval_alloc)].in_mesh:
+                    mine["stats"].update(evaluation.run(model, ctxs[layout_key(eval_alloc)]))
+                    mine["stats"]["eval_s"] = time.perf_counter() - t0
             mine["peak_memory_mib"] = _peak_memory_mib(env.device)
             everyone: list = [None] * env.world
             dist.all_gather_object(everyone, mine)

@@ -1,0 +1,129 @@
+"""Every algorithm runs from a plan with rlhf-run's runtime, and a multi-mesh plan (the
+trained model reallocated between its calls' layouts, inference calls on disjoint meshes)
+trains exactly like one process: same weights after an iteration."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from executor.runtime.launch import launch
+from executor.runtime.worker import RunTask, run
+from plans import (
+    Allocation,
+    ClusterSpec,
+    DeviceMesh,
+    ParallelStrategy,
+    Plan,
+    experiment_from_dict,
+    load_experiment,
+    save_plan,
+)
+
+pytestmark = pytest.mark.distributed
+
+HALF0 = DeviceMesh(n_gpus=2, gpu_start=0)
+HALF1 = DeviceMesh(n_gpus=2, gpu_start=2)
+ALL = DeviceMesh(n_gpus=4)
+
+
+def _alloc(mesh, **kw) -> Allocation:
+    return Allocation(mesh=mesh, strategy=ParallelStrategy(**kw))
+
+
+def multi_mesh(exp) -> Plan:
+    """Train calls on all 4 devices with pipeline + data parallelism, generation with tensor
+    parallelism over all 4 (so the actor moves twice per iteration), inference calls split
+    over the two halves (disjoint meshes)."""
+    allocs = {}
+    for i, m in enumerate(exp.mfcs()):
+        if m.kind == "train":
+            allocs[m.name] = _alloc(ALL, dp=2, pp=2, micro_batches=2)
+        elif m.kind == "generate":
+            allocs[m.name] = _alloc(ALL, tp=4)
+        else:
+            allocs[m.name] = _alloc(
+                HALF0 if i % 2 else HALF1, dp=2 if i % 4 < 2 else 1, tp=1 if i % 4 < 2 else 2
+            )
+    return Plan(
+        cluster=ClusterSpec(nodes=1, gpus_per_node=4, device="cpu"),
+        experiment=exp,
+        allocations=allocs,
+    )
+
+
+def one_process(exp) -> Plan:
+    one = _alloc(DeviceMesh(n_gpus=1))
+    return Plan(
+        cluster=ClusterSpec(nodes=1, gpus_per_node=1, device="cpu"),
+        experiment=exp,
+        allocations={m.name: one for m in exp.mfcs()},
+    )
+
+
+def _experiment(name: str, **changes):
+    doc = load_experiment(name).model_dump(mode="json")
+    doc.update(
+        batch_size=6, evaluation=None, **changes
+    )  # 6 pairs: dp and micro-batch cuts fall inside pairs unless groups are kept whole
+    for role in doc["roles"].values():
+        if role.get("optimizer"):
+            role["optimizer"]["eps"] = 1e-5  # see test_runtime: keeps Adam's conditioning out of it
+    return experiment_from_dict(doc)
+
+
+def _run(tmp, tag, plan):
+    path = tmp / f"{tag}.json"
+    save_plan(plan, path)
+    out = tmp / tag
+    task = RunTask(str(path), 1, str(out), save_final=True)
+    assert launch(run, task, world=plan.cluster.world_size, timeout_s=60) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return out, rows[0]
+
+
+CASES = {
+    "grpo": ("grpo-tiny", {"group_size": 2, "mini_batches": 2}),
+    "remax": ("remax-tiny", {}),
+    "dpo": ("dpo-tiny", {}),
+    "adpo-listwise": ("adpo-tiny", {"group_size": 3, "adpo": {"mode": "listwise"}}),
+    "adpo-pairwise": (
+        "adpo-tiny",
+        {"adpo": {"mode": "pairwise", "label": 0.8, "anchor": "policy"}},
+    ),
+    "rm-trees": ("rm-tiny", {}),
+    "ppo-macro": (
+        "ppo-tiny",
+        {"mini_batches": 2, "ppo": {"kl_coef": 0.01, "macro": {"termination": "fixed", "n": 3}}},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_multi_mesh_matches_one_process(case, tmp_path):
+    name, changes = CASES[case]
+    exp = _experiment(name, **changes)
+    (m_out, m_row), (s_out, s_row) = (
+        _run(tmp_path, "multi", multi_mesh(exp)),
+        _run(tmp_path, "one", one_process(exp)),
+    )
+    trained = [r for r in exp.roles if exp.roles[r].trainable]
+    assert trained
+    for role in trained:
+        a, b = (
+            load_file(str(m_out / "final" / role / "model.safetensors")),
+            load_file(str(s_out / "final" / role / "model.safetensors")),
+        )
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=f"{case} {role} {k}")
+    # The trained model really moves between layouts where the plan has other calls of it.
+    if any(m.kind != "train" and m.role in trained for m in exp.mfcs()):
+        first = next(m.name for m in exp.mfcs() if m.role in trained and m.kind != "train")
+        assert m_row["calls"][first]["realloc_s"] > 0
+    for key in ("reward_mean", "pref_accuracy", "true_accuracy", "actor_loss", "reward_loss"):
+        if key in s_row:
+            assert m_row[key] == pytest.approx(s_row[key], abs=1e-5), key
