@@ -127,3 +127,39 @@ def test_multi_mesh_matches_one_process(case, tmp_path):
     for key in ("reward_mean", "pref_accuracy", "true_accuracy", "actor_loss", "reward_loss"):
         if key in s_row:
             assert m_row[key] == pytest.approx(s_row[key], abs=1e-5), key
+
+
+def test_evaluation_on_a_local_jsonl_file(tmp_path):
+    rows = [
+        {"question": f"What is {a} plus {a}?", "answer": f"{a} + {a} = {2 * a}. #### {2 * a}"}
+        for a in range(1, 8)
+    ]
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    exp = _experiment("grpo-tiny", group_size=2, mini_batches=2)
+    doc = exp.model_dump(mode="json")
+    doc["evaluation"] = {"dataset": str(data), "every": 1, "shots": 2, "questions": 5}
+    out, row = _run(tmp_path, "eval", one_process(experiment_from_dict(doc)))
+    assert row["eval_questions"] == 5  # the 5 rows after the 2 exemplars
+    assert 0.0 <= row["eval_accuracy"] <= 1.0
+
+
+def test_trained_reward_model_serves_a_ppo_run(tmp_path):
+    rm_out, rm_row = _run(tmp_path, "rm", one_process(_experiment("rm-tiny")))
+    assert rm_row["reward_loss"] > 0
+    folder = rm_out / "final" / "reward"
+
+    def ppo(reward_model):
+        doc = _experiment("ppo-tiny", mini_batches=2).model_dump(mode="json")
+        doc.pop("reward_function")
+        doc["roles"]["reward"] = {"model": reward_model}
+        return experiment_from_dict(doc)
+
+    trained = ppo(str(folder))
+    assert trained.model("reward").checkpoint == str(folder)
+    _, with_trained = _run(tmp_path, "ppo-trained", one_process(trained))
+    _, with_random = _run(tmp_path, "ppo-random", one_process(ppo("tiny")))
+    # Same rollouts (the actor is the same), scored by different reward models.
+    assert with_trained["response_len"] == with_random["response_len"]
+    assert with_trained["reward_mean"] != pytest.approx(with_random["reward_mean"], abs=1e-4)
+    assert "task_reward_mean" in with_trained  # the rule the reward model imitates, for comparison

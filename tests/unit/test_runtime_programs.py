@@ -1,0 +1,95 @@
+"""The data side of rlhf-run's algorithm programs: what an iteration's dataset rows look like."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from executor.algorithms.evaluation import exact_match
+from executor.runtime.algorithms import program_for
+from executor.runtime.evaluate import arithmetic_questions
+from executor.runtime.program import prompt_response_rows
+from executor.tokenizer import ByteTokenizer
+from plans import PlanError, experiment_from_dict, load_experiment
+
+TOK = ByteTokenizer()
+
+
+def _exp(name, **changes):
+    doc = load_experiment(name).model_dump(mode="json")
+    doc.update(changes)
+    return experiment_from_dict(doc)
+
+
+def test_rows_put_the_response_after_exactly_prompt_len_columns():
+    exp = _exp("dpo-tiny")
+    rows = prompt_response_rows(TOK, exp, ["ab:", "a much longer prompt than sixteen"], ["12", ""])
+    p = exp.prompt_len
+    assert rows["input_ids"].shape == (2, exp.seq_len)
+    assert rows["input_ids"][0, p : p + 3].tolist() == [ord("1"), ord("2"), TOK.eos_token_id]
+    assert rows["response_mask"][0].sum() == 3 and rows["response_mask"][1].sum() == 1  # EOS
+    assert rows["attention_mask"][0, :p].sum() == len("ab:") + 1  # BOS, left-padded
+    assert rows["attention_mask"][1, :p].sum() == p  # the long prompt keeps its end
+
+
+def test_grpo_repeats_each_prompt_group_size_times():
+    exp = _exp("grpo-tiny", evaluation=None)
+    data = program_for(exp, TOK, None).dataset(0)
+    ids = data["prompt_ids"]
+    assert ids.shape == (exp.batch_size * exp.group_size, exp.prompt_len)
+    g = exp.group_size
+    assert all(torch.equal(ids[i], ids[i - i % g]) for i in range(ids.shape[0]))
+    assert not torch.equal(ids[0], ids[g])
+
+
+def test_pairs_file_gives_chosen_then_rejected_rows(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    pairs = [{"prompt": f"q{i}:", "chosen": f"{i}{i}", "rejected": "xy"} for i in range(3)]
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    exp = _exp("dpo-tiny", batch_size=4, mini_batches=1)
+    prog = program_for(exp, TOK, str(path))
+    assert prog.unit == 2 and prog.rows() == 8
+    rows = prog.dataset(0)
+    assert rows["reward"].tolist() == [1.0, 0.0] * 4
+    assert torch.equal(rows["true_reward"], rows["reward"])  # a file's labels are its truth
+    p = exp.prompt_len
+    assert rows["input_ids"][6, p : p + 2].tolist() == [ord("0"), ord("0")]  # wraps around
+
+
+def test_builtin_pairs_carry_the_truth_behind_noisy_labels():
+    exp = _exp("dpo-tiny", label_noise=0.5, batch_size=64, mini_batches=1)
+    rows = program_for(exp, TOK, None).dataset(3)
+    truth = rows["true_reward"].view(-1, 2)
+    swapped = (truth[:, 0] < truth[:, 1]).float().mean()
+    assert 0.2 < swapped < 0.8  # about half the labels disagree with the rule
+
+
+def test_tree_sets_and_candidate_lists(tmp_path):
+    rm = program_for(_exp("rm-tiny"), TOK, None)
+    assert rm.dataset(0)["input_ids"].shape[0] == 2 * 32  # pairs drawn among tree leaves
+    lists = tmp_path / "lists.jsonl"
+    lists.write_text(
+        json.dumps({"prompt": "a:", "responses": ["1", "b", "22"], "rewards": [0.5, 0, 1]}) + "\n"
+    )
+    exp = _exp("adpo-tiny", group_size=3, batch_size=2, mini_batches=1, adpo={"mode": "listwise"})
+    rows = program_for(exp, TOK, str(lists)).dataset(0)
+    assert rows["reward"].tolist() == [0.5, 0.0, 1.0] * 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "a:", "responses": ["1"], "rewards": "x"}) + "\n")
+    with pytest.raises(PlanError, match="line 1"):
+        program_for(exp, TOK, str(bad)).dataset(0)
+
+
+def test_experiment_checks_for_new_algorithms():
+    with pytest.raises(PlanError, match="group_size"):
+        _exp("adpo-tiny", group_size=3)  # pairwise needs 2
+    with pytest.raises(PlanError, match="evaluation"):
+        _exp("rm-tiny", evaluation={"dataset": "builtin:arithmetic"})
+
+
+def test_builtin_arithmetic_answers_score_as_exact_matches():
+    qa = arithmetic_questions(5)
+    assert all(exact_match(q.answer, q.answer) for q in qa)
+    assert not exact_match("#### 0", qa[0].answer)
