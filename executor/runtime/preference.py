@@ -255,7 +255,9 @@ class ADPO(_Preference):
         else:
             q = reward_targets(_groups(mb["reward"], k), c.beta_r)
             stats = adpo_listwise_loss(_groups(lp, k), _groups(anchor, k), q, c.tau, 1.0)
-        return stats.loss, (lp - anchor).detach()
+        # The model's preference is measured against the reference, as for DPO: against an
+        # on-policy anchor every candidate starts the iteration at a tie.
+        return stats.loss, (lp - mb["ref_logprobs"]).detach()
 
 
 class RewardModel(_Preference):
