@@ -61,12 +61,45 @@ def profile(
     quick: Annotated[
         bool, typer.Option("--quick", help="A small grid (about two minutes on a laptop CPU).")
     ] = False,
+    base: Annotated[
+        Path | None,
+        typer.Option(
+            "--profile",
+            help="Start from this profile: with --from-run, refine it; under torchrun without "
+            "--from-run, keep its compute timings and measure only the collectives.",
+        ),
+    ] = None,
+    from_run: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--from-run",
+            help="An rlhf-run folder (metrics.jsonl and the plan it ran); repeatable. Fits "
+            "per-call-kind factors of the measured against the estimated call times and "
+            "records them in the written profile. Measures nothing.",
+        ),
+    ] = None,
+    plan_path: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--plan",
+            help="The plan each --from-run folder ran, in the same order (default: plan.json "
+            "in the folder; benchmarks/e2e.py puts it there).",
+        ),
+    ] = None,
+    skip: Annotated[
+        int, typer.Option(min=0, help="--from-run: leading iterations to ignore (warm-up).")
+    ] = 1,
+    as_json: JsonFlag = False,
 ) -> None:
     """Measure kernel and link timings on the local devices and write a profile (run under
-    torchrun with several processes to time collectives too)."""
-    from cli.profile_cmd import run_profile_command
+    torchrun with several processes to time collectives too), or refine a profile from
+    rlhf-run measurements (--from-run)."""
+    from cli.profile_cmd import run_from_run_command, run_profile_command
 
-    run_profile_command(device, out_path, quick)
+    if from_run:
+        run_from_run_command(from_run, plan_path or [], base, out_path, skip, as_json)
+    else:
+        run_profile_command(device, out_path, quick, base)
 
 
 @app.command()

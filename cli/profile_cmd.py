@@ -1,4 +1,5 @@
-"""`rlhf-plan profile`: run the estimator's microbenchmarks with a progress bar, write JSON."""
+"""`rlhf-plan profile`: run the estimator's microbenchmarks with a progress bar, write JSON;
+or refine a profile from rlhf-run measurements (`--from-run`)."""
 
 from __future__ import annotations
 
@@ -8,28 +9,45 @@ import sys
 from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from cli.common import err, fail, out
+from cli.common import err, fail, out, print_json
 
 
-def run_profile_command(device: str, out_path: Path | None, quick: bool) -> None:
+def _command() -> str:
+    command = "rlhf-plan " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if "WORLD_SIZE" in os.environ:
+        command = f"torchrun --nproc-per-node {os.environ['WORLD_SIZE']} ... {command}"
+    return command
+
+
+def run_profile_command(
+    device: str, out_path: Path | None, quick: bool, base_path: Path | None = None
+) -> None:
     import torch  # only this command needs torch
 
-    from estimator.profile import save_profile
-    from estimator.profiler import run_profile
+    from estimator.profile import load_profile, save_profile
+    from estimator.profiler import run_collectives_into, run_profile
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cuda", "cpu"):
         fail(f"--device: {device!r} is neither cuda nor cpu")
     if device == "cuda" and not torch.cuda.is_available():
         fail("--device cuda: torch sees no CUDA device here")
+    base = load_profile(base_path) if base_path else None
+    if base is not None and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        fail(
+            "--profile without --from-run measures collectives into the given profile, which "
+            "needs several processes: run it under torchrun (e.g. --nproc-per-node 2)"
+        )
     rank = int(os.environ.get("RANK", "0"))
-    command = "rlhf-plan " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    if "WORLD_SIZE" in os.environ:
-        command = f"torchrun --nproc-per-node {os.environ['WORLD_SIZE']} ... {command}"
+    command = _command()
     columns = (TextColumn("{task.description:<24}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, disable=rank != 0) as progress:
-        profile = run_profile(device, quick, command, progress)
+        if base is not None:
+            profile = run_collectives_into(base, device, quick, command, progress)
+        else:
+            profile = run_profile(device, quick, command, progress)
     if profile is None:  # a helper rank of a torchrun launch
         return
     path = out_path or Path(f"profile-{profile.id}.json")
@@ -43,4 +61,70 @@ def run_profile_command(device: str, out_path: Path | None, quick: bool) -> None
         f"{profile.roofline.flops_per_s / 1e9:.1f} GFLOP/s, "
         f"{profile.roofline.memory_bytes_per_s / 1e9:.1f} GB/s",
         highlight=False,
+    )
+
+
+def run_from_run_command(
+    runs: list[Path],
+    plans: list[Path],
+    base_path: Path | None,
+    out_path: Path | None,
+    skip: int,
+    as_json: bool,
+) -> None:
+    """Fit per-call-kind factors to the runs' measured call times and write the refined
+    profile (no torch needed)."""
+    from estimator.calibrate import calibrate, load_run
+    from estimator.profile import load_profile, save_profile
+    from plans import PlanError
+
+    if plans and len(plans) != len(runs):
+        raise PlanError(
+            f"{len(plans)} --plan for {len(runs)} --from-run folders; give one per folder or none",
+            field="--plan",
+        )
+    loaded = [load_run(r, plans[i] if plans else None, skip) for i, r in enumerate(runs)]
+    base = load_profile(base_path) if base_path else _shipped(loaded[0].plan_profile_id)
+    profile, fit = calibrate(base, loaded, command=_command())
+    path = out_path or Path(f"profile-{profile.id}.json")
+    try:
+        save_profile(profile, path)
+    except OSError as e:
+        fail(f"{path}: cannot write: {e.strerror}")
+    if as_json:
+        print_json({"profile": str(path), "id": profile.id, **fit.summary()})
+        return
+    table = Table(title=f"calibration of {base.id} from {len(runs)} run(s)")
+    for col in ("kind", "calls", "scale", "overhead / pass", "error before", "error after"):
+        table.add_column(col, justify="left" if col == "kind" else "right")
+    assert profile.calibration is not None
+    for kind, f in profile.calibration.kinds.items():
+        table.add_row(
+            kind,
+            str(f.samples),
+            f"{f.scale:.3f}",
+            f"{f.overhead_s * 1e3:.2f} ms",
+            f"{f.error_before:.1%}",
+            f"{f.error_after:.1%}",
+        )
+    out.print(table)
+    for line in fit.notes:
+        out.print(f"note: {line}", highlight=False)
+    out.print(f"wrote {path} (id {profile.id})", highlight=False)
+
+
+def _shipped(profile_id: str):
+    """The shipped profile the run's plan was estimated with, when it is one of them."""
+    from estimator.profile import load_profile
+    from plans import PlanError
+
+    here = Path(__file__).resolve().parents[1] / "estimator" / "profiles"
+    for path in sorted(here.glob("*.json")):
+        p = load_profile(path)
+        if p.id == profile_id:
+            return p
+    raise PlanError(
+        f"the run's plan was estimated with profile {profile_id!r}, which is not shipped; "
+        "give it with --profile",
+        field="--profile",
     )

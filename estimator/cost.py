@@ -27,6 +27,13 @@ from plans import MFC, Allocation, ClusterSpec, ExperimentSpec
 from plans.algorithms import mfc_by_name
 
 DECODE_SAMPLES = 32  # decode steps evaluated exactly up to this many; sampled evenly beyond
+# A rule reward (experiment.reward_function) scores decoded text in Python on the reward call's
+# last-stage ranks: about 30 us per sequence for builtin:digits on the development CPU (1 ms
+# for 32 sequences in rlhf-run), unless a calibrated profile measured it.
+RULE_REWARD_S_PER_SEQ = 3e-5
+# Parts of a call's time that come from op timings (a calibration scales them); the others
+# (tp_comm, pp_comm, dp_sync) come from collective timings and are left as they are.
+COMPUTE_PARTS = ("compute", "prefill", "bubble", "optimizer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +45,11 @@ class CallCost:
     feasible: bool
     reason: str
     breakdown: dict[str, float] = field(default_factory=dict)
-    """Seconds by component: compute, tp_comm, pp_comm, bubble, dp_sync, optimizer."""
+    """Seconds by component: compute, tp_comm, pp_comm, bubble, dp_sync, optimizer (and
+    overhead with a calibrated profile; rule for a rule reward)."""
+    passes: int = 0
+    """Passes of the call on one rank: micro-batch forward(+backward) passes, or for
+    generation decoded token rounds; what a calibration's per-pass overhead multiplies."""
 
 
 def scopes(alloc: Allocation, gpus_per_node: int) -> tuple[str, str, str]:
@@ -108,15 +119,43 @@ class CostModel:
         c = self.call_cost(mfc, alloc)
         return c.feasible, c.reason
 
+    def rule_reward(self, mfc: MFC) -> bool:
+        """Whether the call is a reward call that a rule reward replaces (rlhf-run then scores
+        decoded text in Python instead of running the reward model)."""
+        return (
+            self.experiment.reward_function is not None
+            and mfc.role == "reward"
+            and mfc.kind == "inference"
+        )
+
     def _compute(self, mfc: MFC, alloc: Allocation) -> CallCost:
         mem = call_memory(mfc, alloc, self.experiment)
         ok = mem.total <= self.memory_bytes
         reason = "" if ok else self.memory_reason(mfc.name, mem.total, mem.breakdown())
+        if self.rule_reward(mfc):
+            t, parts = self._rule(mfc, alloc)
+            return CallCost(t, mem, ok, reason, parts)
         if mfc.kind == "generate":
-            parts = self._generate(mfc, alloc)
+            parts, passes = self._generate(mfc, alloc)
         else:
-            parts = self._forward_or_train(mfc, alloc)
-        return CallCost(sum(parts.values()), mem, ok, reason, parts)
+            parts, passes = self._forward_or_train(mfc, alloc)
+        cal = self.profile.calibration
+        factors = cal.kinds.get(mfc.kind) if cal else None
+        if factors is not None:
+            for k in COMPUTE_PARTS:
+                if k in parts:
+                    parts[k] *= factors.scale
+            parts["overhead"] = factors.overhead_s * passes
+        return CallCost(sum(parts.values()), mem, ok, reason, parts, passes)
+
+    def _rule(self, mfc: MFC, alloc: Allocation) -> tuple[float, dict[str, float]]:
+        """A rule reward: every last-stage rank scores its dp share of the sequences."""
+        cal = self.profile.calibration
+        per_seq = RULE_REWARD_S_PER_SEQ
+        if cal is not None and cal.rule_reward_s_per_seq is not None:
+            per_seq = cal.rule_reward_s_per_seq
+        t = math.ceil(self.experiment.sequences(mfc) / alloc.strategy.dp) * per_seq
+        return t, {"rule": t}
 
     def memory_reason(self, name: str, total: float, parts: dict[str, float]) -> str:
         detail = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in parts.items() if v > 0)
@@ -153,7 +192,7 @@ class CostModel:
         pp = passes * self.lookup.collective_time("send_recv", 2, pp_scope, msg) if s.pp > 1 else 0
         return tp, pp
 
-    def _forward_or_train(self, mfc: MFC, alloc: Allocation) -> dict[str, float]:
+    def _forward_or_train(self, mfc: MFC, alloc: Allocation) -> tuple[dict[str, float], int]:
         exp, s = self.experiment, alloc.strategy
         model = exp.model(mfc.role)
         train = mfc.kind == "train"
@@ -171,6 +210,7 @@ class CostModel:
             "pp_comm": steps * s.micro_batches * pp,
             "bubble": steps * (s.pp - 1) * per_micro,
         }
+        passes = steps * s.micro_batches
         if train:
             out["dp_sync"] = steps * self._dp_sync(model, alloc)
             params = max(stage_params(model, s.tp, s.pp)) / (s.dp if s.zero1 else 1)
@@ -179,7 +219,7 @@ class CostModel:
             out["optimizer"] = steps * self.lookup.op_time(
                 "optimizer", shard_shape(model, 1, self.dt), params, tensors
             )
-        return out
+        return out, passes
 
     def _dp_sync(self, model, alloc: Allocation) -> float:
         s = alloc.strategy
@@ -192,7 +232,7 @@ class CostModel:
             )
         return lk.collective_time("all_reduce", s.dp, dp_scope, grad_bytes)
 
-    def _generate(self, mfc: MFC, alloc: Allocation) -> dict[str, float]:
+    def _generate(self, mfc: MFC, alloc: Allocation) -> tuple[dict[str, float], int]:
         exp, s = self.experiment, alloc.strategy
         model = exp.model(mfc.role)
         micro = math.ceil(math.ceil(exp.sequences(mfc) / s.dp) / s.micro_batches)
@@ -234,7 +274,7 @@ class CostModel:
             "compute": scale * rounds * compute,
             "tp_comm": scale * rounds * tp_total,
             "pp_comm": scale * rounds * pp_total,
-        }
+        }, exp.gen_len * rounds
 
     def _token_overhead(self, full, batch: int, cache: float) -> float:
         """Per generated token, beyond the blocks: embedding, head, sampling, loop bookkeeping.

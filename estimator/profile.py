@@ -115,6 +115,57 @@ class Roofline(_Doc):
     inter_node_bytes_per_s: float = Field(gt=0, description="Network bandwidth between nodes.")
 
 
+CallKind = Literal["generate", "inference", "train"]
+
+
+class KindFactors(_Doc):
+    """How measured calls of one kind relate to the profile's prediction: measured seconds =
+    scale x (the call's compute seconds from the op timings) + its communication seconds (from
+    the collective timings, unscaled) + overhead_s x passes."""
+
+    scale: float = Field(1.0, gt=0, description="Factor on the compute seconds.")
+    overhead_s: float = Field(
+        0.0,
+        ge=0,
+        description="Fixed seconds per pass (micro-batch forward or forward+backward; "
+        "generate: per decoded token) the op timings do not see (Python, bookkeeping).",
+    )
+    samples: int = Field(0, ge=0, description="Measured calls (medians over iterations) fitted.")
+    error_before: float = Field(
+        0.0, ge=0, description="Median relative error of those calls before the fit."
+    )
+    error_after: float = Field(
+        0.0, ge=0, description="Median relative error of those calls after the fit."
+    )
+
+
+class Calibration(_Doc):
+    """Per-call-kind factors fitted to rlhf-run measurements (see estimator.calibrate)."""
+
+    kinds: dict[CallKind, KindFactors] = Field(
+        default_factory=dict, description="Factors by call kind; kinds not listed are unchanged."
+    )
+    rule_reward_s_per_seq: float | None = Field(
+        None, ge=0, description="Measured seconds per scored sequence of a rule reward."
+    )
+
+
+class Refinement(_Doc):
+    """One change made to a profile after it was measured, and where it came from."""
+
+    what: Literal["collectives", "calibration"] = Field(
+        description="collectives: link timings measured into it (compute timings kept); "
+        "calibration: per-call-kind factors fitted to rlhf-run measurements."
+    )
+    created: str = Field(description="ISO-8601 time of the change.")
+    command: str = Field("", description="The command line that made it.")
+    base_id: str = Field(description="Id of the profile it was made from.")
+    sources: list[str] = Field(
+        default_factory=list, description="Run folders (metrics.jsonl) it was fitted to."
+    )
+    note: str = Field("", description="What was measured or fitted, in words.")
+
+
 class Profile(_Doc):
     """Timings of one device type, measured by `rlhf-plan profile` or derived analytically."""
 
@@ -143,6 +194,14 @@ class Profile(_Doc):
     ops: list[OpTiming] = Field(default_factory=list, description="Compute timings.")
     collectives: list[CollectiveTiming] = Field(
         default_factory=list, description="Collective timings (need torchrun)."
+    )
+    calibration: Calibration | None = Field(
+        None,
+        description="Factors fitted to measured rlhf-run calls (`rlhf-plan profile --from-run`); "
+        "the cost model applies them on top of the op and collective timings.",
+    )
+    refinements: list[Refinement] = Field(
+        default_factory=list, description="Changes made after measurement, oldest first."
     )
 
     @property

@@ -24,6 +24,7 @@ from estimator.profile import (
     CollectiveTiming,
     OpTiming,
     Profile,
+    Refinement,
     Roofline,
     ShardShape,
 )
@@ -359,6 +360,46 @@ def run_profile(device: str, quick: bool, command: str, progress=None) -> Profil
         roofline=fit_roofline(ops, *_link_rates(colls)),
         ops=ops,
         collectives=colls,
+    )
+
+
+def run_collectives_into(
+    base: Profile, device: str, quick: bool, command: str, progress=None
+) -> Profile | None:
+    """Time the collectives only (under torchrun) and return `base` with them: its compute
+    timings are kept, its collective tables and link rates replaced, and the change recorded
+    in `refinements`. None on ranks other than 0."""
+    import torch
+
+    dev_type = "cuda" if device == "cuda" else "cpu"
+    if dev_type == "cpu":
+        torch.set_num_threads(1)
+    colls = time_collectives(dev_type, quick, progress)
+    if colls is None:
+        return None
+    intra, inter = _link_rates(colls)
+    stamp = datetime.now(UTC)
+    sizes = sorted({c.group_size for c in colls})
+    return base.model_copy(
+        update={
+            "id": f"{base.id.split('+')[0]}+coll-{stamp:%Y%m%d-%H%M%S}",
+            "collectives": colls,
+            "roofline": base.roofline.model_copy(
+                update={"intra_node_bytes_per_s": intra, "inter_node_bytes_per_s": inter}
+            ),
+            "refinements": [
+                *base.refinements,
+                Refinement(
+                    what="collectives",
+                    created=stamp.isoformat(timespec="seconds"),
+                    command=command,
+                    base_id=base.id,
+                    note=f"{len(colls)} collective timings over group sizes "
+                    f"{', '.join(map(str, sizes))} ({'gloo' if dev_type == 'cpu' else 'nccl'}, "
+                    f"torch {torch.__version__}); compute timings of {base.id} kept",
+                ),
+            ],
+        }
     )
 
 

@@ -1,11 +1,21 @@
-"""Replay the unrolled call graph of a plan on its devices (list scheduling in global order).
+"""Replay the unrolled call graph of a plan on its devices, as rlhf-run executes it.
 
-Every rank walks the same global order (plans.dataflow); a call starts when its inputs are
-ready and every device of its mesh is free, so calls on disjoint meshes overlap. Before a call,
-its role's parameters are reallocated if they are in another layout (a timed step occupying
-the union of old and new meshes), and data produced on another mesh is fetched (a timed step on
-the consumer's mesh). Every role starts in the layout of its last call of an iteration, which is
-where the steady state leaves it, so iteration 0 already pays the steady-state moves.
+Every rank of rlhf-run walks the same global order of calls (plans.dataflow) and, for each call:
+1. brings the call's model into the call's layout: a role lives in a *home* layout (that of its
+   train call, or of its first call when frozen) and a call in another layout gets a copy
+   reallocated from home, kept until the layout changes again or the weights change (after the
+   train call); ranks of the home and target meshes take part;
+2. runs the call on the call's mesh;
+3. pushes the outputs to every consumer's mesh (the whole batch to each of its ranks). These
+   point-to-point moves are rendezvous (a send completes when the receiver has posted its
+   receive), so producer and consumer ranks both wait for the later of the two to arrive.
+At the end of an iteration the workers gather their metrics (all_gather_object): a barrier.
+
+The simulator replays exactly that as list scheduling: each step (reallocation, call, push)
+starts when every device it involves is free, in the global order; calls on disjoint meshes
+overlap whenever no step in between ties their devices together. The iteration time is the
+time from one barrier to the next, from the steady state (the first iteration already pays the
+steady-state moves).
 
 Devices are handled as *atoms*: maximal runs of ranks that no mesh boundary splits. Meshes are
 contiguous rank ranges (node-major), so each mesh is a range of atoms and a simulation touches a
@@ -17,9 +27,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from estimator.cost import CostModel
-from plans import Allocation
+from plans import Allocation, mfcs
 from plans.dataflow import unrolled
 
 DEFAULT_ITERATIONS = 3
@@ -65,6 +76,29 @@ def _span(alloc: Allocation, gpn: int) -> tuple[int, int]:
     return first, first + m.n_gpus
 
 
+def _layout(alloc: Allocation) -> tuple:
+    """What decides the shards a rank holds (micro-batches and ZeRO-1 do not): as
+    executor.runtime.roles.layout_key."""
+    s = alloc.strategy
+    return alloc.mesh, s.dp, s.tp, s.pp
+
+
+@lru_cache(maxsize=64)
+def _shape(algorithm: str) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """(role -> its home call: the first train call, else the first call; call -> its
+    consumers in rlhf-run's push order), as executor.runtime builds them."""
+    calls = mfcs(algorithm)
+    home: dict[str, str] = {}
+    for m in calls:
+        if m.role not in home:
+            first_train = next((c for c in calls if c.role == m.role and c.kind == "train"), m)
+            home[m.role] = first_train.name
+    consumers = {
+        m.name: tuple(c.name for c in calls if set(m.outputs) & set(c.inputs)) for m in calls
+    }
+    return home, consumers
+
+
 def simulate(
     cm: CostModel,
     allocations: dict[str, Allocation],
@@ -83,69 +117,89 @@ def simulate(
     costs = {m.name: cm.call_cost(m.name, allocations[m.name]) for m in calls}
     res = SimResult(math.inf, True)
     res.call_time_s = {k: c.time_s for k, c in costs.items()}
+    home, consumers = _shape(exp.algorithm)
     if not _memory(cm, calls, allocations, atoms, costs, len(bounds) - 1, res) and not record:
         return res  # the search needs only the verdict; `show` still wants the timeline
-    free = [0.0] * (len(bounds) - 1)
-    layout: dict[str, str] = {}  # role -> name of the call whose layout holds its weights
-    role_ready: dict[str, float] = {}
-    for m in calls:
-        layout[m.role] = m.name
-        role_ready[m.role] = 0.0
+    layouts = {m.name: _layout(allocations[m.name]) for m in calls}
+    view: dict[str, tuple | None] = {}
+    for m in calls:  # the views an iteration leaves behind: the steady state
+        view[m.role] = _after(view.get(m.role), m, layouts, home)
+    n_atoms = len(bounds) - 1
+    free = [0.0] * n_atoms
     end = [0.0] * len(nodes)
     iter_end = [0.0] * iterations
+    last = iterations - 1
+    it_prev = 0
     for k, node in enumerate(nodes):
         m, it = node.mfc, node.iteration
         name, role = m.name, m.role
+        if it != it_prev:  # rlhf-run gathers the iteration's metrics from every worker
+            t = max(free)
+            free = [t] * n_atoms
+            it_prev = it
         alloc, mine = allocations[name], atoms[name]
-        ready = max((end[p] for p in node.version_deps), default=0.0)
-        if layout[role] != name:
-            old = layout[role]
-            move = cm.realloc_cost(role, allocations[old], alloc)
-            if move.time_s > 0:
-                both = sorted(set(atoms[old]) | set(mine))
-                t0 = max(max(free[a] for a in both), role_ready[role], ready)
+        lay = layouts[name]
+        if lay != layouts[home[role]] and view[role] != lay:
+            move = cm.realloc_cost(role, allocations[home[role]], alloc)
+            if move.bytes_total > 0:
+                both = sorted(set(atoms[home[role]]) | set(mine))
+                t0 = max(free[a] for a in both)
                 t1 = t0 + move.time_s
                 for a in both:
                     free[a] = t1
-                ready = max(ready, t1)
-                if it == iterations - 1:
+                if it == last:
                     res.realloc_s += move.time_s
                 if record:
-                    for sp in {spans[old], spans[name]}:
+                    for sp in {spans[home[role]], spans[name]}:
                         res.steps.append(Step("realloc", name, role, it, sp[0], sp[1] - 1, t0, t1))
-            layout[role] = name
-        start = max(ready, max(free[a] for a in mine))
-        fetch = 0.0  # inputs from every producer on another mesh, fetched in one step
-        for p, keys in node.data_deps:
+        view[role] = _after(view[role], m, layouts, home)
+        start = max(free[a] for a in mine)
+        for p in node.version_deps:
             start = max(start, end[p])
-            fetch += cm.data_cost(keys, name, allocations[nodes[p].mfc.name], alloc).time_s
-        if fetch > 0:
-            if record:
-                sp = spans[name]
-                res.steps.append(
-                    Step("data", name, role, it, sp[0], sp[1] - 1, start, start + fetch)
-                )
-            start += fetch
-            if it == iterations - 1:
-                res.data_s += fetch
+        for p, _ in node.data_deps:
+            start = max(start, end[p])
         finish = start + costs[name].time_s
         for a in mine:
             free[a] = finish
         end[k] = finish
-        role_ready[role] = finish
         iter_end[it] = max(iter_end[it], finish)
         if record:
             sp = spans[name]
             res.steps.append(Step("call", name, role, it, sp[0], sp[1] - 1, start, finish))
-    res.makespan_s = max(end)
+        for c in consumers[name]:  # push the outputs to every consumer's mesh
+            move = cm.data_cost(m.outputs, c, alloc, allocations[c])
+            if move.bytes_total <= 0:
+                continue
+            both = sorted(set(mine) | set(atoms[c]))
+            t0 = max(free[a] for a in both)
+            t1 = t0 + move.time_s
+            for a in both:
+                free[a] = t1
+            iter_end[it] = max(iter_end[it], t1)
+            if it == last:
+                res.data_s += move.time_s
+            if record:
+                sp = spans[c]
+                res.steps.append(Step("data", c, cm.mfcs[c].role, it, sp[0], sp[1] - 1, t0, t1))
+    res.makespan_s = max(iter_end)
     if res.feasible:
         res.iteration_time_s = iter_end[-1] - iter_end[-2] if iterations > 1 else iter_end[0]
     return res
 
 
+def _after(view: tuple | None, m, layouts: dict[str, tuple], home: dict[str, str]) -> tuple | None:
+    """The role's temporary layout after call `m` (None: only the home copy)."""
+    if m.kind == "train":
+        return None  # its weights changed: rlhf-run drops the copy
+    lay = layouts[m.name]
+    return None if lay == layouts[home[m.role]] else lay
+
+
 def _memory(cm, calls, allocations, atoms, costs, n_atoms, res: SimResult) -> bool:
     """Plan-level memory: on each atom, every role's largest resident shard plus optimizer
-    states of trained roles, plus the running call's transient memory."""
+    states of trained roles, plus the running call's transient memory. (rlhf-run keeps a
+    role's home shards while a copy in another layout exists, so on devices holding both it
+    needs up to one more weight shard than counted here.)"""
     resident = [0.0] * n_atoms
     by_role: dict[str, list[float]] = {}
     for m in calls:

@@ -101,7 +101,12 @@ def test_disjoint_meshes_overlap_shared_meshes_serialise(batch, model, ref_tp):
     rew_apart = alloc(gpu_start=4, n_gpus=4, dp=4)
     rew_shared = alloc(gpu_start=0, n_gpus=4, dp=4)
     for rew, overlap in ((rew_apart, True), (rew_shared, False)):
-        res = simulate(cm, _ppo_plan(ref, rew), record=True)
+        plan = _ppo_plan(ref, rew)
+        # rlhf-run pushes each output to its consumers right away, and a push is a rendezvous
+        # of both meshes: ref_inf's outputs must not be due on rew_inf's devices before
+        # rew_inf runs, so the train calls stay on ref_inf's half here.
+        plan["actor_train"] = plan["critic_train"] = alloc(gpu_start=0, n_gpus=4, dp=4)
+        res = simulate(cm, plan, record=True)
         last = max(s.iteration for s in res.steps)
         bars = {s.name: s for s in res.steps if s.kind == "call" and s.iteration == last}
         r, w = bars["ref_inf"], bars["rew_inf"]

@@ -1,0 +1,287 @@
+"""Refine a profile from rlhf-run measurements, and the accuracy figures that judge it.
+
+`calibrate(base, runs)` fits, per call kind (generate, inference, train), two numbers relating
+what rlhf-run measured (`compute_s` of each call in metrics.jsonl, median over iterations) to
+what the cost model with `base` predicts for the same call under the same allocation:
+
+    measured = scale x compute + comm + overhead_s x passes
+
+`compute` is the part of the prediction that comes from op timings (compute, prefill,
+pipeline bubble, optimizer), `comm` the part from collective timings (left as it is), and
+`passes` the call's micro-batch passes (generate: decoded token rounds). `scale` absorbs what
+the single-op timings miss systematically (two busy workers sharing caches and memory
+bandwidth, the wall clock instead of a quiet CPU clock); `overhead_s` absorbs fixed Python work
+per pass (loss bookkeeping, micro-batch slicing, sampling bookkeeping). The fit minimises the
+squared *relative* error over the kind's calls with scale > 0 and overhead >= 0. When the calls
+cannot tell the two apart (all of them with the same passes per compute second, e.g. one run
+of one plan) only `scale` is fitted; a kind with no measured call is left out (unchanged).
+A rule reward's call gives the seconds per scored sequence instead.
+
+The refined profile keeps every timing of `base`, carries the factors in `calibration` and
+records the runs in `refinements`; its id says it was calibrated. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from estimator.cost import COMPUTE_PARTS, CostModel
+from estimator.profile import Calibration, KindFactors, Profile, Refinement
+from plans import Plan, PlanError, load_plan
+
+KINDS = ("generate", "inference", "train")
+
+
+# ---- accuracy figures ---------------------------------------------------------------------
+def ranks(values: list[float]) -> list[float]:
+    """Ranks 1..n of `values`, ties given the mean of the ranks they span."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman rank correlation: Pearson correlation of the ranks (ties averaged). NaN when
+    fewer than two points or when either side is constant."""
+    if len(x) != len(y):
+        raise ValueError("spearman needs two sequences of the same length")
+    if len(x) < 2:
+        return math.nan
+    rx, ry = ranks(list(x)), ranks(list(y))
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    sxx = sum((a - mx) ** 2 for a in rx)
+    syy = sum((b - my) ** 2 for b in ry)
+    if sxx == 0 or syy == 0:
+        return math.nan
+    return sxy / math.sqrt(sxx * syy)
+
+
+def relative_error(estimate: float, measured: float) -> float:
+    """(estimate - measured) / measured: +0.1 means the estimate is 10% too high."""
+    return (estimate - measured) / measured
+
+
+# ---- runs ----------------------------------------------------------------------------------
+@dataclass
+class RunData:
+    """One rlhf-run folder: the plan it ran and the iterations that count."""
+
+    plan: Plan
+    rows: list[dict]
+    source: str = ""
+
+    @property
+    def plan_profile_id(self) -> str:
+        return self.plan.estimate.profile if self.plan.estimate else ""
+
+    def measured(self) -> dict[str, float]:
+        """Median measured seconds per call (compute_s: the call itself, slowest rank)."""
+        names = {n for r in self.rows for n in r.get("calls", {})}
+        return {
+            n: statistics.median(r["calls"][n]["compute_s"] for r in self.rows if n in r["calls"])
+            for n in sorted(names)
+        }
+
+
+def load_run(run_dir: Path, plan_path: Path | None = None, skip: int = 1) -> RunData:
+    """Read <run_dir>/metrics.jsonl (iterations >= skip) and the plan it ran."""
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        raise PlanError("no metrics.jsonl in the run folder", source=str(run_dir))
+    plan_path = Path(plan_path) if plan_path else run_dir / "plan.json"
+    if not plan_path.exists():
+        raise PlanError(
+            "the run folder has no plan.json; name the plan it ran with --plan",
+            source=str(run_dir),
+        )
+    plan = load_plan(plan_path)
+    rows = []
+    for n, line in enumerate(metrics.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PlanError(f"line {n} is not JSON ({e.msg})", source=str(metrics)) from None
+        if not isinstance(row, dict) or not isinstance(row.get("calls"), dict):
+            raise PlanError(f"line {n} has no 'calls' object", source=str(metrics))
+        if row.get("iteration", n - 1) >= skip:
+            rows.append(row)
+    if not rows:
+        raise PlanError(
+            f"no iterations left after skipping the first {skip} (warm-up)", source=str(metrics)
+        )
+    unknown = {c for r in rows for c in r["calls"]} - set(plan.allocations)
+    if unknown:
+        raise PlanError(
+            f"metrics name calls the plan does not have: {', '.join(sorted(unknown))}; is it "
+            "the plan this run executed?",
+            source=str(metrics),
+        )
+    return RunData(plan, rows, str(run_dir))
+
+
+# ---- the fit -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Point:
+    """One measured call next to the base prediction's pieces."""
+
+    call: str
+    kind: str
+    measured: float
+    compute: float  # seconds from op timings (scaled by a calibration)
+    comm: float  # seconds from collective timings (not scaled)
+    passes: int
+    sequences: int  # rule reward: sequences scored on the busiest rank
+
+
+@dataclass
+class Fit:
+    """What `calibrate` found, for printing."""
+
+    points: list[Point] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    calibration: Calibration | None = None
+
+    def summary(self) -> dict:
+        cal = self.calibration
+        return {
+            "kinds": {k: f.model_dump() for k, f in (cal.kinds.items() if cal else [])},
+            "rule_reward_s_per_seq": cal.rule_reward_s_per_seq if cal else None,
+            "points": [p.__dict__ for p in self.points],
+            "notes": self.notes,
+        }
+
+
+def uncalibrated(profile: Profile) -> Profile:
+    """The profile without calibration factors (what a fit starts from)."""
+    return profile.model_copy(update={"calibration": None})
+
+
+def points(base: Profile, runs: list[RunData]) -> list[Point]:
+    """Measured calls with the uncalibrated prediction's compute and communication seconds."""
+    out = []
+    prof = uncalibrated(base)
+    for run in runs:
+        cm = CostModel(run.plan.cluster, run.plan.experiment, prof)
+        for name, meas in run.measured().items():
+            mfc = cm.mfcs[name]
+            alloc = run.plan.allocations[name]
+            c = cm.call_cost(name, alloc)
+            kind = "rule" if cm.rule_reward(mfc) else mfc.kind
+            compute = sum(v for k, v in c.breakdown.items() if k in COMPUTE_PARTS)
+            comm = c.time_s - compute if kind != "rule" else 0.0
+            seqs = math.ceil(run.plan.experiment.sequences(mfc) / alloc.strategy.dp)
+            out.append(Point(name, kind, meas, compute, comm, c.passes, seqs))
+    return out
+
+
+def fit_kind(pts: list[Point]) -> tuple[float, float, bool]:
+    """(scale, overhead_s, both fitted) minimising sum(((s*c + o*n + k - m) / m)^2)."""
+    # Weighted least squares in the unknowns (s, o): rows a_i = (c_i, n_i) / m_i, target
+    # b_i = (m_i - k_i) / m_i.
+    rows = [(p.compute / p.measured, p.passes / p.measured, (p.measured - p.comm) / p.measured)
+            for p in pts if p.measured > 0 and p.compute > 0]  # fmt: skip
+    if not rows:
+        return 1.0, 0.0, False
+    saa = sum(a * a for a, _, _ in rows)
+    scale_only = max(sum(a * b for a, _, b in rows) / saa, 1e-3)
+    snn = sum(n * n for _, n, _ in rows)
+    san = sum(a * n for a, n, _ in rows)
+    det = saa * snn - san * san
+    if len(rows) < 2 or det <= 1e-9 * saa * snn:  # collinear: the data cannot separate them
+        return scale_only, 0.0, False
+    sab = sum(a * b for a, _, b in rows)
+    snb = sum(n * b for _, n, b in rows)
+    s = (sab * snn - san * snb) / det
+    o = (saa * snb - san * sab) / det
+    if o < 0 or s <= 0:  # the constraint binds: the best fit has no fixed overhead
+        return scale_only, 0.0, False
+    return s, o, True
+
+
+def _median_abs(errors: list[float]) -> float:
+    return statistics.median(abs(e) for e in errors) if errors else 0.0
+
+
+def calibrate(base: Profile, runs: list[RunData], command: str = "") -> tuple[Profile, Fit]:
+    """The refined profile and what was fitted (see the module docstring)."""
+    if not runs:
+        raise PlanError("no runs to calibrate from", field="--from-run")
+    for run in runs:
+        if run.plan.cluster.device != base.device:
+            raise PlanError(
+                f"the run's plan targets {run.plan.cluster.device!r} but the profile was "
+                f"measured on {base.device!r}",
+                source=run.source or None,
+            )
+    fit = Fit(points=points(base, runs))
+    kinds: dict[str, KindFactors] = dict(base.calibration.kinds) if base.calibration else {}
+    for kind in KINDS:
+        pts = [p for p in fit.points if p.kind == kind]
+        if not pts:
+            fit.notes.append(f"no measured {kind} call: its factors are left as they were")
+            continue
+        s, o, both = fit_kind(pts)
+        before = [relative_error(p.compute + p.comm, p.measured) for p in pts]
+        after = [relative_error(s * p.compute + p.comm + o * p.passes, p.measured) for p in pts]
+        kinds[kind] = KindFactors(
+            scale=s,
+            overhead_s=o,
+            samples=len(pts),
+            error_before=_median_abs(before),
+            error_after=_median_abs(after),
+        )
+        if not both and len(pts) > 0:
+            fit.notes.append(
+                f"{kind}: scale only ({len(pts)} call(s) with the same passes per compute "
+                "second, or no positive overhead fits better)"
+            )
+    rule = [p for p in fit.points if p.kind == "rule"]
+    per_seq = base.calibration.rule_reward_s_per_seq if base.calibration else None
+    if rule:
+        per_seq = statistics.median(p.measured / max(p.sequences, 1) for p in rule)
+    cal = Calibration(kinds=kinds, rule_reward_s_per_seq=per_seq)
+    fit.calibration = cal
+    stamp = datetime.now(UTC)
+    sources = [r.source for r in runs if r.source]
+    note = "; ".join(
+        f"{k}: scale {f.scale:.3f}, overhead {f.overhead_s * 1e3:.2f} ms/pass from {f.samples} "
+        f"call(s), median error {f.error_before:.1%} -> {f.error_after:.1%}"
+        for k, f in kinds.items()
+    )
+    if per_seq is not None:
+        note += f"; rule reward {per_seq * 1e6:.0f} us/sequence"
+    profile = base.model_copy(
+        update={
+            "id": f"{base.id.split('+cal')[0]}+cal-{stamp:%Y%m%d-%H%M%S}",
+            "calibration": cal,
+            "refinements": [
+                *base.refinements,
+                Refinement(
+                    what="calibration",
+                    created=stamp.isoformat(timespec="seconds"),
+                    command=command,
+                    base_id=base.id,
+                    sources=sources,
+                    note=note,
+                ),
+            ],
+        }
+    )
+    return profile, fit
