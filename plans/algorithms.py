@@ -43,6 +43,9 @@ def _m(name: str, role: Role, kind: Kind, inputs: str, outputs: str = "") -> MFC
     )
 
 
+DATASET_KEYS = ("prompts", "pairs", "candidates")
+"""Data keys no call produces: an iteration's rows of the dataset."""
+
 _ROLLOUT = "seq logprobs ref_logprobs rewards"
 
 # Order inside each list is the canonical order: ties in the global call order break by it.

@@ -7,6 +7,7 @@ import pytest
 
 from planner.graph import build_graph, global_order, graph_to_dict
 from plans import ALGORITHM_MFCS, mfcs
+from plans.algorithms import DATASET_KEYS
 
 PPO_DATA = {
     ("actor_gen", "ref_inf"): ["seq"],
@@ -63,7 +64,7 @@ def test_every_algorithm_is_a_dag_with_producers(algorithm):
     produced = {k for m in mfcs(algorithm) for k in m.outputs}
     for m in mfcs(algorithm):
         for key in m.inputs:
-            assert key in produced or key in ("prompts", "pairs"), (algorithm, m.name, key)
+            assert key in produced or key in DATASET_KEYS, (algorithm, m.name, key)
     order = global_order(g)
     assert order == global_order(build_graph(algorithm, 3))  # deterministic
     pos = {n: i for i, n in enumerate(order)}
