@@ -4,6 +4,15 @@ send/recv over group sizes (powers of two up to the world) and message sizes.
 Groups are the first n ranks, so a group spans nodes exactly when n exceeds the ranks per node
 (LOCAL_WORLD_SIZE); send/recv pairs rank 0 with rank 1 (intra) and with the first rank of the
 next node (inter). Every rank runs the same sequence of calls; rank 0 records the medians.
+
+On CPU (gloo) the group collectives are timed *in context*, as tensor-parallel layers issue
+them: every rank computes for about CONTEXT_S (a matmul burst), then calls the collective, many
+times back to back; the collective's time is that loop's time minus the bursts' alone. On a
+machine with as many workers as cores, gloo's helper threads then have to wait for a core held
+by a computing worker, which costs milliseconds per call; a collective timed right after a
+barrier, with every core idle, misses that (0.2-0.4 ms against 1.7-3.8 ms measured inside
+rlhf-run's tensor-parallel generation on the 2-core development machine). GPUs (NCCL) keep the
+barrier-then-time method.
 """
 
 from __future__ import annotations
@@ -18,6 +27,26 @@ from estimator.profile import CollectiveTiming
 
 SIZES = {True: [2**12, 2**16, 2**20, 2**23], False: [2**k for k in range(12, 27, 2)]}
 REPS = {True: 5, False: 10}
+CONTEXT_S = 0.002  # compute between two in-context collectives (a TP decode step's scale)
+ROUNDS = 3  # in-context timing: median of this many loops
+
+
+def _burst(seconds: float):
+    """A callable computing for about `seconds` on one thread (matmuls, calibrated here)."""
+    import torch
+
+    a, b = torch.randn(128, 512), torch.randn(512, 512)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        a @ b
+    one = max((time.perf_counter() - t0) / 20, 1e-6)
+    n = max(1, round(seconds / one))
+
+    def run() -> None:
+        for _ in range(n):
+            a @ b
+
+    return run
 
 
 def time_collectives(
@@ -56,9 +85,27 @@ def time_collectives(
         progress.add_task("collectives", total=len(sizes) + 1) if progress and rank == 0 else None
     )
 
+    burst = _burst(CONTEXT_S) if dev_type == "cpu" else None
+
     def timed(fn, group) -> float:
         fn()
         sync()
+        if burst is not None:
+            loops = []
+            for _ in range(ROUNDS):
+                dist.barrier(group=group)
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    burst()
+                    fn()
+                both = time.perf_counter() - t0
+                dist.barrier(group=group)
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    burst()
+                alone = time.perf_counter() - t0
+                loops.append(max(both - alone, 1e-7 * reps) / reps)
+            return statistics.median(loops)
         times = []
         for _ in range(reps):
             dist.barrier(group=group)

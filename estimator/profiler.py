@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 
-from estimator.collective_bench import time_collectives
+from estimator.collective_bench import CONTEXT_S, time_collectives
 from estimator.profile import (
     CollectiveTiming,
     OpTiming,
@@ -396,7 +396,14 @@ def run_collectives_into(
                     base_id=base.id,
                     note=f"{len(colls)} collective timings over group sizes "
                     f"{', '.join(map(str, sizes))} ({'gloo' if dev_type == 'cpu' else 'nccl'}, "
-                    f"torch {torch.__version__}); compute timings of {base.id} kept",
+                    f"torch {torch.__version__}"
+                    + (
+                        f"; group collectives timed in context, each after a "
+                        f"{CONTEXT_S * 1e3:g} ms compute burst"
+                        if dev_type == "cpu"
+                        else ""
+                    )
+                    + f"); compute timings of {base.id} kept",
                 ),
             ],
         }
