@@ -89,7 +89,11 @@ CASES = {
     "grpo": ("grpo-tiny", {"group_size": 2, "mini_batches": 2}),
     "remax": ("remax-tiny", {}),
     "dpo": ("dpo-tiny", {}),
-    "adpo-listwise": ("adpo-tiny", {"group_size": 3, "adpo": {"mode": "listwise"}}),
+    "ipo": ("dpo-tiny", {"dpo": {"loss": "ipo", "beta": 0.5}}),
+    "adpo-listwise": (
+        "adpo-tiny",
+        {"group_size": 3, "adpo": {"mode": "listwise", "anchor": "ref"}},
+    ),
     "adpo-pairwise": (
         "adpo-tiny",
         {"adpo": {"mode": "pairwise", "label": 0.8, "anchor": "policy"}},
