@@ -101,7 +101,7 @@ CASES = {
     "rm-trees": ("rm-tiny", {}),
     "ppo-macro": (
         "ppo-tiny",
-        {"mini_batches": 2, "ppo": {"kl_coef": 0.01, "macro": {"termination": "fixed", "n": 3}}},
+        {"mini_batches": 1, "ppo": {"kl_coef": 0.01, "macro": {"termination": "fixed", "n": 3}}},
     ),
 }
 
