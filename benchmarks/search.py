@@ -7,6 +7,11 @@
 Clusters are nodes of 8 H100 with the analytic H100 profile (labeled as such); experiments are
 PPO with 512 prompts of 256 tokens and 256 generated tokens, 4 PPO mini-batches, the reference
 sized like the actor and the reward model like the critic (as in the ReaLHF paper's settings).
+
+The last columns are a lower bound on any plan's iteration time (planner.bounds: the calls'
+fastest candidates layer by layer, each layer at least its calls' device-seconds spread over
+the whole cluster; valid because iterations do not overlap) and the speedup over the best
+baseline that bound leaves room for.
 """
 
 from __future__ import annotations
@@ -15,6 +20,10 @@ import argparse
 import math
 import time
 
+from estimator.cost import CostModel
+from planner.bounds import lower_bounds
+from planner.candidates import candidates
+from planner.context import SearchContext
 from planner.search import search
 from plans import ClusterSpec, ExperimentSpec, PlanError, experiment_from_dict
 
@@ -49,6 +58,12 @@ def fmt(x: float) -> str:
     return "n/a" if not math.isfinite(x) else f"{x:.2f}"
 
 
+def bound(exp: ExperimentSpec, cluster: ClusterSpec) -> float:
+    """planner.bounds' lower bound on the iteration time of any plan (iterations separated)."""
+    ctx = SearchContext(exp, cluster, CostModel(cluster, exp))
+    return lower_bounds(exp, cluster.world_size, candidates(ctx)).barrier_s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 and 4 nodes only")
@@ -62,9 +77,10 @@ def main() -> None:
     args = ap.parse_args()
     nodes_list = args.nodes or ([1, 4] if args.quick else [1, 2, 4, 8, 16])
     print(
-        "| actor / critic | nodes | search s | searched s/it | symmetric | separated | megatron | speedup vs best baseline |"
+        "| actor / critic | nodes | search s | searched s/it | symmetric | separated | megatron "
+        "| speedup vs best baseline | lower bound s/it | best baseline / bound |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     speedups = []
     for actor, critic in [p for p in PAIRS if not args.actors or p[0] in args.actors]:
         exp = experiment(actor, critic)
@@ -75,7 +91,7 @@ def main() -> None:
                 out = search(exp, cluster, seed=0, steps=args.steps, time_limit=args.time_limit)
             except PlanError as e:
                 print(
-                    f"| {actor} / {critic} | {nodes} | {time.monotonic() - t:.1f} | does not fit ({e.reason[:40]}) | | | | |"
+                    f"| {actor} / {critic} | {nodes} | {time.monotonic() - t:.1f} | does not fit ({e.reason[:40]}) | | | | | | |"
                 )
                 continue
             b = out.baselines
@@ -83,10 +99,13 @@ def main() -> None:
             sp = best / out.cost if math.isfinite(best) else math.inf
             speedups.append(sp)
             flag = " (time limit)" if out.timed_out else ""
+            lb = bound(exp, cluster)
+            room = f"{best / lb:.2f}x" if math.isfinite(best) else ""
             print(
                 f"| {actor} / {critic} | {nodes} | {out.search_time_s:.1f}{flag} | {out.cost:.2f} | "
                 f"{fmt(b['symmetric'])} | {fmt(b['separated'])} | {fmt(b['megatron'])} | "
-                f"{'only feasible plan' if not math.isfinite(sp) else f'{sp:.2f}x'} |",
+                f"{'only feasible plan' if not math.isfinite(sp) else f'{sp:.2f}x'} | "
+                f"{lb:.2f} | {room} |",
                 flush=True,
             )
             if args.longer and nodes == max(nodes_list):
@@ -100,7 +119,7 @@ def main() -> None:
                 gain = (out.cost - long.cost) / out.cost
                 print(
                     f"|   {args.longer}x longer | {nodes} | {long.search_time_s:.1f} | {long.cost:.2f} | | | | "
-                    f"improves {100 * gain:.2f}% |",
+                    f"improves {100 * gain:.2f}% | | |",
                     flush=True,
                 )
     finite = [s for s in speedups if math.isfinite(s)]

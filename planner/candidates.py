@@ -49,11 +49,12 @@ def meshes(cluster: ClusterSpec) -> list[DeviceMesh]:
 
 
 def _micro_batch_choices(mfc: MFC, pp: int, dp: int, per_step: int) -> list[int]:
-    """Powers of two from 1 (or pp, so a pipeline can fill) up to what the batch allows."""
+    """Powers of two from 1 (or pp, so a pipeline can fill) up to what the batch allows (one
+    sequence per micro-batch: a deep pipeline's bubble keeps shrinking until there)."""
     limit = per_step // dp
     m = 1
     out = []
-    while m <= limit and m <= 64:
+    while m <= limit:
         if m >= pp or m == limit:
             out.append(m)
         m *= 2

@@ -12,12 +12,15 @@ from dataclasses import dataclass
 from estimator.cost import CostModel
 from estimator.profile import Profile
 from planner import baselines
+from planner.bounds import prune_slow
 from planner.candidates import Scored, candidates
 from planner.context import SearchContext
 from planner.mcmc import ChainResult, Space, State, polish, run_chain
+from planner.seeds import greedy
 from plans import Allocation, ClusterSpec, ExperimentSpec, PlanError
 
 EXHAUSTIVE_LIMIT = 2_000_000
+Start = State | list[State] | None  # where a chain's first annealing rounds begin
 Progress = Callable[[float, float], None]  # (fraction done, best seconds so far)
 
 
@@ -66,7 +69,7 @@ def _run_chains(
     seeds: list[int],
     steps: int,
     deadline: float,
-    starts: list[State | None],
+    starts: list[Start],
     progress: Progress | None,
 ) -> list[ChainResult]:
     if len(seeds) == 1 or mp.get_start_method(allow_none=True) not in (None, "fork"):
@@ -124,7 +127,7 @@ def optimize(
     seeds: list[int],
     steps: int,
     deadline: float,
-    starts: list[State | None] | None = None,
+    starts: list[Start] | None = None,
     progress: Progress | None = None,
 ) -> tuple[ChainResult, bool]:
     """Chains (one per seed, in parallel processes), then coordinate descent from the best
@@ -179,9 +182,21 @@ def search(
         return SearchOutcome(method, cost, allocs, base_costs, time.monotonic() - t0)
     cands = candidates(ctx)
     best_name = min(found, key=lambda n: found[n][0])
-    for _, allocs in found.values():
+    # Starting plans: the greedy layered plan and the baselines, fastest first.
+    seed_plans = [greedy(ctx, found[best_name][1])] + [a for _, a in found.values()]
+    seed_plans = sorted((a for a in seed_plans if a is not None), key=ctx.plan_cost)
+    # A candidate slower than the best starting plan's whole iteration (alone, or together with
+    # the fastest candidates of the rest of a cycle it lies on) cannot be part of a better plan.
+    limit = ctx.plan_cost(seed_plans[0]) if seed_plans else math.inf
+    if math.isfinite(limit):
+        cands = prune_slow(exp, cands, limit * (1 + 1e-9))
+    for allocs in seed_plans:
         _ensure(cands, ctx, allocs)
-    space = Space(cands, [[m.name for m in exp.mfcs() if m.role == r] for r in exp.roles])
+    space = Space(
+        cands,
+        [[m.name for m in exp.mfcs() if m.role == r] for r in exp.roles],
+        cluster.gpus_per_node,
+    )
     if method == "exhaustive":
         cost, state = exhaustive(space, ctx)
         if state is None:
@@ -191,9 +206,10 @@ def search(
         )
     if method != "mcmc":
         raise PlanError(f"unknown method {method!r}", field="method")
-    # Chain 0 starts from the best baseline; the others from random states.
-    start0 = _state_of(space, found[best_name][1]) if found[best_name][1] else None
-    starts = [start0] + [None] * (chains - 1)
+    # The chains' first rounds start from the starting plans, dealt out in turn; their other
+    # rounds from random states.
+    seeded = list(dict.fromkeys(s for a in seed_plans if (s := _state_of(space, a)) is not None))
+    starts = [seeded[c::chains] or None for c in range(chains)]
     seeds = [seed * 1000 + i for i in range(chains)]
     deadline = t0 + time_limit
     best, timed_out = optimize(space, ctx, seeds, steps, deadline, starts, progress)

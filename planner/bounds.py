@@ -1,0 +1,147 @@
+"""Lower bounds on the iteration time any plan can reach, from the calls' candidates alone.
+
+Each call has a fastest candidate (`t_min`, on any mesh) and a cheapest one in device-seconds
+(`area`: time x mesh size). Reallocations, data moves and memory shared with other models only
+add to a plan, so three bounds hold for every plan the search could return:
+
+- *area*: all calls' device-seconds spread perfectly over the cluster, sum(area) / devices;
+- *cycle*: a trained role's calls of one iteration, from its first call to its train call, form
+  a chain (data edges), and its next first call waits for that train call (version edge): the
+  longest such chain of `t_min` bounds the steady-state iteration even when iterations overlap;
+- *layers*: when iterations do not overlap (rlhf-run gathers every iteration's metrics from all
+  workers, and the simulator replays that barrier), an iteration is a makespan. Group the calls
+  into consecutive layers such that every call of a layer depends on every call of the layer
+  before; then no two layers overlap, and each takes at least max(its longest `t_min`, its
+  area / devices). Calls that depend on, or feed, every other call (PPO's generation) form a
+  layer of their own and so count at their full `t_min`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.candidates import Scored
+from plans import ExperimentSpec
+from plans.dataflow import unrolled
+
+
+@dataclass(frozen=True)
+class Bounds:
+    area_s: float
+    cycle_s: float
+    layers_s: float
+    layers: tuple[tuple[str, ...], ...]
+
+    @property
+    def overlapping_s(self) -> float:
+        """Valid whether or not iterations overlap."""
+        return max(self.area_s, self.cycle_s)
+
+    @property
+    def barrier_s(self) -> float:
+        """Valid when an iteration ends before the next begins."""
+        return max(self.overlapping_s, self.layers_s)
+
+
+def _ancestors(exp: ExperimentSpec) -> dict[str, set[str]]:
+    """Same-iteration ancestors (through data edges) of every call."""
+    nodes = unrolled(exp.algorithm, 1)
+    anc: dict[str, set[str]] = {}
+    for n in nodes:  # the global order is topological
+        mine: set[str] = set()
+        for p, _ in n.data_deps:
+            producer = nodes[p].mfc.name
+            mine |= {producer} | anc[producer]
+        anc[n.mfc.name] = mine
+    return anc
+
+
+def dependency_layers(exp: ExperimentSpec) -> list[list[str]]:
+    """Calls grouped by longest-path depth, adjacent groups merged until every call of a
+    group depends on every call of the group before it."""
+    anc = _ancestors(exp)
+    names = [m.name for m in exp.mfcs()]
+    depth: dict[str, int] = {}
+    for n in names:  # canonical order is topological
+        depth[n] = max((depth[a] + 1 for a in anc[n]), default=0)
+    layers = [[n for n in names if depth[n] == d] for d in range(max(depth.values()) + 1)]
+    merged = [layers[0]]
+    for layer in layers[1:]:
+        if all(set(merged[-1]) <= anc[n] for n in layer):
+            merged.append(layer)
+        else:
+            merged[-1] = merged[-1] + layer
+    return merged
+
+
+def _chains(exp: ExperimentSpec, t: dict[str, float]) -> dict[str, dict[str, float]]:
+    """call -> start call -> seconds of the longest chain of data edges from start to call
+    (both included), each call counted at `t`."""
+    anc = _ancestors(exp)
+    chain: dict[str, dict[str, float]] = {}
+    for m in exp.mfcs():  # canonical order is topological
+        n = m.name
+        chain[n] = {n: t[n]}
+        for a in anc[n]:
+            for s, ts in chain[a].items():
+                chain[n][s] = max(chain[n].get(s, 0.0), ts + t[n])
+    return chain
+
+
+def _cycles(exp: ExperimentSpec) -> list[tuple[str, str]]:
+    """(first call, train call) of every trained role: the two ends of a chain that the
+    version edge closes into a cycle."""
+    anc = _ancestors(exp)
+    mfcs = exp.mfcs()
+    out = []
+    for role in sorted({m.role for m in mfcs if m.kind == "train"}):
+        mine = {m.name for m in mfcs if m.role == role}
+        firsts = [m.name for m in mfcs if m.name in mine and not (anc[m.name] & mine)]
+        trains = [m.name for m in mfcs if m.role == role and m.kind == "train"]
+        out += [(f, tr) for f in firsts for tr in trains if f == tr or f in anc[tr]]
+    return out
+
+
+def cycle_time(exp: ExperimentSpec, t: dict[str, float]) -> float:
+    """Seconds per iteration at the least when each call takes `t`: the longest call, or the
+    longest chain a version edge closes into a cycle."""
+    chain = _chains(exp, t)
+    return max([*t.values(), *(chain[tr].get(f, 0.0) for f, tr in _cycles(exp))])
+
+
+def prune_slow(
+    exp: ExperimentSpec, cands: dict[str, list[Scored]], limit: float
+) -> dict[str, list[Scored]]:
+    """Drop candidates that no plan faster than `limit` seconds per iteration can use: a call
+    repeats on its mesh every iteration, so its own time bounds the iteration; a call on a
+    trained role's cycle bounds it together with the fastest candidates of the rest of the
+    longest cycle through it."""
+    t_min = {n: min(c.time_s for c in lst) for n, lst in cands.items()}
+    fwd = _chains(exp, t_min)
+    anc = _ancestors(exp)
+    # Seconds the rest of the longest cycle through each call adds at the least.
+    rest = {n: 0.0 for n in cands}
+    for f, tr in _cycles(exp):
+        for n in cands:
+            if n in (f, tr) or (f in anc[n] and n in anc[tr]):
+                through = fwd[n].get(f, t_min[n]) + fwd[tr].get(n, t_min[n]) - 2 * t_min[n]
+                rest[n] = max(rest[n], through)
+    return {
+        n: [c for c in lst if c.time_s + rest[n] < limit] or lst[:1] for n, lst in cands.items()
+    }
+
+
+def lower_bounds(exp: ExperimentSpec, world: int, cands: dict[str, list[Scored]]) -> Bounds:
+    t_min = {n: min(c.time_s for c in lst) for n, lst in cands.items()}
+    area = {n: min(c.time_s * c.alloc.mesh.size for c in lst) for n, lst in cands.items()}
+    cycle = cycle_time(exp, t_min)
+    layers = dependency_layers(exp)
+    layered = sum(
+        max(max(t_min[n] for n in layer), sum(area[n] for n in layer) / world) for layer in layers
+    )
+    return Bounds(
+        area_s=sum(area.values()) / world,
+        cycle_s=cycle,
+        layers_s=layered,
+        layers=tuple(tuple(layer) for layer in layers),
+    )
