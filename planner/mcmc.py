@@ -55,8 +55,12 @@ class Space:
         cands: dict[str, list[Scored]],
         groups: list[list[str]] | None = None,
         gpus_per_node: int | None = None,
+        after: dict[str, list[str]] | None = None,
     ):
         self.names = list(cands)
+        # Calls each call waits for within an iteration (data edges), for `lower`. The names
+        # must then be in a topological order (the algorithm's canonical order is).
+        self.preds = [[self.names.index(p) for p in (after or {}).get(n, [])] for n in self.names]
         # Calls that share a model: moving them together keeps them co-located, which a
         # one-call move can only reach through a costly reallocating middle state.
         self.groups = [[self.names.index(n) for n in g] for g in (groups or []) if len(g) > 1]
@@ -91,6 +95,17 @@ class Space:
         for lo, hi in sorted(self.mesh_at):
             self.his_from.setdefault(lo, []).append(hi)
         self._neighbors: dict[DeviceMesh, list[DeviceMesh]] = {}
+
+    def lower(self, state: State) -> float:
+        """Iteration seconds at the least: the longest chain of calls (each at its stand-alone
+        time) through the data edges, as long as iterations do not overlap (the simulator
+        replays rlhf-run's per-iteration barrier); without edges, the longest call."""
+        longest = [0.0] * len(state)
+        for k, i in enumerate(state):
+            longest[k] = self.cands[k][i].time_s + max(
+                (longest[p] for p in self.preds[k]), default=0.0
+            )
+        return max(longest)
 
     def allocations(self, state: State) -> dict[str, Allocation]:
         return {
@@ -263,13 +278,16 @@ def run_chain(
                     report(done, best_cost)
             temp = t_start * (t_end / t_start) ** (step / per_round)
             nxt = space.propose(cur, rng)
+            # Metropolis: accept a worse state with probability exp(-delta / (T * cost)), i.e.
+            # when its cost is below `threshold`. Drawing the chance first lets a state whose
+            # lower bound already reaches the threshold be rejected without simulating it.
+            threshold = cur_cost * (1.0 - temp * math.log(max(rng.random(), 1e-300)))
+            if nxt not in memo and space.lower(nxt) >= threshold:
+                continue
             c = cost(nxt)
             if not math.isfinite(c):
                 continue
-            if c <= cur_cost or (
-                math.isfinite(cur_cost)
-                and rng.random() < math.exp(-(c - cur_cost) / (temp * cur_cost))
-            ):
+            if c <= cur_cost or c < threshold:
                 cur, cur_cost = nxt, c
                 if c < best_cost or (c == best_cost and nxt < best):
                     best, best_cost = nxt, c
@@ -310,7 +328,9 @@ def polish(
                 if out_of_time():
                     return best, state, True
                 trial = state[:k] + (i,) + state[k + 1 :]
-                if i != state[k] and (c := cost(trial)) < best:
+                if i == state[k] or space.lower(trial) >= best:
+                    continue
+                if (c := cost(trial)) < best:
                     best, state, improved = c, trial, True
         for k in range(n):
             for j in range(k + 1, n):
@@ -325,7 +345,7 @@ def polish(
                     for x, mesh in ((k, mk), (j, mj)):
                         for i in space.by_mesh[x][mesh]:
                             other = trial[:x] + (i,) + trial[x + 1 :]
-                            if (c_other := cost(other)) < c:
+                            if space.lower(other) < c and (c_other := cost(other)) < c:
                                 c, trial = c_other, other
                     if c < best:
                         best, state, improved = c, trial, True

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from estimator.cost import CostModel
 from estimator.profile import Profile
 from planner import baselines
-from planner.bounds import prune_slow
+from planner.bounds import predecessors, prune_slow
 from planner.candidates import Scored, candidates
 from planner.context import SearchContext
 from planner.mcmc import ChainResult, Space, State, polish, run_chain
@@ -196,6 +196,7 @@ def search(
         cands,
         [[m.name for m in exp.mfcs() if m.role == r] for r in exp.roles],
         cluster.gpus_per_node,
+        predecessors(exp),
     )
     if method == "exhaustive":
         cost, state = exhaustive(space, ctx)

@@ -9,6 +9,7 @@ import pytest
 
 from estimator.cost import CostModel
 from planner import baselines
+from planner.bounds import predecessors
 from planner.candidates import candidates, meshes
 from planner.context import SearchContext
 from planner.mcmc import Space, span
@@ -92,3 +93,17 @@ def test_layer_options_whole_or_disjoint(ppo7b):
     for o in options[1:]:
         a, b = o["actor_train"], o["critic_train"]
         assert not a.overlaps(b, 8) and a.size + b.size == 32
+
+
+def test_lower_bound_of_a_state_never_exceeds_its_cost(ppo7b):
+    exp, ctx, _ = ppo7b
+    space = Space(candidates(ctx), None, 8, predecessors(exp))
+    rng = random.Random(2)
+    state, checked = space.random_state(rng), 0
+    for _ in range(400):
+        state = space.propose(state, rng)
+        cost = ctx.plan_cost(space.allocations(state))
+        if math.isfinite(cost):
+            checked += 1
+            assert space.lower(state) <= cost
+    assert checked > 50
