@@ -14,7 +14,9 @@ and set against two baselines measured in the same run, with the same processes:
 Efficiency = raw time / reallocation time (the target is >= 70%). Throughput counts the
 bytes that cross a link (local copies excluded), summed over pairs. "plan/link" is the time
 the plan's busiest receiver would take at the measured link bandwidth (bytes from
-plans.transfer, as a cost model would price it), next to the measured time.
+plans.transfer, as a cost model would price it), next to the measured time. "estimate" is
+what the estimator (estimator.transfer.realloc_transfer, the search's price of the move) says
+for a 1-node cluster of `world` CPU devices with the shipped CPU profile.
 
     .venv/bin/python benchmarks/realloc.py [--ranks 2 4] [--reps 3] [--model small]
 """
@@ -39,6 +41,21 @@ from executor.realloc import reallocate  # noqa: E402
 from plans.allocation import Allocation, DeviceMesh, ParallelStrategy  # noqa: E402
 from plans.model import preset  # noqa: E402
 from plans.transfer import plan_params  # noqa: E402
+
+PROFILE = Path(__file__).resolve().parents[1] / "estimator/profiles/cpu-epyc-2core-1thread.json"
+
+
+def estimate(model: str, world: int, src: Allocation, dst: Allocation) -> float:
+    """The cost model's price of the move: its busiest receiver's time."""
+    from estimator.cost import CostModel
+    from estimator.profile import load_profile
+    from estimator.transfer import realloc_transfer
+    from plans import ClusterSpec, load_experiment
+
+    cluster = ClusterSpec(nodes=1, gpus_per_node=world, device="cpu")
+    cm = CostModel(cluster, load_experiment("ppo-tiny"), load_profile(PROFILE))
+    return realloc_transfer(preset(model), DTYPE.itemsize, src, dst, world, cm.lookup).time_s
+
 
 DTYPE = torch.float32
 LINK_BYTES = 128 * 2**20
@@ -187,15 +204,17 @@ def main() -> None:
         print(f"\n{world} ranks (link: 1 pair, {LINK_BYTES >> 20} MiB, plain send/recv)")
         print(
             f"  {'layout change':32} {'MiB':>5} {'link':>8} {'realloc':>14} {'raw, warm':>14} "
-            f"{'raw, fresh':>14} {'vs warm':>7} {'vs fresh':>8} {'vs link':>7} {'plan/link':>9}"
+            f"{'raw, fresh':>14} {'vs warm':>7} {'vs fresh':>8} {'vs link':>7} {'plan/link':>9} "
+            f"{'estimate':>8}"
         )
-        for label, moved, link, warm, fresh, t, busiest in rows:
+        ests = [estimate(args.model, world, a, b) for _, a, b in changes(world)]
+        for (label, moved, link, warm, fresh, t, busiest), est in zip(rows, ests, strict=True):
             cells = [f"{x:5.3f}s {moved / x / 1e9:4.2f}GB/s" for x in (t, warm, fresh)]
             print(
                 f"  {label:32} {moved / 2**20:5.0f} {link / 1e9:4.2f}GB/s "
                 + " ".join(f"{c:>14}" for c in cells)
                 + f" {warm / t:7.0%} {fresh / t:8.0%} {moved / t / link:7.0%}"
-                + f" {busiest / link:8.3f}s"
+                + f" {busiest / link:8.3f}s {est:7.3f}s"
             )
 
 
