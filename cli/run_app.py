@@ -72,9 +72,10 @@ def run(
     estimate_plan(p)  # a plan that does not fit in memory stops here, naming the call
     # A bad dataset line is reported before any worker starts: the program reads its data.
     from executor.runtime.algorithms import program_for
-    from executor.tokenizer import ByteTokenizer
+    from executor.tokenizer import tokenizer_for
 
-    program_for(p.experiment, ByteTokenizer(), str(data) if data else None).dataset(0)
+    tok = tokenizer_for([p.experiment.model(r) for r in p.experiment.roles])
+    program_for(p.experiment, tok, str(data) if data else None).dataset(0)
     if out_dir is None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out_dir = Path("runs") / f"{plan.stem}-{stamp}"

@@ -60,6 +60,31 @@ class HFTokenizer:
         return self.tok.decode(ids, skip_special_tokens=True)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def tokenizer_for(specs) -> Tokenizer:
+    """The run's tokenizer: the HF tokenizer saved in the first model folder that has one (all
+    roles must share a vocabulary), else the built-in byte tokenizer. Its ids must fit every
+    model's vocabulary."""
+    from plans import PlanError
+
+    tok: Tokenizer = ByteTokenizer()
+    for spec in specs:
+        folder = Path(spec.checkpoint) if spec.checkpoint else None
+        if folder is not None and any((folder / f).exists() for f in TOKENIZER_FILES):
+            tok = HFTokenizer(folder)
+            break
+    for spec in specs:
+        if tok.vocab_size > spec.vocab_size:
+            raise PlanError(
+                f"the tokenizer has {tok.vocab_size} ids but the {spec.name} model's vocabulary "
+                f"has {spec.vocab_size}",
+                field="roles",
+            )
+    return tok
+
+
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Ragged id lists -> (input_ids [B, L], attention_mask [B, L]) padded on the left, the
     layout generation expects (every prompt ends at the same column)."""

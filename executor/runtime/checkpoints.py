@@ -33,6 +33,21 @@ def _dir(out_dir: Path, done: int) -> Path:
     return out_dir / "checkpoints" / f"iter-{done:06d}"
 
 
+def save_hf(rm, folder: Path, tokenizer) -> None:
+    """A role's model as a Hugging Face folder, with the run's tokenizer when it is an HF one
+    (so the folder works on its own, e.g. as another experiment's reward model)."""
+    written = save_checkpoint(
+        rm.model,
+        rm.home_ctx,
+        folder,
+        tokenizer.pad_token_id,
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+    )
+    if written is not None and hasattr(tokenizer, "tok"):
+        tokenizer.tok.save_pretrained(str(written))
+
+
 def save(out_dir: Path, done: int, rank: int, plan: Plan, roles, opts, tokenizer) -> None:
     """Collective over the world."""
     final = _dir(out_dir, done)
@@ -51,15 +66,7 @@ def save(out_dir: Path, done: int, rank: int, plan: Plan, roles, opts, tokenizer
     torch.save(state, part)
     os.replace(part, tmp / f"rank{rank:05d}.pt")
     for role in opts:  # trained models as HF folders too, for use outside rlhf-run
-        rm = roles[role]
-        save_checkpoint(
-            rm.model,
-            rm.home_ctx,
-            tmp / "hf" / role,
-            tokenizer.pad_token_id,
-            tokenizer.bos_token_id,
-            tokenizer.eos_token_id,
-        )
+        save_hf(roles[role], tmp / "hf" / role, tokenizer)
     dist.barrier()
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)

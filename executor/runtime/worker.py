@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from executor.checkpoint import save_checkpoint
 from executor.data import reward_function
 from executor.runtime import checkpoints
 from executor.runtime.algorithms import program_for
@@ -26,7 +25,7 @@ from executor.runtime.launch import WorkerEnv
 from executor.runtime.program import CallEnv
 from executor.runtime.roles import build_contexts, build_roles, layout_key
 from executor.runtime.store import DataStore
-from executor.tokenizer import ByteTokenizer
+from executor.tokenizer import tokenizer_for
 from executor.train import OptimConfig, make_optimizer
 from plans import Plan, PlanError, load_plan
 from plans.dataflow import unrolled
@@ -66,7 +65,7 @@ def run(env: WorkerEnv, task: RunTask) -> None:
                 rm.home_ctx,
                 zero1=rm.home.strategy.zero1,
             )
-    tok = ByteTokenizer()
+    tok = tokenizer_for([exp.model(r) for r in exp.roles])
     program = program_for(exp, tok, task.data)
     store = DataStore(gpn, program.schema())
     rule = reward_function(exp.reward_function) if exp.reward_function else None
@@ -156,14 +155,7 @@ def run(env: WorkerEnv, task: RunTask) -> None:
     if task.save_final:
         for role in opts:
             rm = roles[role]
-            save_checkpoint(
-                rm.model,
-                rm.home_ctx,
-                out_dir / "final" / role,
-                tok.pad_token_id,
-                tok.bos_token_id,
-                tok.eos_token_id,
-            )
+            checkpoints.save_hf(rm, out_dir / "final" / role, tok)
 
 
 def _peak_memory_mib(device: torch.device) -> float:

@@ -138,3 +138,37 @@ def test_hf_tokenizer_wrapper_reads_a_local_folder(tmp_path):
     assert tok.encode("hello world") == [1, 3, 4]
     assert tok.decode([1, 3, 4, 2]) == "hello world"
     assert (tok.pad_token_id, tok.eos_token_id, tok.vocab_size) == (0, 2, 6)
+
+
+def _word_tokenizer(folder):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "hello": 3, "world": 4, "[UNK]": 5}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="[UNK]",
+    ).save_pretrained(folder)
+
+
+def test_run_tokenizer_comes_from_a_model_folder_that_has_one(tmp_path):
+    from executor.tokenizer import tokenizer_for
+    from plans import PlanError
+
+    spec = preset("tiny")
+    model = Transformer(spec)
+    random_init_(model, 0)
+    save_checkpoint(model, ParallelContext.single(), tmp_path / "m")
+    with_folder = spec_from_folder(tmp_path / "m")
+    assert isinstance(tokenizer_for([spec, with_folder]), ByteTokenizer)  # no tokenizer files
+    _word_tokenizer(tmp_path / "m")
+    tok = tokenizer_for([spec, spec_from_folder(tmp_path / "m")])
+    assert isinstance(tok, HFTokenizer) and tok.vocab_size == 6
+    small = spec.model_copy(update={"vocab_size": 4, "name": "too-small"})
+    with pytest.raises(PlanError, match="too-small"):
+        tokenizer_for([spec_from_folder(tmp_path / "m"), small])
