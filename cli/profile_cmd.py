@@ -108,6 +108,11 @@ def run_from_run_command(
             f"{f.error_after:.1%}",
         )
     out.print(table)
+    out.print(
+        f"communication scale {profile.calibration.comm_scale:.3f}; fitted: "
+        f"{', '.join(profile.calibration.fitted) or 'nothing'}",
+        highlight=False,
+    )
     for line in fit.notes:
         out.print(f"note: {line}", highlight=False)
     out.print(f"wrote {path} (id {profile.id})", highlight=False)

@@ -1,21 +1,25 @@
 """Refine a profile from rlhf-run measurements, and the accuracy figures that judge it.
 
-`calibrate(base, runs)` fits, per call kind (generate, inference, train), two numbers relating
-what rlhf-run measured (`compute_s` of each call in metrics.jsonl, median over iterations) to
-what the cost model with `base` predicts for the same call under the same allocation:
+`calibrate(base, runs)` relates what rlhf-run measured (`compute_s` of each call in
+metrics.jsonl, median over the iterations kept) to what the cost model with `base` predicts for
+the same call under the same allocation:
 
-    measured = scale x compute + comm + overhead_s x passes
+    measured = scale[kind] x compute + comm_scale x comm + overhead[kind] x passes
 
-`compute` is the part of the prediction that comes from op timings (compute, prefill,
-pipeline bubble, optimizer), `comm` the part from collective timings (left as it is), and
-`passes` the call's micro-batch passes (generate: decoded token rounds). `scale` absorbs what
-the single-op timings miss systematically (two busy workers sharing caches and memory
-bandwidth, the wall clock instead of a quiet CPU clock); `overhead_s` absorbs fixed Python work
-per pass (loss bookkeeping, micro-batch slicing, sampling bookkeeping). The fit minimises the
-squared *relative* error over the kind's calls with scale > 0 and overhead >= 0. When the calls
-cannot tell the two apart (all of them with the same passes per compute second, e.g. one run
-of one plan) only `scale` is fitted; a kind with no measured call is left out (unchanged).
-A rule reward's call gives the seconds per scored sequence instead.
+`compute` is the part of the prediction that comes from op timings (compute, prefill, pipeline
+bubble, optimizer), `comm` the part from collective timings (tp, pp, dp), `passes` the call's
+micro-batch passes (generate: decoded tokens), and `kind` is generate, inference or train.
+`scale` absorbs what single-op timings miss systematically (two busy workers sharing caches and
+memory bandwidth, the wall clock instead of a quiet CPU clock), `comm_scale` what the collective
+timings miss inside real calls, `overhead` fixed Python work per pass.
+
+The fit minimises the squared *relative* error over all measured calls. It always fits the
+per-kind scales; the communication scale and each overhead are added one at a time, and kept
+only when the runs determine them (one run of one plan often cannot tell a scale from an
+overhead, or compute from communication), the value is physical (scales > 0, overheads >= 0)
+and the error drops by at least 10%; otherwise they stay at their defaults (1 and 0) and the
+notes say why. A kind with no measured call keeps the base profile's factors. A rule reward's
+call gives the seconds per scored sequence instead.
 
 The refined profile keeps every timing of `base`, carries the factors in `calibration` and
 records the runs in `refinements`; its id says it was calibrated. Nothing here imports torch.
@@ -29,6 +33,8 @@ import statistics
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+import numpy as np
 
 from estimator.cost import COMPUTE_PARTS, CostModel
 from estimator.profile import Calibration, KindFactors, Profile, Refinement
@@ -191,28 +197,70 @@ def points(base: Profile, runs: list[RunData]) -> list[Point]:
     return out
 
 
+Param = tuple[str, str]  # ("scale" | "overhead", kind) or ("comm", "")
+
+
+def _column(param: Param, p: Point) -> float:
+    what, kind = param
+    if what == "comm":
+        return p.comm
+    if p.kind != kind:
+        return 0.0
+    return p.compute if what == "scale" else float(p.passes)
+
+
+def _solve(pts: list[Point], params: list[Param]) -> tuple[list[float], float] | None:
+    """Least squares of the relative errors over `params` (the others at their defaults:
+    comm 1, overheads 0); None when the points do not determine every parameter."""
+    fixed = [(("comm", ""), 1.0)] if ("comm", "") not in params else []
+    a = np.array([[_column(q, p) / p.measured for q in params] for p in pts])
+    b = np.array([1.0 - sum(v * _column(q, p) for q, v in fixed) / p.measured for p in pts])
+    if not len(pts) or np.linalg.matrix_rank(a, tol=1e-9 * max(np.abs(a).max(), 1e-30)) < len(
+        params
+    ):
+        return None
+    theta, *_ = np.linalg.lstsq(a, b, rcond=None)
+    rss = float(np.sum((a @ theta - b) ** 2))
+    return [float(x) for x in theta], rss
+
+
+def fit_factors(pts: list[Point], min_gain: float = 0.1) -> tuple[dict[Param, float], list[str]]:
+    """Per-kind compute scales, then -- only where the points determine them, the values are
+    physical (scale > 0, overhead >= 0) and the squared relative error drops by at least
+    `min_gain` -- a shared communication scale and per-kind overheads per pass. Returns the
+    fitted values and what was left at its default and why."""
+    pts = [p for p in pts if p.measured > 0 and p.kind in KINDS]
+    kinds = [k for k in KINDS if any(p.kind == k and p.compute > 0 for p in pts)]
+    params: list[Param] = [("scale", k) for k in kinds]
+    notes: list[str] = []
+    best = _solve(pts, params) if params else None
+    if best is None:
+        return {}, ["no call with compute to fit"]
+    for extra in [("comm", "")] + [("overhead", k) for k in kinds]:
+        name = "communication scale" if extra[0] == "comm" else f"{extra[1]} overhead"
+        trial = _solve(pts, [*params, extra])
+        if trial is None:
+            notes.append(f"{name}: not determined by these runs (kept at its default)")
+            continue
+        theta, rss = trial
+        values = dict(zip([*params, extra], theta, strict=True))
+        physical = all(v > 0 if q[0] != "overhead" else v >= 0 for q, v in values.items())
+        if not physical:
+            notes.append(f"{name}: best fit is unphysical ({values[extra]:.3g}); kept at default")
+        elif rss > (1 - min_gain) * best[1]:
+            notes.append(f"{name}: improves the fit by less than {min_gain:.0%}; kept at default")
+        else:
+            params, best = [*params, extra], trial
+    return dict(zip(params, best[0], strict=True)), notes
+
+
 def fit_kind(pts: list[Point]) -> tuple[float, float, bool]:
-    """(scale, overhead_s, both fitted) minimising sum(((s*c + o*n + k - m) / m)^2)."""
-    # Weighted least squares in the unknowns (s, o): rows a_i = (c_i, n_i) / m_i, target
-    # b_i = (m_i - k_i) / m_i.
-    rows = [(p.compute / p.measured, p.passes / p.measured, (p.measured - p.comm) / p.measured)
-            for p in pts if p.measured > 0 and p.compute > 0]  # fmt: skip
-    if not rows:
-        return 1.0, 0.0, False
-    saa = sum(a * a for a, _, _ in rows)
-    scale_only = max(sum(a * b for a, _, b in rows) / saa, 1e-3)
-    snn = sum(n * n for _, n, _ in rows)
-    san = sum(a * n for a, n, _ in rows)
-    det = saa * snn - san * san
-    if len(rows) < 2 or det <= 1e-9 * saa * snn:  # collinear: the data cannot separate them
-        return scale_only, 0.0, False
-    sab = sum(a * b for a, _, b in rows)
-    snb = sum(n * b for _, n, b in rows)
-    s = (sab * snn - san * snb) / det
-    o = (saa * snb - san * sab) / det
-    if o < 0 or s <= 0:  # the constraint binds: the best fit has no fixed overhead
-        return scale_only, 0.0, False
-    return s, o, True
+    """One kind alone, communication unscaled: (scale, overhead_s, overhead fitted)."""
+    values, _ = fit_factors(pts)
+    kind = pts[0].kind if pts else "train"
+    s = values.get(("scale", kind), 1.0)
+    o = values.get(("overhead", kind))
+    return s, o or 0.0, o is not None
 
 
 def _median_abs(errors: list[float]) -> float:
@@ -231,15 +279,21 @@ def calibrate(base: Profile, runs: list[RunData], command: str = "") -> tuple[Pr
                 source=run.source or None,
             )
     fit = Fit(points=points(base, runs))
-    kinds: dict[str, KindFactors] = dict(base.calibration.kinds) if base.calibration else {}
+    old = base.calibration
+    kinds: dict[str, KindFactors] = dict(old.kinds) if old else {}
+    values, fit.notes = fit_factors(fit.points)
+    comm = values.get(("comm", ""), old.comm_scale if old else 1.0)
     for kind in KINDS:
         pts = [p for p in fit.points if p.kind == kind]
         if not pts:
             fit.notes.append(f"no measured {kind} call: its factors are left as they were")
             continue
-        s, o, both = fit_kind(pts)
+        s = values.get(("scale", kind), 1.0)
+        o = values.get(("overhead", kind), 0.0)
         before = [relative_error(p.compute + p.comm, p.measured) for p in pts]
-        after = [relative_error(s * p.compute + p.comm + o * p.passes, p.measured) for p in pts]
+        after = [
+            relative_error(s * p.compute + comm * p.comm + o * p.passes, p.measured) for p in pts
+        ]
         kinds[kind] = KindFactors(
             scale=s,
             overhead_s=o,
@@ -247,16 +301,12 @@ def calibrate(base: Profile, runs: list[RunData], command: str = "") -> tuple[Pr
             error_before=_median_abs(before),
             error_after=_median_abs(after),
         )
-        if not both and len(pts) > 0:
-            fit.notes.append(
-                f"{kind}: scale only ({len(pts)} call(s) with the same passes per compute "
-                "second, or no positive overhead fits better)"
-            )
     rule = [p for p in fit.points if p.kind == "rule"]
     per_seq = base.calibration.rule_reward_s_per_seq if base.calibration else None
     if rule:
         per_seq = statistics.median(p.measured / max(p.sequences, 1) for p in rule)
-    cal = Calibration(kinds=kinds, rule_reward_s_per_seq=per_seq)
+    fitted = [f"{w} {k}".strip() for w, k in values]
+    cal = Calibration(kinds=kinds, comm_scale=comm, fitted=fitted, rule_reward_s_per_seq=per_seq)
     fit.calibration = cal
     stamp = datetime.now(UTC)
     sources = [r.source for r in runs if r.source]
@@ -265,6 +315,7 @@ def calibrate(base: Profile, runs: list[RunData], command: str = "") -> tuple[Pr
         f"call(s), median error {f.error_before:.1%} -> {f.error_after:.1%}"
         for k, f in kinds.items()
     )
+    note += f"; communication scale {comm:.3f}; fitted: {', '.join(fitted) or 'nothing'}"
     if per_seq is not None:
         note += f"; rule reward {per_seq * 1e6:.0f} us/sequence"
     profile = base.model_copy(

@@ -6,13 +6,14 @@ Groups are the first n ranks, so a group spans nodes exactly when n exceeds the 
 next node (inter). Every rank runs the same sequence of calls; rank 0 records the medians.
 
 On CPU (gloo) the group collectives are timed *in context*, as tensor-parallel layers issue
-them: every rank computes for about CONTEXT_S (a matmul burst), then calls the collective, many
-times back to back; the collective's time is that loop's time minus the bursts' alone. On a
-machine with as many workers as cores, gloo's helper threads then have to wait for a core held
-by a computing worker, which costs milliseconds per call; a collective timed right after a
-barrier, with every core idle, misses that (0.2-0.4 ms against 1.7-3.8 ms measured inside
-rlhf-run's tensor-parallel generation on the 2-core development machine). GPUs (NCCL) keep the
-barrier-then-time method.
+them: every rank computes for a while (a matmul burst of each length in CONTEXTS), then calls
+the collective, many times back to back; the collective's time is that loop's time minus the
+bursts' alone, recorded with the burst length (`after_s`). On a machine with as many workers as
+cores, gloo's helper threads wait for a core held by a computing worker, and ranks computing in
+lockstep drift apart, so the first to arrive waits: milliseconds per call, growing with the
+compute in between. A collective timed right after a barrier, with every core idle, misses
+that (0.2-0.4 ms against 1.7-4.4 ms measured inside rlhf-run's tensor-parallel calls on the
+2-core development machine). GPUs (NCCL) keep the barrier-then-time method.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from estimator.profile import CollectiveTiming
 
 SIZES = {True: [2**12, 2**16, 2**20, 2**23], False: [2**k for k in range(12, 27, 2)]}
 REPS = {True: 5, False: 10}
-CONTEXT_S = 0.002  # compute between two in-context collectives (a TP decode step's scale)
+# Compute between two in-context collectives: a decode step's half block (sub-millisecond) to
+# a training micro-batch's half block (tens of milliseconds).
+CONTEXTS = {True: (5e-4, 8e-3), False: (5e-4, 4e-3, 3.2e-2)}
 ROUNDS = 3  # in-context timing: median of this many loops
 
 
@@ -85,11 +88,13 @@ def time_collectives(
         progress.add_task("collectives", total=len(sizes) + 1) if progress and rank == 0 else None
     )
 
-    burst = _burst(CONTEXT_S) if dev_type == "cpu" else None
+    contexts = CONTEXTS[quick] if dev_type == "cpu" else (0.0,)
+    bursts = {c: _burst(c) for c in contexts if c > 0}
 
-    def timed(fn, group) -> float:
+    def timed(fn, group, after: float) -> float:
         fn()
         sync()
+        burst = bursts.get(after)
         if burst is not None:
             loops = []
             for _ in range(ROUNDS):
@@ -115,8 +120,12 @@ def time_collectives(
             times.append(time.perf_counter() - t0)
         return statistics.median(times)
 
-    def rec(op: str, n: int, scope: str, nbytes: int, t: float) -> None:
-        out.append(CollectiveTiming(op=op, group_size=n, scope=scope, bytes=nbytes, time_s=t))
+    def rec(op: str, n: int, scope: str, nbytes: int, t: float, after: float = 0.0) -> None:
+        out.append(
+            CollectiveTiming(
+                op=op, group_size=n, scope=scope, bytes=nbytes, time_s=t, after_s=after
+            )
+        )
 
     for n in sizes:
         g, scope = groups[n], ("inter" if n > local else "intra")
@@ -131,10 +140,11 @@ def time_collectives(
                     "reduce_scatter": partial(dist.reduce_scatter, parts[0], parts, group=g),
                 }
                 for op, fn in calls.items():
-                    try:
-                        rec(op, n, scope, nbytes, timed(fn, g))
-                    except (RuntimeError, NotImplementedError):
-                        pass  # e.g. gloo has no reduce-scatter: the ring model stands in
+                    for after in contexts:
+                        try:
+                            rec(op, n, scope, nbytes, timed(fn, g, after), after)
+                        except (RuntimeError, NotImplementedError):
+                            break  # e.g. gloo has no reduce-scatter: the ring model stands in
         dist.barrier()
         if task is not None:
             progress.advance(task)

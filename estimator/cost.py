@@ -8,9 +8,14 @@
 Time of a call (see DESIGN.md "Estimator"): pipeline of m micro-batches over pp stages takes
 (m + pp - 1) stage-times, so the bubble is (pp-1)/(m+pp-1); a stage-time is its layers' compute
 from the profile plus 2 TP all-reduces per layer forward (2 more backward) plus the activation
-send to the next stage. Train calls add, per optimizer step, the DP gradient all-reduce (reduce-
-scatter + all-gather of weights with ZeRO-1) and the AdamW update. Generation is a prefill
-followed by one decode step per new token, each reading the weights and the KV cache.
+send to the next stage. Train calls add, per optimizer step, the DP gradient all-reduce through
+a flat buffer (plus one all-gather per parameter with ZeRO-1) and the AdamW update. Generation, as
+executor.generate runs it, is a prefill followed by one decode step per new token, each reading
+the weights and the KV cache, the rank's whole batch at once through the stages in turn.
+A collective is priced with the compute its ranks did since the previous one (profiles timed
+in context record how much waiting that adds). A calibrated profile (`--from-run`) scales the
+op-timing parts per call kind and adds a fixed overhead per pass; a rule reward is priced per
+scored sequence.
 """
 
 from __future__ import annotations
@@ -140,12 +145,15 @@ class CostModel:
         else:
             parts, passes = self._forward_or_train(mfc, alloc)
         cal = self.profile.calibration
-        factors = cal.kinds.get(mfc.kind) if cal else None
-        if factors is not None:
-            for k in COMPUTE_PARTS:
-                if k in parts:
-                    parts[k] *= factors.scale
-            parts["overhead"] = factors.overhead_s * passes
+        if cal is not None:
+            factors = cal.kinds.get(mfc.kind)
+            for k in parts:
+                if k in COMPUTE_PARTS:
+                    parts[k] *= factors.scale if factors else 1.0
+                else:
+                    parts[k] *= cal.comm_scale
+            if factors is not None:
+                parts["overhead"] = factors.overhead_s * passes
         return CallCost(sum(parts.values()), mem, ok, reason, parts, passes)
 
     def _rule(self, mfc: MFC, alloc: Allocation) -> tuple[float, dict[str, float]]:
@@ -181,13 +189,16 @@ class CostModel:
             for p, n in enumerate(layers)
         )
 
-    def _comm(self, model, alloc, tokens: float, passes: int) -> tuple[float, float]:
-        """(TP all-reduce seconds, PP send seconds) of one micro-batch on one stage."""
+    def _comm(
+        self, model, alloc, tokens: float, passes: int, after_s: float = 0.0
+    ) -> tuple[float, float]:
+        """(TP all-reduce seconds, PP send seconds) of one micro-batch on one stage; `after_s`:
+        compute between two of the all-reduces (a half block's share)."""
         s = alloc.strategy
         tp_scope, _, pp_scope = scopes(alloc, self.cluster.gpus_per_node)
         msg = tokens * model.hidden_size * self.dt
         layers = max(split_layers(model.num_hidden_layers, s.pp))
-        ar = self.lookup.collective_time("all_reduce", s.tp, tp_scope, msg)
+        ar = self.lookup.collective_time("all_reduce", s.tp, tp_scope, msg, after_s)
         tp = 2 * passes * layers * ar
         pp = passes * self.lookup.collective_time("send_recv", 2, pp_scope, msg) if s.pp > 1 else 0
         return tp, pp
@@ -201,7 +212,9 @@ class CostModel:
         ops = ("block_fwd_bwd", "embedding_fwd_bwd", "head_fwd_bwd") if train else None
         ops = ops or ("block_fwd", "embedding_fwd", "head_fwd")
         stage = self._stage_ops(model, s, ops, micro, seq, seq)
-        tp, pp = self._comm(model, alloc, micro * seq, 2 if train else 1)
+        passes = 2 if train else 1
+        layers = max(split_layers(model.num_hidden_layers, s.pp))
+        tp, pp = self._comm(model, alloc, micro * seq, passes, stage / (2 * passes * layers))
         per_micro = stage + tp + pp
         steps = exp.ppo_epochs * exp.mini_batches if train else 1
         out = {
@@ -210,71 +223,84 @@ class CostModel:
             "pp_comm": steps * s.micro_batches * pp,
             "bubble": steps * (s.pp - 1) * per_micro,
         }
-        passes = steps * s.micro_batches
+        n_passes = steps * s.micro_batches
         if train:
-            out["dp_sync"] = steps * self._dp_sync(model, alloc)
+            out["dp_sync"] = steps * self._dp_sync(model, alloc, s.micro_batches * stage)
             params = max(stage_params(model, s.tp, s.pp)) / (s.dp if s.zero1 else 1)
             # 9 tensors per block (7 projections, 2 norms) + embedding, final norm, head.
             tensors = 9 * max(split_layers(model.num_hidden_layers, s.pp)) + 3
             out["optimizer"] = steps * self.lookup.op_time(
                 "optimizer", shard_shape(model, 1, self.dt), params, tensors
             )
-        return out, passes
+        return out, n_passes
 
-    def _dp_sync(self, model, alloc: Allocation) -> float:
+    def _dp_sync(self, model, alloc: Allocation, after_s: float) -> float:
+        """As executor.grads and executor.zero do it: the gradients are concatenated into one
+        new flat buffer, all-reduced over dp and copied back; with ZeRO-1 each rank then
+        updates its share and every parameter tensor is all-gathered back (one call each)."""
         s = alloc.strategy
+        if s.dp == 1:
+            return 0.0
         _, dp_scope, _ = scopes(alloc, self.cluster.gpus_per_node)
         grad_bytes = max(stage_params(model, s.tp, s.pp)) * self.dt
         lk = self.lookup
+        flat = grad_bytes / lk.fresh_bw + 2 * grad_bytes / lk.mem_bw
+        t = lk.collective_time("all_reduce", s.dp, dp_scope, grad_bytes, after_s) + flat
         if s.zero1:
-            return lk.collective_time("reduce_scatter", s.dp, dp_scope, grad_bytes) + (
-                lk.collective_time("all_gather", s.dp, dp_scope, grad_bytes)
-            )
-        return lk.collective_time("all_reduce", s.dp, dp_scope, grad_bytes)
+            tensors = 9 * max(split_layers(model.num_hidden_layers, s.pp)) + 3
+            gather = lk.collective_time("all_gather", s.dp, dp_scope, grad_bytes / tensors)
+            t += tensors * gather + 2 * grad_bytes / lk.mem_bw
+        return t
 
     def _generate(self, mfc: MFC, alloc: Allocation) -> tuple[dict[str, float], int]:
+        """As executor.generate runs: each dp rank decodes its whole share at once (micro-
+        batches do not apply), one token at a time through the pipeline stages in turn (no
+        overlap between stages); the last stage gathers the vocab-parallel logits over tp,
+        samples, and broadcasts the tokens back over the pipeline."""
         exp, s = self.experiment, alloc.strategy
         model = exp.model(mfc.role)
-        micro = math.ceil(math.ceil(exp.sequences(mfc) / s.dp) / s.micro_batches)
-        p_len = exp.prompt_len
-        # Prefill: one forward of the prompts (head on the last position only), pipelined.
-        fwd = ("block_fwd", "embedding_fwd", "head_fwd")
-        pre = self._stage_ops(model, s, fwd, micro, p_len, 1)
-        pre_tp, pre_pp = self._comm(model, alloc, micro * p_len, 1)
+        b = math.ceil(exp.sequences(mfc) / s.dp)
+        p_len, n_layers, h = exp.prompt_len, model.num_hidden_layers, model.hidden_size
+        lk = self.lookup
+        tp_scope, _, pp_scope = scopes(alloc, self.cluster.gpus_per_node)
+        shape = shard_shape(model, s.tp, self.dt)
         full = shard_shape(model, 1, self.dt)
-        sample = self.lookup.op_time("sample", full, micro, 1)  # on the last stage, per token
-        prefill = (s.micro_batches + s.pp - 1) * (pre + pre_tp + pre_pp) + sample
-        # Decode: gen_len - 1 steps; step k attends to a cache of p_len + k positions. A token
-        # round costs max(m, pp) stage-times: with fewer micro-batches than stages each waits
-        # for its own previous token to leave the last stage.
+
+        def tp_comm(tokens: float, blk: float) -> float:
+            ar = lk.collective_time("all_reduce", s.tp, tp_scope, tokens * h * self.dt, blk / 2)
+            gather = lk.collective_time("all_gather", s.tp, tp_scope, b * model.vocab_size * 4)
+            return 2 * n_layers * ar + gather
+
+        def pp_comm(tokens: float) -> float:
+            if s.pp == 1:
+                return 0.0
+            send = lk.collective_time("send_recv", 2, pp_scope, tokens * h * self.dt)
+            return (s.pp - 1) * send + lk.collective_time("broadcast", s.pp, pp_scope, 16 * b)
+
+        # Prefill: the prompts through every stage in turn (head on the last position only),
+        # then the first token is sampled.
+        blk = lk.op_time("block_fwd", shape, b, p_len)
+        prefill = n_layers * blk + lk.op_time("embedding_fwd", shape, b, p_len)
+        prefill += lk.op_time("head_fwd", shape, b, 1) + lk.op_time("sample", full, b, 1)
+        pre_tp, pre_pp = tp_comm(b * p_len, blk), pp_comm(b * p_len)
+        # Decode: gen_len - 1 steps; step k attends to a cache of p_len + k positions.
         steps = exp.gen_len - 1
-        tp, pp = self._comm(model, alloc, micro, 1)
-        # The last stage gathers the newest position's vocab-parallel logits over tp.
-        tp_scope = scopes(alloc, self.cluster.gpus_per_node)[0]
-        tp += self.lookup.collective_time(
-            "all_gather", s.tp, tp_scope, micro * model.vocab_size * 4
-        )
         if steps <= DECODE_SAMPLES:
             caches = [p_len + k for k in range(steps)]
         else:
             caches = [p_len + (k + 0.5) * steps / DECODE_SAMPLES for k in range(DECODE_SAMPLES)]
         scale = steps / len(caches) if caches else 0.0
-        rounds = max(s.micro_batches, s.pp)
-        shape = shard_shape(model, s.tp, self.dt)
-        layers = max(split_layers(model.num_hidden_layers, s.pp))
-        lk = self.lookup
-        compute = tp_total = pp_total = 0.0
+        compute = tp_total = 0.0
         for c in caches:
-            blk = lk.op_time("decode", shape, micro, c)
-            compute += layers * blk + self._token_overhead(full, micro, c)
-            tp_total += tp
-            pp_total += pp
+            blk = lk.op_time("decode", shape, b, c)
+            compute += n_layers * blk + self._token_overhead(full, b, c)
+            tp_total += tp_comm(b, blk)
         return {
             "prefill": prefill,
-            "compute": scale * rounds * compute,
-            "tp_comm": scale * rounds * tp_total,
-            "pp_comm": scale * rounds * pp_total,
-        }, exp.gen_len * rounds
+            "compute": scale * compute,
+            "tp_comm": pre_tp + scale * tp_total,
+            "pp_comm": pre_pp + steps * pp_comm(b),
+        }, exp.gen_len
 
     def _token_overhead(self, full, batch: int, cache: float) -> float:
         """Per generated token, beyond the blocks: embedding, head, sampling, loop bookkeeping.

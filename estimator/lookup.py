@@ -67,6 +67,8 @@ class ProfileLookup:
     def __init__(self, profile: Profile, intra_bw: float, inter_bw: float):
         self.profile = profile
         self.roof = profile.roofline
+        self.mem_bw = profile.roofline.memory_bytes_per_s
+        self.fresh_bw = profile.roofline.fresh_memory_bytes_per_s or self.mem_bw
         self.eff = profile.efficiency
         # Link bandwidths for collectives the profile did not measure.
         self.bw = {"intra": intra_bw, "inter": inter_bw}
@@ -76,10 +78,13 @@ class ProfileLookup:
         self.grids: dict[str, list[_Grid]] = defaultdict(list)
         for (op, shape), pts in grouped.items():
             self.grids[op].append(_Grid(shape, pts))
-        colls: dict[tuple[str, str, int], list[tuple[int, float]]] = defaultdict(list)
+        colls: dict[tuple[str, str, int], dict[float, list[tuple[int, float]]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
         for c in profile.collectives:
-            colls[(c.op, c.scope, c.group_size)].append((c.bytes, c.time_s))
-        self.colls = {k: sorted(v) for k, v in colls.items()}
+            colls[(c.op, c.scope, c.group_size)][c.after_s].append((c.bytes, c.time_s))
+        # (op, scope, group size) -> [(after_s, sorted (bytes, seconds))], after_s ascending
+        self.colls = {k: sorted((a, sorted(pts)) for a, pts in v.items()) for k, v in colls.items()}
         self._memo: dict[tuple, float] = {}
 
     # ---- compute ----------------------------------------------------------------------------
@@ -115,14 +120,39 @@ class ProfileLookup:
         return t
 
     # ---- links ------------------------------------------------------------------------------
-    def collective_time(self, op: str, n: int, scope: str, nbytes: float) -> float:
-        """Seconds for collective `op` of `nbytes` per rank over `n` ranks (0 when n == 1)."""
+    def collective_time(
+        self, op: str, n: int, scope: str, nbytes: float, after_s: float = 0.0
+    ) -> float:
+        """Seconds for collective `op` of `nbytes` per rank over `n` ranks (0 when n == 1),
+        issued after every rank computed `after_s` seconds (profiles timed in context say how
+        that matters; interpolated linearly in sqrt(after_s), clamped to the timed range)."""
         if n <= 1 or nbytes <= 0:
             return 0.0
-        table = self._nearest_table(op, scope, n)
+        key = ("c", op, n, scope, nbytes, after_s)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        tables = self._nearest_tables(op, scope, n)
+        if tables is None:
+            t = self._alpha_beta(op, n, scope, nbytes)
+        elif len(tables) == 1 or after_s <= tables[0][0]:
+            t = self._from_table(tables[0][1], op, n, scope, nbytes)
+        elif after_s >= tables[-1][0]:
+            t = self._from_table(tables[-1][1], op, n, scope, nbytes)
+        else:
+            i = next(k for k in range(len(tables) - 1) if tables[k + 1][0] >= after_s)
+            (a0, t0), (a1, t1) = tables[i], tables[i + 1]
+            f = (math.sqrt(after_s) - math.sqrt(a0)) / (math.sqrt(a1) - math.sqrt(a0))
+            lo = self._from_table(t0, op, n, scope, nbytes)
+            hi = self._from_table(t1, op, n, scope, nbytes)
+            t = lo + f * (hi - lo)
+        self._memo[key] = t
+        return t
+
+    def _from_table(
+        self, table: list[tuple[int, float]], op: str, n: int, scope: str, nbytes: float
+    ) -> float:
         model = self._alpha_beta(op, n, scope, nbytes)
-        if table is None:
-            return model
         sizes = [b for b, _ in table]
         x = min(max(nbytes, sizes[0]), sizes[-1])
         i, f = _bracket([math.log(b) for b in sizes], math.log(x))
@@ -133,7 +163,9 @@ class ProfileLookup:
         ref = self._alpha_beta(op, n, scope, x)
         return t * model / ref
 
-    def _nearest_table(self, op: str, scope: str, n: int) -> list[tuple[int, float]] | None:
+    def _nearest_tables(
+        self, op: str, scope: str, n: int
+    ) -> list[tuple[float, list[tuple[int, float]]]] | None:
         sizes = [k[2] for k in self.colls if k[0] == op and k[1] == scope]
         if not sizes:
             return None

@@ -11,8 +11,8 @@ Assumptions (stated so tests can check them by hand):
 - No activation recomputation: a train micro-batch keeps every block's saved tensors (flash-
   style attention, no s x s matrix), and a 1F1B pipeline keeps min(m, pp) micro-batches alive
   on its first stage. The LM head keeps fp32 logits and their gradient.
-- Generation keeps a KV cache for every sequence on the dp rank (all micro-batches) at full
-  length prompt + generation.
+- Generation keeps a KV cache for every sequence on the dp rank at full length prompt +
+  generation, and runs the prefill of all of them at once (as executor.generate does).
 """
 
 from __future__ import annotations
@@ -105,8 +105,9 @@ def call_memory(mfc: MFC, alloc: Allocation, exp: ExperimentSpec) -> CallMemory:
         activations += micro * seq * vocab * 4 * 2  # fp32 logits and their gradient
     elif mfc.kind == "inference":
         activations = micro * seq * ((4 * h + 3 * i_tp + qw + 2 * kvw) * dt + vocab * 4)
-    else:  # generate: cache for all sequences of the dp rank, at full length
+    else:  # generate: cache for all sequences of the dp rank, at full length; executor.generate
+        # runs the rank's whole share at once (micro-batches do not apply)
         kv = 2 * layers * per_rank * seq * kvw * dt
-        prefill = micro * exp.prompt_len * (4 * h + 3 * i_tp + qw + 2 * kvw) * dt
-        activations = prefill + micro * vocab * 4 * 2
+        prefill = per_rank * exp.prompt_len * (4 * h + 3 * i_tp + qw + 2 * kvw) * dt
+        activations = prefill + per_rank * vocab * 4 * 2
     return CallMemory(weights, grads, optimizer, activations, kv)

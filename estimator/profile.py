@@ -87,6 +87,13 @@ class CollectiveTiming(_Doc):
     scope: Scope = Field(description="intra: inside one node; inter: the group spans nodes.")
     bytes: int = Field(gt=0, description="Message size per rank (the full tensor), bytes.")
     time_s: float = Field(gt=0, description="Median wall time, seconds.")
+    after_s: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds every rank computed right before each call (timed in context, "
+        "back to back); 0: timed right after a barrier. Ranks computing in lockstep drift "
+        "apart, and the first to arrive waits, more the longer they computed.",
+    )
 
 
 class Efficiency(_Doc):
@@ -113,6 +120,13 @@ class Roofline(_Doc):
     memory_bytes_per_s: float = Field(gt=0, description="Sustained memory bandwidth, bytes/s.")
     intra_node_bytes_per_s: float = Field(gt=0, description="Link bandwidth inside a node.")
     inter_node_bytes_per_s: float = Field(gt=0, description="Network bandwidth between nodes.")
+    fresh_memory_bytes_per_s: float | None = Field(
+        None,
+        gt=0,
+        description="Writing into newly allocated memory (on a CPU: page faults), bytes/s; what "
+        "the destination of a reallocation and the flat gradient buffer of a DP all-reduce cost "
+        "to fill. None: memory_bytes_per_s (GPU allocators reuse memory).",
+    )
 
 
 CallKind = Literal["generate", "inference", "train"]
@@ -120,8 +134,8 @@ CallKind = Literal["generate", "inference", "train"]
 
 class KindFactors(_Doc):
     """How measured calls of one kind relate to the profile's prediction: measured seconds =
-    scale x (the call's compute seconds from the op timings) + its communication seconds (from
-    the collective timings, unscaled) + overhead_s x passes."""
+    scale x (the call's compute seconds from the op timings) + comm_scale x its communication
+    seconds (from the collective timings) + overhead_s x passes."""
 
     scale: float = Field(1.0, gt=0, description="Factor on the compute seconds.")
     overhead_s: float = Field(
@@ -144,6 +158,15 @@ class Calibration(_Doc):
 
     kinds: dict[CallKind, KindFactors] = Field(
         default_factory=dict, description="Factors by call kind; kinds not listed are unchanged."
+    )
+    comm_scale: float = Field(
+        1.0,
+        gt=0,
+        description="Factor on every call's communication seconds (tp, pp, dp; all kinds).",
+    )
+    fitted: list[str] = Field(
+        default_factory=list,
+        description="Which factors the runs determined (the others kept their defaults).",
     )
     rule_reward_s_per_seq: float | None = Field(
         None, ge=0, description="Measured seconds per scored sequence of a rule reward."

@@ -9,6 +9,7 @@ CPU profiles run one torch thread, as every CPU worker of the executor does.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 
-from estimator.collective_bench import CONTEXT_S, time_collectives
+from estimator.collective_bench import CONTEXTS, time_collectives
 from estimator.profile import (
     CollectiveTiming,
     OpTiming,
@@ -282,6 +283,23 @@ def fit_roofline(ops: list[OpTiming], intra: float, inter: float) -> Roofline:
                     intra_node_bytes_per_s=intra, inter_node_bytes_per_s=inter)  # fmt: skip
 
 
+def fresh_memory_rate(device: str = "cpu", nbytes: int = 256 * 2**20, reps: int = 3) -> float:
+    """Bytes/s of filling a newly allocated buffer (on a CPU mostly page faults), best of
+    `reps`: what a reallocation's new shards and the DP all-reduce's flat buffer cost here."""
+    import torch
+
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        buf = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+        buf.fill_(1.0)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+        del buf
+    return nbytes / best
+
+
 def _link_rates(colls: list[CollectiveTiming]) -> tuple[float, float]:
     def best(scope: str) -> float:
         rates = [c.bytes / c.time_s for c in colls if c.scope == scope and c.op == "send_recv"]
@@ -357,7 +375,9 @@ def run_profile(device: str, quick: bool, command: str, progress=None) -> Profil
         created=stamp.isoformat(timespec="seconds"),
         command=command,
         torch_version=torch.__version__,
-        roofline=fit_roofline(ops, *_link_rates(colls)),
+        roofline=fit_roofline(ops, *_link_rates(colls)).model_copy(
+            update={"fresh_memory_bytes_per_s": fresh_memory_rate(dev_type)}
+        ),
         ops=ops,
         collectives=colls,
     )
@@ -385,7 +405,11 @@ def run_collectives_into(
             "id": f"{base.id.split('+')[0]}+coll-{stamp:%Y%m%d-%H%M%S}",
             "collectives": colls,
             "roofline": base.roofline.model_copy(
-                update={"intra_node_bytes_per_s": intra, "inter_node_bytes_per_s": inter}
+                update={
+                    "intra_node_bytes_per_s": intra,
+                    "inter_node_bytes_per_s": inter,
+                    "fresh_memory_bytes_per_s": fresh_memory_rate(dev_type),
+                }
             ),
             "refinements": [
                 *base.refinements,
@@ -398,12 +422,12 @@ def run_collectives_into(
                     f"{', '.join(map(str, sizes))} ({'gloo' if dev_type == 'cpu' else 'nccl'}, "
                     f"torch {torch.__version__}"
                     + (
-                        f"; group collectives timed in context, each after a "
-                        f"{CONTEXT_S * 1e3:g} ms compute burst"
+                        "; group collectives timed in context, back to back after compute "
+                        f"bursts of {', '.join(f'{c * 1e3:g}' for c in CONTEXTS[quick])} ms"
                         if dev_type == "cpu"
                         else ""
                     )
-                    + f"); compute timings of {base.id} kept",
+                    + f"); fresh-memory write rate measured; compute timings of {base.id} kept",
                 ),
             ],
         }

@@ -141,7 +141,7 @@ def simulate(
         lay = layouts[name]
         if lay != layouts[home[role]] and view[role] != lay:
             move = cm.realloc_cost(role, allocations[home[role]], alloc)
-            if move.bytes_total > 0:
+            if move.time_s > 0 or move.bytes_total > 0:
                 both = sorted(set(atoms[home[role]]) | set(mine))
                 t0 = max(free[a] for a in both)
                 t1 = t0 + move.time_s

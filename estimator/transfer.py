@@ -5,7 +5,9 @@ rank) position holds. A piece it already holds in the old layout costs nothing; 
 comes from one of its old holders (the dp replicas of that (stage, tp rank)), over the fastest
 link available to one of them -- inside the node when a holder shares it, else the network. A
 rank receives its pieces one after another and ranks receive in parallel, so the time is that
-of the busiest receiver. Both are closed forms of the plans that plans.transfer builds for
+of the busiest receiver; every piece of its new layout that is not the very tensor it already
+holds is written into newly allocated memory, at the profile's fresh-memory rate. Both are
+closed forms of the plans that plans.transfer builds for
 the runtime; tests check they agree.
 """
 
@@ -91,11 +93,14 @@ def realloc_transfer(
                 n += s_head if p == ds.pp - 1 else 0.0
                 n *= _overlap(interval, s_int)
                 if n > 0:
-                    needs.append((n, holders, {h // gpn for h in holders}))
+                    same = s_layers == layers and s_int == interval  # kept as it is, no copy
+                    needs.append((n, holders, {h // gpn for h in holders}, same))
             for d in range(ds.dp):
                 rank = dst_grid[p][d][t]
                 got = spent = 0.0
-                for n, holders, nodes in needs:
+                for n, holders, nodes, same in needs:
+                    if not (same and rank in holders):  # a new tensor to fill (page faults)
+                        spent += n / lookup.fresh_bw
                     if rank in holders:
                         continue
                     scope = "intra" if rank // gpn in nodes else "inter"

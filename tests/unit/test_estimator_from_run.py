@@ -119,9 +119,12 @@ def _plan(rule: bool = False) -> Plan:
 TRUTH = {"generate": (1.4, 0.0), "inference": (1.2, 0.0), "train": (1.5, 0.0)}
 
 
-def _write_run(folder: Path, plan: Plan, truth=TRUTH, rule_s: float = 2e-4) -> dict[str, float]:
+def _write_run(
+    folder: Path, plan: Plan, truth=TRUTH, rule_s: float = 2e-4, comm: float = 1.0
+) -> dict[str, float]:
     """A metrics.jsonl as rlhf-run writes it, with calls taking `truth`'s scale x compute +
-    comm + overhead x passes; iteration 0 is a slow warm-up that must be ignored."""
+    comm x communication + overhead x passes; iteration 0 is a slow warm-up that must be
+    ignored."""
     base = load_profile(SHIPPED)
     cm = CostModel(plan.cluster, plan.experiment, base)
     want = {}
@@ -132,7 +135,7 @@ def _write_run(folder: Path, plan: Plan, truth=TRUTH, rule_s: float = 2e-4) -> d
             continue
         compute = sum(v for k, v in c.breakdown.items() if k in COMPUTE_PARTS)
         s, o = truth[cm.mfcs[name].kind]
-        want[name] = s * compute + (c.time_s - compute) + o * c.passes
+        want[name] = s * compute + comm * (c.time_s - compute) + o * c.passes
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
     for it in range(4):
@@ -171,6 +174,22 @@ def test_calibrate_recovers_factors_and_records_provenance(tmp_path):
     # A second calibration starts from the measured timings, not from the first factors.
     again, _ = calibrate(prof, [run])
     assert again.calibration.kinds["train"].scale == pytest.approx(1.5, rel=1e-6)
+
+
+def test_communication_scale_is_fitted_when_the_run_tells_it_apart(tmp_path):
+    """The plan has calls of one kind with and without tensor-parallel communication (ref_inf
+    on one device, rew_inf over tp=2), so a shared communication factor is determined."""
+    plan = _plan()
+    truth = {"generate": (1.1, 0.0), "inference": (1.2, 0.0), "train": (0.9, 0.0)}
+    want = _write_run(tmp_path / "run", plan, truth=truth, comm=1.7)
+    prof, fit = calibrate(load_profile(SHIPPED), [load_run(tmp_path / "run")])
+    cal = prof.calibration
+    assert "comm" in cal.fitted and cal.comm_scale == pytest.approx(1.7, rel=1e-6)
+    assert cal.kinds["inference"].scale == pytest.approx(1.2, rel=1e-6)
+    cm = CostModel(plan.cluster, plan.experiment, prof)
+    for name, t in want.items():
+        assert cm.time(name, plan.allocations[name]) == pytest.approx(t, rel=1e-6)
+    assert any("overhead" in n for n in fit.notes)  # nothing to gain: left at zero
 
 
 def test_rule_reward_is_priced_as_a_rule_and_calibrated(tmp_path):
