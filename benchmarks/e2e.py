@@ -380,26 +380,29 @@ def analyze(entries: list[Entry], plans: dict[str, Plan], base: Profile, args, o
             "clean": clean,
             "foreign": statistics.median(shares) if shares else math.nan,
         }
-    cal_label = None if args.calibrate_on == "none" else args.calibrate_on
+    cal_labels = [] if args.calibrate_on == "none" else args.calibrate_on.split(",")
+    cal_label = ", ".join(cal_labels)
     profiles = {"base": base}
-    if cal_label:
-        e = next((x for x in entries if x.label == cal_label), None)
-        if e is None:
-            raise SystemExit(f"--calibrate-on {cal_label}: no such plan")
-        rows, _ = clean_rows(e, args.foreign_max)
-        cal, fit = calibrate(base, [RunData(plans[cal_label], rows, e.runs[-1]["dir"])],
-                             command="benchmarks/e2e.py")  # fmt: skip
+    if cal_labels:
+        runs = []
+        for label in cal_labels:
+            e = next((x for x in entries if x.label == label), None)
+            if e is None:
+                raise SystemExit(f"--calibrate-on {label}: no such plan")
+            rows, _ = clean_rows(e, args.foreign_max)
+            runs.append(RunData(plans[label], rows, e.runs[-1]["dir"]))
+        cal, fit = calibrate(base, runs, command="benchmarks/e2e.py")
         profiles["calibrated"] = cal
         save_profile(cal, out_dir / "calibrated-profile.json")
     est = {k: {e.label: estimates(plans[e.label], p) for e in entries} for k, p in profiles.items()}
     final = "calibrated" if cal_label else "base"
-    held = [e.label for e in entries if e.label != cal_label]
+    held = [e.label for e in entries if e.label not in cal_labels]
 
     print(f"\nexperiment {plans[entries[0].label].experiment.name}: "
           f"{plans[entries[0].label].cluster.label()}; base profile {base.id}")  # fmt: skip
     if cal_label:
         c = profiles["calibrated"].calibration
-        print(f"calibrated on the run of '{cal_label}' only -> {profiles['calibrated'].id}:")
+        print(f"calibrated on the run(s) of {cal_label} only -> {profiles['calibrated'].id}:")
         for kind, f in c.kinds.items():
             print(f"  {kind:<9} scale {f.scale:.3f}  overhead {f.overhead_s * 1e3:.2f} ms/pass  "
                   f"({f.samples} calls; error {f.error_before:.0%} -> {f.error_after:.0%})")  # fmt: skip
@@ -419,21 +422,29 @@ def analyze(entries: list[Entry], plans: dict[str, Plan], base: Profile, args, o
         flag = "" if m["clean"] else " (loaded)"
         print(f"{cols}{m['iteration']:9.2f}{_fmt_err(relative_error(ef, m['iteration'])):>7}  "
               f"{m['n']:>5}  {m['foreign']:.1%}{flag}"
-              + ("  <- calibration run" if e.label == cal_label else ""))  # fmt: skip
-    print("\nper call: measured s, and the estimate's error (base / calibrated)")
-    print(f"{'plan':<11}" + "".join(f"{c:>22}" for c in CALLS))
+              + ("  <- calibration run" if e.label in cal_labels else ""))  # fmt: skip
+    print("\nper call, base profile: estimated s, measured s (median compute_s), error")
+    print(f"{'plan':<11}" + "".join(f"{c:>19}" for c in CALLS))
     for e in entries:
         m = measured[e.label]["calls"]
         cells = []
         for c in CALLS:
-            if c not in m:
-                cells.append(f"{'-':>22}")
-                continue
-            eb = relative_error(est["base"][e.label][1][c], m[c])
-            ef = relative_error(est[final][e.label][1][c], m[c])
-            txt = f"{m[c]:.2f} {_fmt_err(eb)}" + (f"/{_fmt_err(ef)}" if cal_label else "")
-            cells.append(f"{txt:>22}")
+            eb = est["base"][e.label][1][c]
+            txt = f"{eb:.2f} {m[c]:.2f} {_fmt_err(relative_error(eb, m[c])):>4}" if c in m else "-"
+            cells.append(f"{txt:>19}")
         print(f"{e.label:<11}" + "".join(cells))
+    if cal_label:
+        print("\nper call, calibrated profile: estimated s, error")
+        print(f"{'plan':<11}" + "".join(f"{c:>14}" for c in CALLS))
+        for e in entries:
+            m = measured[e.label]["calls"]
+            cells = []
+            for c in CALLS:
+                ef = est[final][e.label][1][c]
+                txt = f"{ef:.2f} {_fmt_err(relative_error(ef, m[c])):>4}" if c in m else "-"
+                cells.append(f"{txt:>14}")
+            print(f"{e.label:<11}" + "".join(cells))
+    print("\nplans (mesh, dp/tp/pp, micro-batches, +z1: ZeRO-1):")
     for e in entries:
         print(f"  {e.label:<10} " + ", ".join(
             f"{c} {plans[e.label].allocations[c].label()}" for c in CALLS))  # fmt: skip
@@ -491,7 +502,8 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=20.0, help="search seconds")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny models, 3 plans")
     ap.add_argument("--rule-reward", action="store_true", help="builtin:digits rule reward")
-    ap.add_argument("--calibrate-on", default="searched", help="plan label, or none")
+    ap.add_argument("--calibrate-on", default="searched",
+                    help="plan label(s), comma-separated, or none")  # fmt: skip
     ap.add_argument("--foreign-max", type=float, default=0.05,
                     help="an iteration counts when other jobs used at most this share of the CPUs")  # fmt: skip
     ap.add_argument("--min-clean", type=int, default=3)
