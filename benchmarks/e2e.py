@@ -125,7 +125,12 @@ def make_plans(
         add(name, name, b.allocations)
     cm = CostModel(cluster, exp, profile)
     ctx = SearchContext(exp, cluster, cm)
-    cands = candidates(ctx, prune=False)
+    # Candidates in a fixed order (by label, not by cost), so the random plans are the same
+    # whatever profile priced them.
+    cands = {
+        name: sorted(cs, key=lambda c: c.alloc.label())
+        for name, cs in candidates(ctx, prune=False).items()
+    }
     rng = random.Random(seed)
     tries = 0
     count = 0

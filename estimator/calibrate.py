@@ -4,17 +4,23 @@
 metrics.jsonl, median over the iterations kept) to what the cost model with `base` predicts for
 the same call under the same allocation:
 
-    measured = scale[kind] x compute + comm_scale x comm + overhead[kind] x passes
+    measured = scale[kind] x compute + contention x busy x compute
+               + comm_scale x comm + overhead[kind] x passes
 
 `compute` is the part of the prediction that comes from op timings (compute, prefill, pipeline
 bubble, optimizer), `comm` the part from collective timings (tp, pp, dp), `passes` the call's
 micro-batch passes (generate: decoded tokens), and `kind` is generate, inference or train.
-`scale` absorbs what single-op timings miss systematically (two busy workers sharing caches and
-memory bandwidth, the wall clock instead of a quiet CPU clock), `comm_scale` what the collective
-timings miss inside real calls, `overhead` fixed Python work per pass.
+`busy` is the share of the other devices of the call's node that the simulator has computing
+while the call runs. `scale` absorbs what single-op timings miss systematically (a one-block
+model whose weights stay in cache, the wall clock instead of a quiet CPU clock), `contention`
+how much slower compute gets while the other cores of the node compute too (shared caches,
+memory and page allocator: 3-28% for an 85M-parameter forward+backward on the development
+machine, more for small micro-batches), `comm_scale` what the collective timings miss inside
+real calls, `overhead` fixed work per pass.
 
 The fit minimises the squared *relative* error over all measured calls. It always fits the
-per-kind scales; the communication scale and each overhead are added one at a time, and kept
+per-kind scales; the communication scale, the contention and each overhead are added one at a
+time, and kept
 only when the runs determine them (one run of one plan often cannot tell a scale from an
 overhead, or compute from communication), the value is physical (scales > 0, overheads >= 0)
 and the error drops by at least 10%; otherwise they stay at their defaults (1 and 0) and the
@@ -38,6 +44,7 @@ import numpy as np
 
 from estimator.cost import COMPUTE_PARTS, CostModel
 from estimator.profile import Calibration, KindFactors, Profile, Refinement
+from estimator.simulate import simulate
 from plans import Plan, PlanError, load_plan
 
 KINDS = ("generate", "inference", "train")
@@ -154,6 +161,7 @@ class Point:
     comm: float  # seconds from collective timings (not scaled)
     passes: int
     sequences: int  # rule reward: sequences scored on the busiest rank
+    busy: float = 0.0  # share of the node's other devices busy while it runs (simulated)
 
 
 @dataclass
@@ -185,6 +193,7 @@ def points(base: Profile, runs: list[RunData]) -> list[Point]:
     prof = uncalibrated(base)
     for run in runs:
         cm = CostModel(run.plan.cluster, run.plan.experiment, prof)
+        busy = simulate(cm, run.plan.allocations, record=True).concurrency
         for name, meas in run.measured().items():
             mfc = cm.mfcs[name]
             alloc = run.plan.allocations[name]
@@ -193,17 +202,19 @@ def points(base: Profile, runs: list[RunData]) -> list[Point]:
             compute = sum(v for k, v in c.breakdown.items() if k in COMPUTE_PARTS)
             comm = c.time_s - compute if kind != "rule" else 0.0
             seqs = math.ceil(run.plan.experiment.sequences(mfc) / alloc.strategy.dp)
-            out.append(Point(name, kind, meas, compute, comm, c.passes, seqs))
+            out.append(Point(name, kind, meas, compute, comm, c.passes, seqs, busy.get(name, 0.0)))
     return out
 
 
-Param = tuple[str, str]  # ("scale" | "overhead", kind) or ("comm", "")
+Param = tuple[str, str]  # ("scale" | "overhead", kind), ("comm", "") or ("contention", "")
 
 
 def _column(param: Param, p: Point) -> float:
     what, kind = param
     if what == "comm":
         return p.comm
+    if what == "contention":
+        return p.busy * p.compute
     if p.kind != kind:
         return 0.0
     return p.compute if what == "scale" else float(p.passes)
@@ -212,7 +223,7 @@ def _column(param: Param, p: Point) -> float:
 def _solve(pts: list[Point], params: list[Param]) -> tuple[list[float], float] | None:
     """Least squares of the relative errors over `params` (the others at their defaults:
     comm 1, overheads 0); None when the points do not determine every parameter."""
-    fixed = [(("comm", ""), 1.0)] if ("comm", "") not in params else []
+    fixed = [(("comm", ""), 1.0)] if ("comm", "") not in params else []  # contention: 0
     a = np.array([[_column(q, p) / p.measured for q in params] for p in pts])
     b = np.array([1.0 - sum(v * _column(q, p) for q, v in fixed) / p.measured for p in pts])
     if not len(pts) or np.linalg.matrix_rank(a, tol=1e-9 * max(np.abs(a).max(), 1e-30)) < len(
@@ -236,15 +247,19 @@ def fit_factors(pts: list[Point], min_gain: float = 0.1) -> tuple[dict[Param, fl
     best = _solve(pts, params) if params else None
     if best is None:
         return {}, ["no call with compute to fit"]
-    for extra in [("comm", "")] + [("overhead", k) for k in kinds]:
-        name = "communication scale" if extra[0] == "comm" else f"{extra[1]} overhead"
+    for extra in [("comm", ""), ("contention", "")] + [("overhead", k) for k in kinds]:
+        name = {"comm": "communication scale", "contention": "contention"}.get(
+            extra[0], f"{extra[1]} overhead"
+        )
         trial = _solve(pts, [*params, extra])
         if trial is None:
             notes.append(f"{name}: not determined by these runs (kept at its default)")
             continue
         theta, rss = trial
         values = dict(zip([*params, extra], theta, strict=True))
-        physical = all(v > 0 if q[0] != "overhead" else v >= 0 for q, v in values.items())
+        physical = all(
+            v >= 0 if q[0] in ("overhead", "contention") else v > 0 for q, v in values.items()
+        )
         if not physical:
             notes.append(f"{name}: best fit is unphysical ({values[extra]:.3g}); kept at default")
         elif rss > (1 - min_gain) * best[1]:
@@ -283,6 +298,7 @@ def calibrate(base: Profile, runs: list[RunData], command: str = "") -> tuple[Pr
     kinds: dict[str, KindFactors] = dict(old.kinds) if old else {}
     values, fit.notes = fit_factors(fit.points)
     comm = values.get(("comm", ""), old.comm_scale if old else 1.0)
+    kappa = values.get(("contention", ""), 0.0)
     for kind in KINDS:
         pts = [p for p in fit.points if p.kind == kind]
         if not pts:
@@ -292,7 +308,11 @@ def calibrate(base: Profile, runs: list[RunData], command: str = "") -> tuple[Pr
         o = values.get(("overhead", kind), 0.0)
         before = [relative_error(p.compute + p.comm, p.measured) for p in pts]
         after = [
-            relative_error(s * p.compute + comm * p.comm + o * p.passes, p.measured) for p in pts
+            relative_error(
+                s * p.compute + kappa * p.busy * p.compute + comm * p.comm + o * p.passes,
+                p.measured,
+            )
+            for p in pts
         ]
         kinds[kind] = KindFactors(
             scale=s,
@@ -306,7 +326,13 @@ def calibrate(base: Profile, runs: list[RunData], command: str = "") -> tuple[Pr
     if rule:
         per_seq = statistics.median(p.measured / max(p.sequences, 1) for p in rule)
     fitted = [f"{w} {k}".strip() for w, k in values]
-    cal = Calibration(kinds=kinds, comm_scale=comm, fitted=fitted, rule_reward_s_per_seq=per_seq)
+    cal = Calibration(
+        kinds=kinds,
+        comm_scale=comm,
+        contention=kappa,
+        fitted=fitted,
+        rule_reward_s_per_seq=per_seq,
+    )
     fit.calibration = cal
     stamp = datetime.now(UTC)
     sources = [r.source for r in runs if r.source]
@@ -315,7 +341,10 @@ def calibrate(base: Profile, runs: list[RunData], command: str = "") -> tuple[Pr
         f"call(s), median error {f.error_before:.1%} -> {f.error_after:.1%}"
         for k, f in kinds.items()
     )
-    note += f"; communication scale {comm:.3f}; fitted: {', '.join(fitted) or 'nothing'}"
+    note += (
+        f"; communication scale {comm:.3f}; contention {kappa:.3f}; fitted: "
+        f"{', '.join(fitted) or 'nothing'}"
+    )
     if per_seq is not None:
         note += f"; rule reward {per_seq * 1e6:.0f} us/sequence"
     profile = base.model_copy(

@@ -55,6 +55,8 @@ class CallCost:
     passes: int = 0
     """Passes of the call on one rank: micro-batch forward(+backward) passes, or for
     generation decoded token rounds; what a calibration's per-pass overhead multiplies."""
+    compute_s: float = 0.0
+    """Seconds from op timings before any calibration (what contention stretches)."""
 
 
 def scopes(alloc: Allocation, gpus_per_node: int) -> tuple[str, str, str]:
@@ -101,6 +103,12 @@ class CostModel:
     def profile_label(self) -> str:
         return self.profile.label
 
+    @property
+    def contention(self) -> float:
+        """The calibrated contention factor (0 without one): see estimator.simulate."""
+        cal = self.profile.calibration
+        return cal.contention if cal is not None else 0.0
+
     # ---- calls ---------------------------------------------------------------------------
     def call_cost(self, mfc: MFC | str, alloc: Allocation) -> CallCost:
         name = mfc if isinstance(mfc, str) else mfc.name
@@ -144,6 +152,7 @@ class CostModel:
             parts, passes = self._generate(mfc, alloc)
         else:
             parts, passes = self._forward_or_train(mfc, alloc)
+        base = sum(v for k, v in parts.items() if k in COMPUTE_PARTS)
         cal = self.profile.calibration
         if cal is not None:
             factors = cal.kinds.get(mfc.kind)
@@ -154,7 +163,7 @@ class CostModel:
                     parts[k] *= cal.comm_scale
             if factors is not None:
                 parts["overhead"] = factors.overhead_s * passes
-        return CallCost(sum(parts.values()), mem, ok, reason, parts, passes)
+        return CallCost(sum(parts.values()), mem, ok, reason, parts, passes, base)
 
     def _rule(self, mfc: MFC, alloc: Allocation) -> tuple[float, dict[str, float]]:
         """A rule reward: every last-stage rank scores its dp share of the sequences."""

@@ -164,6 +164,13 @@ class Calibration(_Doc):
         gt=0,
         description="Factor on every call's communication seconds (tp, pp, dp; all kinds).",
     )
+    contention: float = Field(
+        0.0,
+        ge=0,
+        description="Extra share of a call's compute seconds (from op timings) when the other "
+        "devices of its node are busy the whole time (cores of one CPU share caches, memory "
+        "and the page allocator): seconds x (1 + contention x busy share of the others).",
+    )
     fitted: list[str] = Field(
         default_factory=list,
         description="Which factors the runs determined (the others kept their defaults).",

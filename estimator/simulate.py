@@ -15,7 +15,9 @@ The simulator replays exactly that as list scheduling: each step (reallocation, 
 starts when every device it involves is free, in the global order; calls on disjoint meshes
 overlap whenever no step in between ties their devices together. The iteration time is the
 time from one barrier to the next, from the steady state (the first iteration already pays the
-steady-state moves).
+steady-state moves). With a calibrated contention factor (CPU cores of one node slow each
+other down), a first replay finds how busy the other devices of each call's node are while it
+runs, the call's compute is stretched accordingly, and the plan is replayed again.
 
 Devices are handled as *atoms*: maximal runs of ranks that no mesh boundary splits. Meshes are
 contiguous rank ranges (node-major), so each mesh is a range of atoms and a simulation touches a
@@ -65,6 +67,9 @@ class SimResult:
     data_s: float = 0.0
     makespan_s: float = 0.0
     steps: list[Step] = field(default_factory=list)
+    iter_end: list[float] = field(default_factory=list)
+    concurrency: dict[str, float] = field(default_factory=dict)
+    """With `record`: per call, the share of its node's other devices busy while it runs."""
 
 
 def _span(alloc: Allocation, gpn: int) -> tuple[int, int]:
@@ -105,7 +110,8 @@ def simulate(
     iterations: int = DEFAULT_ITERATIONS,
     record: bool = False,
 ) -> SimResult:
-    """Simulate `iterations` iterations; `record` keeps the per-step timeline."""
+    """Simulate `iterations` iterations; `record` keeps the per-step timeline (and the
+    concurrency of every call)."""
     exp = cm.experiment
     gpn = cm.cluster.gpus_per_node
     nodes = unrolled(exp.algorithm, iterations)
@@ -117,9 +123,63 @@ def simulate(
     costs = {m.name: cm.call_cost(m.name, allocations[m.name]) for m in calls}
     res = SimResult(math.inf, True)
     res.call_time_s = {k: c.time_s for k, c in costs.items()}
-    home, consumers = _shape(exp.algorithm)
     if not _memory(cm, calls, allocations, atoms, costs, len(bounds) - 1, res) and not record:
         return res  # the search needs only the verdict; `show` still wants the timeline
+    shape = (nodes, calls, spans, bounds, atoms)
+    kappa = cm.contention
+    if kappa > 0:
+        # Cores of one CPU node slow each other down: replay once, see how busy the other
+        # devices of each call's node are while it runs, stretch its compute, replay again.
+        first = SimResult(math.inf, True)
+        _replay(cm, allocations, shape, res.call_time_s, first, True)
+        busy = _concurrency(first.steps, iterations - 1, spans, gpn)
+        res.call_time_s = {
+            k: c.time_s + kappa * busy.get(k, 0.0) * c.compute_s for k, c in costs.items()
+        }
+    _replay(cm, allocations, shape, res.call_time_s, res, record)
+    if record:
+        res.concurrency = _concurrency(res.steps, iterations - 1, spans, gpn)
+    if res.feasible:
+        res.iteration_time_s = (
+            res.iter_end[-1] - res.iter_end[-2] if iterations > 1 else res.iter_end[0]
+        )
+    return res
+
+
+def _concurrency(
+    steps: list[Step], it: int, spans: dict[str, tuple[int, int]], gpn: int
+) -> dict[str, float]:
+    """Per call of iteration `it`: the share of the other devices of its node that are busy
+    computing while it runs (its own other ranks count as busy), 0..1."""
+    bars = [s for s in steps if s.kind == "call" and s.iteration == it]
+    out: dict[str, float] = {}
+    for s in bars:
+        node = s.first_rank // gpn
+        lo, hi = node * gpn, (node + 1) * gpn
+        d = s.end - s.start
+        if gpn <= 1 or d <= 0:
+            out[s.name] = 0.0
+            continue
+        own = min(s.last_rank + 1, hi) - max(s.first_rank, lo)
+        busy = float(own - 1)
+        for o in bars:
+            if o is s:
+                continue
+            # ranks of the other call on this node that are not ours, and for how long
+            ranks = min(o.last_rank + 1, hi) - max(o.first_rank, lo)
+            ranks -= max(0, min(o.last_rank, s.last_rank) - max(o.first_rank, s.first_rank) + 1)
+            if ranks > 0:
+                busy += ranks * max(0.0, min(s.end, o.end) - max(s.start, o.start)) / d
+        out[s.name] = min(1.0, busy / (gpn - 1))
+    return out
+
+
+def _replay(cm, allocations, shape, times: dict[str, float], res: SimResult, record: bool):
+    """List-schedule every step in rlhf-run's order with the given call times; fills res."""
+    nodes, calls, spans, bounds, atoms = shape
+    exp = cm.experiment
+    iterations = nodes[-1].iteration + 1
+    home, consumers = _shape(exp.algorithm)
     layouts = {m.name: _layout(allocations[m.name]) for m in calls}
     view: dict[str, tuple | None] = {}
     for m in calls:  # the views an iteration leaves behind: the steady state
@@ -158,7 +218,7 @@ def simulate(
             start = max(start, end[p])
         for p, _ in node.data_deps:
             start = max(start, end[p])
-        finish = start + costs[name].time_s
+        finish = start + times[name]
         for a in mine:
             free[a] = finish
         end[k] = finish
@@ -182,9 +242,7 @@ def simulate(
                 sp = spans[c]
                 res.steps.append(Step("data", c, cm.mfcs[c].role, it, sp[0], sp[1] - 1, t0, t1))
     res.makespan_s = max(iter_end)
-    if res.feasible:
-        res.iteration_time_s = iter_end[-1] - iter_end[-2] if iterations > 1 else iter_end[0]
-    return res
+    res.iter_end = iter_end
 
 
 def _after(view: tuple | None, m, layouts: dict[str, tuple], home: dict[str, str]) -> tuple | None:

@@ -17,6 +17,7 @@ from estimator.calibrate import (
     Point,
     RunData,
     calibrate,
+    fit_factors,
     fit_kind,
     load_run,
     ranks,
@@ -274,3 +275,15 @@ def test_calibrated_profile_round_trips(tmp_path):
     prof, _ = calibrate(load_profile(SHIPPED), [load_run(tmp_path / "run")])
     save_profile(prof, tmp_path / "p.json")
     assert load_profile(tmp_path / "p.json") == prof
+
+
+def test_contention_is_fitted_from_calls_alone_and_together():
+    """Train calls measured alone (busy 0) and next to another (busy 1) determine how much
+    the other cores slow compute down."""
+    pts = [
+        Point("a", "train", 1.0 * 2.0 + 0.3 * b * 2.0 + 0.1, 2.0, 0.1, 2, 1, b)
+        for b in (0.0, 1.0, 0.5)
+    ]
+    values, notes = fit_factors(pts)
+    assert values[("contention", "")] == pytest.approx(0.3, rel=1e-6)
+    assert values[("scale", "train")] == pytest.approx(1.0, rel=1e-6)

@@ -113,3 +113,26 @@ def test_pushes_move_whole_batches_to_every_consumer_rank():
     assert res.data_s > 0
     one = simulate(c, {n: a(G0) for n in plan()})
     assert one.data_s == 0  # one device holds everything already
+
+
+def test_contention_stretches_calls_while_other_cores_compute():
+    """With a calibrated contention factor, a call's compute is stretched by the share of its
+    node's other devices that are busy: the two train calls on g0 and g1 run at the same time
+    and both stretch; on one device one after the other, neither does."""
+    from estimator.profile import Calibration
+
+    c = cm()
+    prof = c.profile.model_copy(update={"calibration": Calibration(contention=0.25)})
+    slow = CostModel(c.cluster, c.experiment, prof)
+    apart = plan(actor_train=a(G0), critic_train=a(G1))
+    together = plan(actor_train=a(G0), critic_train=a(G0))
+    for p, busy in ((apart, 1.0), (together, 0.0)):
+        res = simulate(slow, p, record=True)
+        base = c.call_cost("actor_train", p["actor_train"])
+        assert res.concurrency["actor_train"] == pytest.approx(busy, abs=0.05)
+        want = base.time_s + 0.25 * res.concurrency["actor_train"] * base.compute_s
+        assert res.call_time_s["actor_train"] == pytest.approx(want, rel=0.02)
+    # A call spanning both devices has its own other rank computing: fully contended.
+    assert simulate(slow, plan(), record=True).concurrency["ref_inf"] == pytest.approx(1.0)
+    # Without a calibration nothing changes.
+    assert simulate(c, apart).call_time_s["actor_train"] == c.time("actor_train", a(G0))
