@@ -51,7 +51,7 @@ from plans import Allocation, ClusterSpec, ExperimentSpec, Plan, PlanError, Prov
 from plans.io import cluster_from_dict, experiment_from_dict, load_plan
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILE = ROOT / "estimator" / "profiles" / "cpu-epyc-2core-1thread.json"
+PROFILE = ROOT / "estimator" / "profiles" / "cpu-epyc-2core-1thread_2workers.json"
 CALLS = ("actor_gen", "ref_inf", "rew_inf", "critic_inf", "actor_train", "critic_train")
 
 
