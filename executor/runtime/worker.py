@@ -27,7 +27,7 @@ from executor.runtime.roles import build_contexts, build_roles, layout_key
 from executor.runtime.store import DataStore
 from executor.tokenizer import tokenizer_for
 from executor.train import OptimConfig, make_optimizer
-from plans import Plan, PlanError, load_plan
+from plans import Plan, PlanError, load_plan, save_plan
 from plans.dataflow import unrolled
 
 
@@ -81,6 +81,7 @@ def run(env: WorkerEnv, task: RunTask) -> None:
     out_dir = Path(task.out_dir)
     if env.rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
+        save_plan(plan, out_dir / "plan.json")  # what ran, next to its metrics
     start = 0
     if task.resume:
         path = checkpoints.latest(out_dir, env.world)
