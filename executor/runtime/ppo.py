@@ -12,7 +12,6 @@ from executor.algorithms.ppo import gae, policy_loss, shaped_rewards, value_loss
 from executor.batching import Batch
 from executor.collectives import all_reduce_
 from executor.data import digit_reward
-from executor.logprobs import next_token_logprobs
 from executor.runtime import calls
 from executor.runtime.program import CallEnv, Program, PromptSource
 from plans import MFC, ExperimentSpec
@@ -79,7 +78,7 @@ def clipped_policy_steps(model, ctx, env: CallEnv, batch: Batch, loss_terms, cou
 
     def loss_fn(logits: torch.Tensor, mb: Batch) -> torch.Tensor:
         nonlocal clipped
-        lp = next_token_logprobs(logits, mb["input_ids"], model.vocab_rows[0], ctx.tp_group)
+        lp = calls.token_logprobs(model, ctx, logits, mb)
         loss, n_clipped = loss_terms(lp[:, p - 1 : p - 1 + g], mb)
         clipped = clipped + n_clipped.detach().double().cpu()
         return loss
