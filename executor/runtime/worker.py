@@ -28,6 +28,7 @@ from executor.runtime.store import DataStore
 from executor.tokenizer import tokenizer_for
 from executor.train import OptimConfig, make_optimizer
 from plans import Plan, PlanError, load_plan, save_plan
+from plans.algorithms import DATASET_KEYS
 from plans.dataflow import unrolled
 
 
@@ -69,7 +70,6 @@ def run(env: WorkerEnv, task: RunTask) -> None:
     program = program_for(exp, tok, task.data)
     store = DataStore(gpn, program.schema())
     rule = reward_function(exp.reward_function) if exp.reward_function else None
-    produced = {k for m in exp.mfcs() for k in m.outputs}
     # Outputs are pushed to every consumer right after they are produced, not fetched when the
     # consumer starts: a fetch would wait for the producer's ranks, which may by then be busy
     # with another call, and calls on disjoint meshes would no longer overlap.
@@ -112,7 +112,7 @@ def run(env: WorkerEnv, task: RunTask) -> None:
                 t1 = time.perf_counter()
                 data = inbox.pop(m.name)
                 for key in m.inputs:
-                    if key not in produced:  # dataset keys: every rank has the whole batch
+                    if key in DATASET_KEYS:  # every rank has the dataset's whole batch
                         data.update({t: dataset[t] for t in program.tensors[key]})
                 out = None
                 if ctx.in_mesh:

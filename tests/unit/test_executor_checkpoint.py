@@ -120,20 +120,7 @@ def test_byte_tokenizer_round_trip_and_left_padding():
 
 
 def test_hf_tokenizer_wrapper_reads_a_local_folder(tmp_path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "hello": 3, "world": 4, "[UNK]": 5}
-    raw = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="[UNK]",
-    )
-    fast.save_pretrained(tmp_path / "tok")
+    _word_tokenizer(tmp_path / "tok")
     tok = HFTokenizer(tmp_path / "tok")
     assert tok.encode("hello world") == [1, 3, 4]
     assert tok.decode([1, 3, 4, 2]) == "hello world"
