@@ -17,7 +17,8 @@ With NCCL, the first p2p call on a group must involve all its ranks; gloo has no
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
@@ -51,7 +52,26 @@ def default_chunk_bytes() -> int | None:
     return CHUNK if dist.is_initialized() and dist.get_backend() == "gloo" else None
 
 
-def exchange(
+@dataclass
+class Pending:
+    """A posted part of a plan: wait() completes it (and is a no-op the second time)."""
+
+    works: list
+    unpack: list[tuple[torch.Tensor, torch.Tensor]]
+    copied: Future | None
+    timeout: timedelta
+
+    def wait(self) -> None:
+        for work in self.works:
+            work.wait(self.timeout)
+        if self.copied is not None:
+            self.copied.result()  # re-raises a failed copy
+        for region, dst in self.unpack:
+            dst.copy_(region)
+        self.works, self.unpack, self.copied = [], [], None
+
+
+def post(
     plan: TransferPlan,
     read: Callable[[Transfer], Views],
     write: Callable[[Transfer], Views],
@@ -59,10 +79,11 @@ def exchange(
     timeout: timedelta = DEFAULT_TIMEOUT,
     chunk_bytes: int | None = -1,
     direct_bytes: int = DIRECT,
-) -> None:
-    """Run this rank's part of `plan`. `read(t)`: the source views of a transfer this rank
-    sends or copies locally; `write(t)`: the destination views it fills, in the same order
-    and shapes. A local transfer whose views are the same memory is skipped (kept tensor).
+) -> Pending:
+    """Post this rank's part of `plan` without waiting for it. `read(t)`: the source views of
+    a transfer this rank sends or copies locally; `write(t)`: the destination views it fills,
+    in the same order and shapes. A local transfer whose views are the same memory is skipped
+    (kept tensor). Sources must stay unchanged and destinations unread until `wait()`.
     `chunk_bytes`/`direct_bytes`: framing (executor.wire); chunk None = one op per message
     (no framing), -1 = `default_chunk_bytes()`."""
     rank = this_rank() if rank is None else rank
@@ -76,6 +97,9 @@ def exchange(
         for d, s in zip(write(t), read(t), strict=True)
         if (d.data_ptr(), d.stride()) != (s.data_ptr(), s.stride())
     ]
+    if not (sends or recvs):
+        _copy_all(local)
+        return Pending([], [], None, timeout)
     ops, unpack = [], []
     for peer, ts in sorted(recvs.items()):
         peer_ops, peer_unpack = wire.recv(
@@ -87,21 +111,30 @@ def exchange(
     batch = [] if chunk else ops
     # Local copies in a helper thread (torch releases the GIL while copying), so they run
     # while this thread posts the sends, which gloo partly writes out synchronously.
-    if not (sends or recvs):
-        _copy_all(local)
-        return
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    copied = None
+    if local:
+        pool = ThreadPoolExecutor(max_workers=1)
         copied = pool.submit(_copy_all, local)
-        for peer, ts in sorted(sends.items()):
-            posted = wire.send([v for t in ts for v in read(t)], peer, chunk, direct_bytes)
-            (works if chunk else batch).extend(posted)
-        if batch:
-            works.extend(dist.batch_isend_irecv(batch))
-        for work in works:
-            work.wait(timeout)
-        copied.result()  # re-raises a failed copy
-    for region, dst in unpack:
-        dst.copy_(region)
+        pool.shutdown(wait=False)  # the thread ends with its one task
+    for peer, ts in sorted(sends.items()):
+        posted = wire.send([v for t in ts for v in read(t)], peer, chunk, direct_bytes)
+        (works if chunk else batch).extend(posted)
+    if batch:
+        works.extend(dist.batch_isend_irecv(batch))
+    return Pending(works, unpack, copied, timeout)
+
+
+def exchange(
+    plan: TransferPlan,
+    read: Callable[[Transfer], Views],
+    write: Callable[[Transfer], Views],
+    rank: int | None = None,
+    timeout: timedelta = DEFAULT_TIMEOUT,
+    chunk_bytes: int | None = -1,
+    direct_bytes: int = DIRECT,
+) -> None:
+    """Run this rank's part of `plan` to the end (`post`, then wait)."""
+    post(plan, read, write, rank, timeout, chunk_bytes, direct_bytes).wait()
 
 
 def _copy_all(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -211,6 +244,25 @@ def move_batch(
     share. `batch` is this rank's source share (None off the producer's mesh); the result is
     its consumer share ({} off the consumer's mesh). Same sharing and `keep_source` rules as
     `reallocate`."""
+    out, pending = post_batch(plan, batch, schema, timeout, chunk_bytes, direct_bytes, device)
+    pending.wait()
+    if not keep_source and batch is not None:
+        batch.clear()
+    return out
+
+
+def post_batch(
+    plan: TransferPlan,
+    batch: Mapping[str, torch.Tensor] | None,
+    schema: BatchSchema,
+    timeout: timedelta = DEFAULT_TIMEOUT,
+    chunk_bytes: int | None = -1,
+    direct_bytes: int = DIRECT,
+    device: torch.device | str = "cpu",
+) -> tuple[dict[str, torch.Tensor], Pending]:
+    """`move_batch` without waiting: (this rank's consumer share, to be read only after the
+    pending part's wait(); the pending part). The source share must stay unchanged until
+    then. This is how a producer hands its outputs over and goes on with its next call."""
     rank = this_rank()
     batch = {} if batch is None else batch
     keys = sorted(schema)
@@ -231,7 +283,7 @@ def move_batch(
         (a, b), o = t.box[0], piece.box[0][0]
         return [tensors[k][a - o : b - o] for k in keys]
 
-    exchange(
+    pending = post(
         plan,
         read=lambda t: rows(batch, src, t),
         write=lambda t: rows(out, dst, t),
@@ -240,6 +292,4 @@ def move_batch(
         chunk_bytes=chunk_bytes,
         direct_bytes=direct_bytes,
     )
-    if not keep_source:
-        batch.clear()
-    return out
+    return out, pending
