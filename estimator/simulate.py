@@ -4,20 +4,21 @@ Every rank of rlhf-run walks the same global order of calls (plans.dataflow) and
 1. brings the call's model into the call's layout: a role lives in a *home* layout (that of its
    train call, or of its first call when frozen) and a call in another layout gets a copy
    reallocated from home, kept until the layout changes again or the weights change (after the
-   train call); ranks of the home and target meshes take part;
-2. runs the call on the call's mesh;
-3. pushes the outputs to every consumer's mesh (the whole batch to each of its ranks). These
-   point-to-point moves are rendezvous (a send completes when the receiver has posted its
-   receive), so producer and consumer ranks both wait for the later of the two to arrive.
-At the end of an iteration the workers gather their metrics (all_gather_object): a barrier.
+   train call); ranks of the home and target meshes take part and wait for each other;
+2. waits for its inputs, then runs the call on the call's mesh;
+3. posts the outputs to every consumer's mesh (the whole batch to each of its ranks) without
+   waiting: the transfer starts once the consumer's ranks have reached that point of the order
+   (they post their receives there) and runs in the background.
+Iterations end without a barrier (metrics go through the store), so calls of the next
+iteration overlap the tail of this one wherever the dependencies allow.
 
-The simulator replays exactly that as list scheduling: each step (reallocation, call, push)
-starts when every device it involves is free, in the global order; calls on disjoint meshes
-overlap whenever no step in between ties their devices together. The iteration time is the
-time from one barrier to the next, from the steady state (the first iteration already pays the
-steady-state moves). With a calibrated contention factor (CPU cores of one node slow each
-other down), a first replay finds how busy the other devices of each call's node are while it
-runs, the call's compute is stretched accordingly, and the plan is replayed again.
+The simulator replays exactly that as list scheduling: each step (reallocation, call) starts
+when every device it involves is free, in the global order, and a call also waits for its
+inputs to arrive. The iteration time is the time between the ends of the last two simulated
+iterations (the steady state; the first iteration already pays the steady-state moves). With
+a calibrated contention factor (CPU cores of one node slow each other down), a first replay
+finds how busy the other devices of each call's node are while it runs, the call's compute is
+stretched accordingly, and the plan is replayed again.
 
 Devices are handled as *atoms*: maximal runs of ranks that no mesh boundary splits. Meshes are
 contiguous rank ranges (node-major), so each mesh is a range of atoms and a simulation touches a
@@ -189,14 +190,10 @@ def _replay(cm, allocations, shape, times: dict[str, float], res: SimResult, rec
     end = [0.0] * len(nodes)
     iter_end = [0.0] * iterations
     last = iterations - 1
-    it_prev = 0
+    arrive: dict[tuple[int, str], float] = {}  # (producer node, consumer) -> inputs there
     for k, node in enumerate(nodes):
         m, it = node.mfc, node.iteration
         name, role = m.name, m.role
-        if it != it_prev:  # rlhf-run gathers the iteration's metrics from every worker
-            t = max(free)
-            free = [t] * n_atoms
-            it_prev = it
         alloc, mine = allocations[name], atoms[name]
         lay = layouts[name]
         if lay != layouts[home[role]] and view[role] != lay:
@@ -217,7 +214,7 @@ def _replay(cm, allocations, shape, times: dict[str, float], res: SimResult, rec
         for p in node.version_deps:
             start = max(start, end[p])
         for p, _ in node.data_deps:
-            start = max(start, end[p])
+            start = max(start, arrive.get((p, name), end[p]))
         finish = start + times[name]
         for a in mine:
             free[a] = finish
@@ -226,16 +223,13 @@ def _replay(cm, allocations, shape, times: dict[str, float], res: SimResult, rec
         if record:
             sp = spans[name]
             res.steps.append(Step("call", name, role, it, sp[0], sp[1] - 1, start, finish))
-        for c in consumers[name]:  # push the outputs to every consumer's mesh
+        for c in consumers[name]:  # posted now, received once the consumer gets here
             move = cm.data_cost(m.outputs, c, alloc, allocations[c])
             if move.bytes_total <= 0:
                 continue
-            both = sorted(set(mine) | set(atoms[c]))
-            t0 = max(free[a] for a in both)
+            t0 = max(finish, max(free[a] for a in atoms[c]))
             t1 = t0 + move.time_s
-            for a in both:
-                free[a] = t1
-            iter_end[it] = max(iter_end[it], t1)
+            arrive[(k, c)] = t1
             if it == last:
                 res.data_s += move.time_s
             if record:

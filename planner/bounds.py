@@ -2,18 +2,17 @@
 
 Each call has a fastest candidate (`t_min`, on any mesh) and a cheapest one in device-seconds
 (`area`: time x mesh size). Reallocations, data moves and memory shared with other models only
-add to a plan, so three bounds hold for every plan the search could return:
+add to a plan, so two bounds hold for every plan the search could return:
 
 - *area*: all calls' device-seconds spread perfectly over the cluster, sum(area) / devices;
 - *cycle*: a trained role's calls of one iteration, from its first call to its train call, form
   a chain (data edges), and its next first call waits for that train call (version edge): the
-  longest such chain of `t_min` bounds the steady-state iteration even when iterations overlap;
-- *layers*: when iterations do not overlap (rlhf-run gathers every iteration's metrics from all
-  workers, and the simulator replays that barrier), an iteration is a makespan. Group the calls
-  into consecutive layers such that every call of a layer depends on every call of the layer
-  before; then no two layers overlap, and each takes at least max(its longest `t_min`, its
-  area / devices). Calls that depend on, or feed, every other call (PPO's generation) form a
-  layer of their own and so count at their full `t_min`.
+  longest such chain of `t_min` bounds the steady-state iteration although iterations overlap
+  (rlhf-run ends an iteration without a barrier).
+
+`dependency_layers` groups the calls into consecutive layers, each depending on all of the
+layer before (PPO: generation; the three inference calls; the two train calls); the greedy
+starting plans (planner.seeds) place one layer at a time.
 """
 
 from __future__ import annotations
@@ -29,18 +28,10 @@ from plans.dataflow import unrolled
 class Bounds:
     area_s: float
     cycle_s: float
-    layers_s: float
-    layers: tuple[tuple[str, ...], ...]
 
     @property
-    def overlapping_s(self) -> float:
-        """Valid whether or not iterations overlap."""
+    def lower_s(self) -> float:
         return max(self.area_s, self.cycle_s)
-
-    @property
-    def barrier_s(self) -> float:
-        """Valid when an iteration ends before the next begins."""
-        return max(self.overlapping_s, self.layers_s)
 
 
 def predecessors(exp: ExperimentSpec) -> dict[str, list[str]]:
@@ -94,7 +85,7 @@ def _chains(exp: ExperimentSpec, t: dict[str, float]) -> dict[str, dict[str, flo
     return chain
 
 
-def _cycles(exp: ExperimentSpec) -> list[tuple[str, str]]:
+def cycles(exp: ExperimentSpec) -> list[tuple[str, str]]:
     """(first call, train call) of every trained role: the two ends of a chain that the
     version edge closes into a cycle."""
     anc = _ancestors(exp)
@@ -112,7 +103,7 @@ def cycle_time(exp: ExperimentSpec, t: dict[str, float]) -> float:
     """Seconds per iteration at the least when each call takes `t`: the longest call, or the
     longest chain a version edge closes into a cycle."""
     chain = _chains(exp, t)
-    return max([*t.values(), *(chain[tr].get(f, 0.0) for f, tr in _cycles(exp))])
+    return max([*t.values(), *(chain[tr].get(f, 0.0) for f, tr in cycles(exp))])
 
 
 def prune_slow(
@@ -127,7 +118,7 @@ def prune_slow(
     anc = _ancestors(exp)
     # Seconds the rest of the longest cycle through each call adds at the least.
     rest = {n: 0.0 for n in cands}
-    for f, tr in _cycles(exp):
+    for f, tr in cycles(exp):
         for n in cands:
             if n in (f, tr) or (f in anc[n] and n in anc[tr]):
                 through = fwd[n].get(f, t_min[n]) + fwd[tr].get(n, t_min[n]) - 2 * t_min[n]
@@ -140,14 +131,4 @@ def prune_slow(
 def lower_bounds(exp: ExperimentSpec, world: int, cands: dict[str, list[Scored]]) -> Bounds:
     t_min = {n: min(c.time_s for c in lst) for n, lst in cands.items()}
     area = {n: min(c.time_s * c.alloc.mesh.size for c in lst) for n, lst in cands.items()}
-    cycle = cycle_time(exp, t_min)
-    layers = dependency_layers(exp)
-    layered = sum(
-        max(max(t_min[n] for n in layer), sum(area[n] for n in layer) / world) for layer in layers
-    )
-    return Bounds(
-        area_s=sum(area.values()) / world,
-        cycle_s=cycle,
-        layers_s=layered,
-        layers=tuple(tuple(layer) for layer in layers),
-    )
+    return Bounds(area_s=sum(area.values()) / world, cycle_s=cycle_time(exp, t_min))

@@ -56,11 +56,14 @@ class Space:
         groups: list[list[str]] | None = None,
         gpus_per_node: int | None = None,
         after: dict[str, list[str]] | None = None,
+        cycles: list[tuple[str, str]] | None = None,
     ):
         self.names = list(cands)
-        # Calls each call waits for within an iteration (data edges), for `lower`. The names
+        # Calls each call waits for within an iteration (data edges), and the (first call,
+        # train call) chains that a version edge closes into a cycle, for `lower`. The names
         # must then be in a topological order (the algorithm's canonical order is).
         self.preds = [[self.names.index(p) for p in (after or {}).get(n, [])] for n in self.names]
+        self.cycles = [(self.names.index(f), self.names.index(t)) for f, t in cycles or []]
         # Calls that share a model: moving them together keeps them co-located, which a
         # one-call move can only reach through a costly reallocating middle state.
         self.groups = [[self.names.index(n) for n in g] for g in (groups or []) if len(g) > 1]
@@ -97,15 +100,20 @@ class Space:
         self._neighbors: dict[DeviceMesh, list[DeviceMesh]] = {}
 
     def lower(self, state: State) -> float:
-        """Iteration seconds at the least: the longest chain of calls (each at its stand-alone
-        time) through the data edges, as long as iterations do not overlap (the simulator
-        replays rlhf-run's per-iteration barrier); without edges, the longest call."""
-        longest = [0.0] * len(state)
-        for k, i in enumerate(state):
-            longest[k] = self.cands[k][i].time_s + max(
-                (longest[p] for p in self.preds[k]), default=0.0
-            )
-        return max(longest)
+        """Iteration seconds at the least (planner.bounds.cycle_time for this state): a call
+        repeats on its mesh every iteration, and a trained role's chain from its first call to
+        its train call repeats after the train call (the version edge), however iterations
+        overlap."""
+        t = [self.cands[k][i].time_s for k, i in enumerate(state)]
+        best = max(t)
+        for first, train in self.cycles:
+            reach = [-math.inf] * len(t)  # longest chain from `first` to each call
+            reach[first] = t[first]
+            for k in range(first + 1, train + 1):
+                before = max((reach[p] for p in self.preds[k]), default=-math.inf)
+                reach[k] = before + t[k]
+            best = max(best, reach[train])
+        return best
 
     def allocations(self, state: State) -> dict[str, Allocation]:
         return {

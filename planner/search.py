@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from estimator.cost import CostModel
 from estimator.profile import Profile
 from planner import baselines
-from planner.bounds import predecessors, prune_slow
+from planner.bounds import cycles, predecessors, prune_slow
 from planner.candidates import Scored, candidates
 from planner.context import SearchContext
 from planner.mcmc import ChainResult, Space, State, polish, run_chain
@@ -197,6 +197,7 @@ def search(
         [[m.name for m in exp.mfcs() if m.role == r] for r in exp.roles],
         cluster.gpus_per_node,
         predecessors(exp),
+        cycles(exp),
     )
     if method == "exhaustive":
         cost, state = exhaustive(space, ctx)

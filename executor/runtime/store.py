@@ -1,5 +1,5 @@
 """Data between calls: each call's outputs stay where they were computed (its dp shares on
-its last pipeline stage) until a consumer fetches them.
+its last pipeline stage) and are posted to each consumer's mesh right after the call.
 
 A consumer receives the *whole* batch of each key on every rank of its mesh, which is what
 the executor's forward, generate and train functions take (each dp rank then cuts its own
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from executor.realloc import move_batch
+from executor.realloc import Pending, post_batch
 from plans import Allocation
 from plans.transfer import SAMPLES, Piece, TransferPlan, batch_layout, plan_transfers
 
@@ -53,9 +53,11 @@ class DataStore:
                 )
         self.entries[call] = Entry(producer, n_samples, keys, local)
 
-    def fetch(self, call: str, consumer: Allocation) -> dict[str, torch.Tensor]:
-        """The whole batch of `call`'s outputs on every rank of `consumer`'s mesh ({} off it).
-        Collective over the producer's and consumer's ranks; every rank must call it."""
+    def post(self, call: str, consumer: Allocation) -> tuple[dict[str, torch.Tensor], Pending]:
+        """Start moving `call`'s outputs to every rank of `consumer`'s mesh: (the whole batch
+        on this rank, {} off that mesh, readable once the pending part is waited; the pending
+        part). Every rank must call it, in the same order; nobody waits here, so a producer
+        goes on with its next call while the consumer may still be busy with another."""
         e = self.entries[call]
         key = (call, e.producer, consumer.mesh, e.n_samples)
         if key not in self._plans:
@@ -64,4 +66,4 @@ class DataStore:
             dst = {r: whole for r in consumer.mesh.ranks(self.gpn)}
             self._plans[key] = plan_transfers(src, dst, self.gpn)
         schema = {k: self.schema[k] for k in e.keys}
-        return move_batch(self._plans[key], dict(e.local), schema)
+        return post_batch(self._plans[key], dict(e.local), schema)

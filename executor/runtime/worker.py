@@ -1,33 +1,35 @@
 """One worker of `rlhf-run`: every rank walks the same calls in the same order.
 
 Before a call, the ranks concerned reallocate the call's model into the call's layout and
-fetch its input data; then the call's mesh runs it while the other ranks go on to their next
-call, so calls on disjoint meshes overlap without a central controller.
+wait for its input data; then the call's mesh runs it and posts its outputs to every consumer
+without waiting, while the other ranks go on to their next call. So calls on disjoint meshes
+overlap without a central controller, also across iterations: nothing (not even the metrics,
+executor.runtime.metrics) ends an iteration with a barrier.
 """
 
 from __future__ import annotations
 
-import json
 import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from executor.data import reward_function
-from executor.runtime import checkpoints
+from executor.realloc import Pending
+from executor.runtime import checkpoints, metrics
 from executor.runtime.algorithms import program_for
 from executor.runtime.display import RunDisplay
 from executor.runtime.evaluate import Evaluation
 from executor.runtime.launch import WorkerEnv
+from executor.runtime.metrics import MetricsBoard
 from executor.runtime.program import CallEnv
 from executor.runtime.roles import build_contexts, build_roles, layout_key
 from executor.runtime.store import DataStore
 from executor.tokenizer import tokenizer_for
 from executor.train import OptimConfig, make_optimizer
-from plans import Plan, PlanError, load_plan, save_plan
+from plans import PlanError, load_plan, save_plan
 from plans.algorithms import DATASET_KEYS
 from plans.dataflow import unrolled
 
@@ -91,29 +93,35 @@ def run(env: WorkerEnv, task: RunTask) -> None:
             )
         start = checkpoints.load(path, env.rank, plan, roles, opts)
         if env.rank == 0:
-            _truncate_metrics(out_dir, start)
+            metrics.truncate(out_dir, start)
     evaluation, eval_alloc = None, None
     if exp.evaluation is not None:  # in the generation layout (the actor's home without one)
         evaluation = Evaluation(exp.evaluation, tok, exp.model("actor").max_position_embeddings)
         eval_alloc = plan.allocations.get("actor_gen", roles["actor"].home)
     display = RunDisplay(start, task.iterations) if env.rank == 0 else None
+    board = MetricsBoard(env.store, env.rank, env.world, env.timeout)
+    sent: list[tuple[int, Pending]] = []  # outputs handed over, by iteration
     try:
         for it in range(start, task.iterations):
-            t_iter = time.perf_counter()
+            t_iter = time.time()
             dataset = program.dataset(it)
-            mine: dict = {"calls": {}, "stats": {}}
-            inbox: dict[str, dict[str, torch.Tensor]] = {m.name: {} for m in exp.mfcs()}
+            mine: dict = {"calls": {}, "stats": {}, "start": t_iter}
+            inbox: dict[str, list] = {m.name: [] for m in exp.mfcs()}
             for m in order:
                 alloc = plan.allocations[m.name]
                 ctx = ctxs[layout_key(alloc)]
                 rm = roles[m.role]
-                t0 = time.perf_counter()
+                t0 = time.time()
                 model = rm.view(alloc)
-                t1 = time.perf_counter()
-                data = inbox.pop(m.name)
+                t1 = time.time()
+                data: dict[str, torch.Tensor] = {}
+                for part, pending in inbox.pop(m.name):
+                    pending.wait()
+                    data.update(part)
                 for key in m.inputs:
                     if key in DATASET_KEYS:  # every rank has the dataset's whole batch
                         data.update({t: dataset[t] for t in program.tensors[key]})
+                t2 = time.time()
                 out = None
                 if ctx.in_mesh:
                     call_env = CallEnv(
@@ -121,22 +129,30 @@ def run(env: WorkerEnv, task: RunTask) -> None:
                     )
                     out = program.run(m, model, ctx, data, call_env)
                     mine["stats"].update(call_env.stats)
-                t2 = time.perf_counter()
+                t3 = time.time()
                 if m.outputs:
                     keys = tuple(t for key in m.outputs for t in program.tensors[key])
                     store.put(m.name, alloc, n, keys, out)
                 if m.kind == "train":
                     rm.drop_view()  # its other layouts hold the old weights now
-                for c in consumers[m.name]:
-                    inbox[c].update(store.fetch(m.name, plan.allocations[c]))
+                for c in consumers[m.name]:  # posted here, waited for by the consumer
+                    part, pending = store.post(m.name, plan.allocations[c])
+                    inbox[c].append((part, pending))
+                    sent.append((it, pending))
                 if ctx.in_mesh:
                     mine["calls"][m.name] = {
                         "realloc_s": t1 - t0,
-                        "compute_s": t2 - t1,
-                        "data_s": time.perf_counter()
-                        - t2,  # pushing the outputs to their consumers
+                        "wait_s": t2 - t1,
+                        "compute_s": t3 - t2,
+                        "data_s": time.time() - t3,
+                        "start": t2,
+                        "end": t3,
                     }
-            mine["iteration_s"] = time.perf_counter() - t_iter
+            # Sends of the last iteration have long been received; waiting for them here
+            # frees their buffers and keeps any rank at most one iteration ahead.
+            while sent and sent[0][0] < it:
+                sent.pop(0)[1].wait()
+            mine["end"] = time.time()
             if evaluation is not None and evaluation.due(it, task.iterations):
                 t0 = time.perf_counter()
                 model = roles["actor"].view(eval_alloc)
@@ -144,12 +160,16 @@ def run(env: WorkerEnv, task: RunTask) -> None:
                     mine["stats"].update(evaluation.run(model, ctxs[layout_key(eval_alloc)]))
                     mine["stats"]["eval_s"] = time.perf_counter() - t0
             mine["peak_memory_mib"] = _peak_memory_mib(env.device)
-            everyone: list = [None] * env.world
-            dist.all_gather_object(everyone, mine)
-            if display is not None:
-                display.update(_write_metrics(out_dir, plan, it, everyone))
+            board.post(it, mine)
             if task.checkpoint_every and (it + 1) % task.checkpoint_every == 0:
                 checkpoints.save(out_dir, it + 1, env.rank, plan, roles, opts, tok)
+            last = it == task.iterations - 1
+            if display is not None:
+                for row in board.merged(plan, block=last):
+                    metrics.append_row(out_dir, row)
+                    display.update(row)
+        for _, pending in sent:
+            pending.wait()
     finally:
         if display is not None:
             display.close()
@@ -164,41 +184,3 @@ def _peak_memory_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
-
-
-def _truncate_metrics(out_dir: Path, done: int) -> None:
-    """Drop metric lines of iterations after the checkpoint: they will be run again."""
-    path = out_dir / "metrics.jsonl"
-    if path.exists():
-        keep = [
-            line
-            for line in path.read_text().splitlines()
-            if line and json.loads(line)["iteration"] < done
-        ]
-        path.write_text("".join(line + "\n" for line in keep))
-
-
-def _write_metrics(out_dir: Path, plan: Plan, it: int, everyone: list) -> dict:
-    calls: dict[str, dict] = {}
-    stats: dict = {}
-    for r in everyone:
-        stats.update(r["stats"])
-        for name, t in r["calls"].items():
-            c = calls.setdefault(name, {"realloc_s": 0.0, "data_s": 0.0, "compute_s": 0.0})
-            for k in c:
-                c[k] = max(c[k], t[k])  # a call takes as long as its slowest rank
-    if plan.estimate:
-        for name, c in calls.items():
-            est = plan.estimate.calls.get(name)
-            c["estimate_s"] = est.time_s if est else None
-    row = {
-        "iteration": it,
-        "iteration_s": max(r["iteration_s"] for r in everyone),
-        "realloc_s": sum(c["realloc_s"] for c in calls.values()),
-        **stats,
-        "peak_memory_mib": max(r["peak_memory_mib"] for r in everyone),
-        "calls": calls,
-    }
-    with open(out_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    return row

@@ -45,13 +45,13 @@ def test_dependency_layers():
 def test_bounds_below_every_plan(tiny):
     exp, ctx, cands = tiny
     b = lower_bounds(exp, CPU4.world_size, cands)
-    assert 0 < b.area_s <= b.barrier_s and b.cycle_s <= b.barrier_s
-    assert b.layers_s >= max(min(c.time_s for c in cands["actor_gen"]), 0)
+    assert 0 < b.area_s <= b.lower_s and b.cycle_s <= b.lower_s
+    assert b.cycle_s >= min(c.time_s for c in cands["actor_gen"])
     for fn in baselines.BASELINES.values():
         cost, _ = fn(ctx)
-        assert b.barrier_s <= cost
+        assert b.lower_s <= cost
     out = search(exp, CPU4, seed=3, steps=600, time_limit=300)
-    assert b.barrier_s <= out.cost
+    assert b.lower_s <= out.cost
 
 
 def test_prune_slow_keeps_the_optimum(tiny):
@@ -66,7 +66,7 @@ def test_prune_slow_keeps_the_optimum(tiny):
     for name, alloc in chosen.items():
         assert any(c.alloc == alloc for c in pruned[name]), name
     # and the bound of the reduced space is below its optimum
-    assert lower_bounds(exp, CPU4.world_size, reduced).barrier_s <= best
+    assert lower_bounds(exp, CPU4.world_size, reduced).lower_s <= best
     # a limit below every plan keeps one candidate per call rather than none
     assert all(len(v) >= 1 for v in prune_slow(exp, reduced, 0.0).values())
 

@@ -9,7 +9,7 @@ import pytest
 
 from estimator.cost import CostModel
 from planner import baselines
-from planner.bounds import predecessors
+from planner.bounds import cycles, predecessors
 from planner.candidates import candidates, meshes
 from planner.context import SearchContext
 from planner.mcmc import Space, span
@@ -97,7 +97,7 @@ def test_layer_options_whole_or_disjoint(ppo7b):
 
 def test_lower_bound_of_a_state_never_exceeds_its_cost(ppo7b):
     exp, ctx, _ = ppo7b
-    space = Space(candidates(ctx), None, 8, predecessors(exp))
+    space = Space(candidates(ctx), None, 8, predecessors(exp), cycles(exp))
     rng = random.Random(2)
     state, checked = space.random_state(rng), 0
     for _ in range(400):

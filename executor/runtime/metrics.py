@@ -1,0 +1,106 @@
+"""Per-iteration metrics of a run, gathered without a barrier.
+
+Every worker leaves its row for an iteration in the process-group store and goes on; rank 0
+merges the rows of an iteration once all of them are there and appends one line to
+metrics.jsonl. A collective here (all_gather_object) would make every iteration end with a
+barrier, and calls of the next iteration could never overlap the tail of this one (the
+critic's train step with the next generation, say), which is what a plan's placement buys.
+
+Times are wall-clock (time.time()) so rows of different ranks line up; the iteration time is
+the time between the ends of consecutive iterations (the slowest rank's), which is the
+run's rate when iterations overlap.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from datetime import timedelta
+from pathlib import Path
+
+import torch.distributed as dist
+
+from plans import Plan
+
+CALL_SECONDS = ("realloc_s", "wait_s", "compute_s", "data_s")
+"""Per call and rank: reallocating the model into the call's layout, waiting for the inputs,
+running the call, handing the outputs over (a call takes as long as its slowest rank)."""
+
+
+class MetricsBoard:
+    def __init__(self, store: dist.Store, rank: int, world: int, timeout: timedelta):
+        self.store = dist.PrefixStore("metrics/", store)
+        self.rank, self.world, self.timeout = rank, world, timeout
+        self._posted: list[int] = []  # iterations not yet merged (rank 0)
+        self._last_end: float | None = None
+
+    def post(self, it: int, row: dict) -> None:
+        """Leave this rank's row of iteration `it`; never waits."""
+        self.store.set(f"{it}/{self.rank}", pickle.dumps(row))
+        if self.rank == 0:
+            self._posted.append(it)
+
+    def merged(self, plan: Plan, block: bool = False) -> list[dict]:
+        """Rank 0: merged rows of the iterations every rank has posted, oldest first; with
+        `block`, all posted iterations (waits up to the timeout for the others)."""
+        out = []
+        while self._posted:
+            it = self._posted[0]
+            keys = [f"{it}/{r}" for r in range(self.world)]
+            if block:
+                self.store.wait(keys, self.timeout)
+            elif not self.store.check(keys):
+                break
+            rows = [pickle.loads(self.store.get(k)) for k in keys]
+            for k in keys:
+                self.store.delete_key(k)
+            self._posted.pop(0)
+            out.append(self._merge(plan, it, rows))
+        return out
+
+    def _merge(self, plan: Plan, it: int, everyone: list[dict]) -> dict:
+        calls: dict[str, dict] = {}
+        stats: dict = {}
+        for r in everyone:
+            stats.update(r["stats"])
+            for name, t in r["calls"].items():
+                c = calls.setdefault(name, dict.fromkeys(CALL_SECONDS, 0.0))
+                for k in CALL_SECONDS:
+                    c[k] = max(c[k], t[k])  # a call takes as long as its slowest rank
+                c["start"] = min(c.get("start", t["start"]), t["start"])
+                c["end"] = max(c.get("end", t["end"]), t["end"])
+        if plan.estimate:
+            for name, c in calls.items():
+                est = plan.estimate.calls.get(name)
+                c["estimate_s"] = est.time_s if est else None
+        end = max(r["end"] for r in everyone)
+        if self._last_end is None:  # the first iteration of this process: its own span
+            took = max(r["end"] - r["start"] for r in everyone)
+        else:
+            took = end - self._last_end
+        self._last_end = end
+        return {
+            "iteration": it,
+            "iteration_s": took,
+            "realloc_s": sum(c["realloc_s"] for c in calls.values()),
+            **stats,
+            "peak_memory_mib": max(r["peak_memory_mib"] for r in everyone),
+            "calls": calls,
+        }
+
+
+def append_row(out_dir: Path, row: dict) -> None:
+    with open(out_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def truncate(out_dir: Path, done: int) -> None:
+    """Drop metric lines of iterations after the checkpoint: they will be run again."""
+    path = out_dir / "metrics.jsonl"
+    if path.exists():
+        keep = [
+            line
+            for line in path.read_text().splitlines()
+            if line and json.loads(line)["iteration"] < done
+        ]
+        path.write_text("".join(line + "\n" for line in keep))

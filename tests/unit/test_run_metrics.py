@@ -1,0 +1,44 @@
+"""Metrics rows go through the store: rank 0 merges an iteration once every rank has posted it,
+without waiting for the late ones, and an iteration's time is the gap between the ends of
+consecutive iterations (which overlap in a run)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import torch.distributed as dist
+
+from executor.runtime.metrics import MetricsBoard
+from plans import example_path, load_plan
+
+
+def row(start: float, end: float, call_end: float, stat: float) -> dict:
+    call = {"realloc_s": 0.1, "wait_s": 0.0, "compute_s": 0.5, "data_s": 0.0}
+    return {
+        "calls": {"actor_gen": call | {"start": start, "end": call_end}},
+        "stats": {"reward_mean": stat},
+        "start": start,
+        "end": end,
+        "peak_memory_mib": 10.0 * end,
+    }
+
+
+def test_rank_zero_merges_complete_iterations_only(tmp_path):
+    store = dist.FileStore(str(tmp_path / "store"), 2)
+    plan = load_plan(example_path("ppo-tiny-4cpu", "plan"))
+    zero, one = (MetricsBoard(store, r, 2, timedelta(seconds=5)) for r in (0, 1))
+    zero.post(0, row(0.0, 2.0, 1.0, 0.1))
+    zero.post(1, row(2.0, 3.0, 2.5, 0.2))
+    assert zero.merged(plan) == []  # rank 1 is still in iteration 0
+    one.post(0, row(0.5, 2.5, 1.5, 0.3))
+    first = zero.merged(plan)
+    assert [r["iteration"] for r in first] == [0]
+    assert first[0]["iteration_s"] == 2.0  # the first iteration: the longest span of a rank
+    assert first[0]["calls"]["actor_gen"]["start"] == 0.0
+    assert first[0]["calls"]["actor_gen"]["end"] == 1.5
+    assert first[0]["peak_memory_mib"] == 25.0
+    one.post(1, row(2.5, 4.5, 3.0, 0.4))
+    second = zero.merged(plan, block=True)
+    assert [r["iteration"] for r in second] == [1]
+    assert second[0]["iteration_s"] == 4.5 - 2.5  # end to end of the slowest rank
+    assert not store.check(["metrics/0/0", "metrics/1/1"])  # merged rows leave the store
