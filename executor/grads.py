@@ -68,7 +68,38 @@ def sum_dp_(model: Transformer, ctx: ParallelContext) -> None:
     """Sum over dp replicas. Each rank's loss is already divided by the *global* token count
     (see executor.train), so the sum is the gradient of the global token mean; this equals
     averaging per-rank means when the shares are equal, and stays exact when they are not."""
-    _all_reduce_flat(_grads(model, list(model.slices)), ctx.dp_group)
+    if ctx.dp_group is None:
+        return
+    if len({p.dtype for p in model.parameters()}) > 1:  # one buffer holds one dtype
+        _all_reduce_flat(_grads(model, list(model.slices)), ctx.dp_group)
+        return
+    all_reduce_(_flat_grads(model), ctx.dp_group)
+
+
+def _flat_grads(model: Transformer) -> torch.Tensor:
+    """One buffer that every parameter's gradient is a view of, so the dp sum is one
+    all-reduce with nothing to pack: a fresh model-sized buffer every step costs, on a CPU,
+    about as much as the reduction itself. Backward accumulates into existing gradients in
+    place and train_step zeroes them without dropping them, so the views last; if anything
+    replaced a gradient, the buffer is rebuilt around the current values."""
+    params = list({id(p): p for p in model.parameters()}.values())  # tied copies once
+    _grads(model, [n for n, _ in model.named_parameters()])  # every parameter has one
+    buf: torch.Tensor | None = getattr(model, "_flat_grad", None)
+    if buf is not None and all(
+        p.grad.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr() for p in params
+    ):
+        return buf
+    buf = torch.empty(
+        sum(p.numel() for p in params), dtype=params[0].grad.dtype, device=params[0].device
+    )
+    offset = 0
+    for p in params:
+        view = buf[offset : offset + p.numel()].view_as(p)
+        view.copy_(p.grad)
+        p.grad = view
+        offset += p.numel()
+    model._flat_grad = buf
+    return buf
 
 
 def global_grad_norm(model: Transformer, ctx: ParallelContext) -> float:

@@ -74,6 +74,13 @@ def check_layout(rank: int, world: int, name: str, tied: bool, tp: int, pp: int,
     # Weights must actually have moved, or the comparison proves nothing.
     init = random_init_(Transformer.for_context(spec, ctx), seed=SEED).state_dict()
     out["moved"] = max((params[n] - init[n]).abs().max().item() for n in model.slices)
+    # With dp, every gradient is still a view of the one reduction buffer after three steps
+    # (one all-reduce, no packing); without dp there is no buffer.
+    flat = getattr(model, "_flat_grad", None)
+    out["flat_grads"] = flat is not None and all(
+        p.grad.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+        for p in model.parameters()
+    )
     return out
 
 
@@ -87,6 +94,7 @@ def test_layout_matches_single_process(pool, tp, pp, dp):
         assert r["loss"] < TOL, r
         assert r["weights"] < TOL, r
         assert r["moved"] > 1e-3, r
+        assert r["flat_grads"] == (dp > 1), r
 
 
 @pytest.mark.parametrize("tp,pp,dp", [(2, 2, 1), (1, 2, 2)])
