@@ -50,7 +50,11 @@ def meshes(cluster: ClusterSpec) -> list[DeviceMesh]:
 
 def _micro_batch_choices(mfc: MFC, pp: int, dp: int, per_step: int) -> list[int]:
     """Powers of two from 1 (or pp, so a pipeline can fill) up to what the batch allows (one
-    sequence per micro-batch: a deep pipeline's bubble keeps shrinking until there)."""
+    sequence per micro-batch: a deep pipeline's bubble keeps shrinking until there). Generation:
+    1 only, since executor.generate decodes a rank's whole share at once (and the estimator
+    prices it so); other counts would be the same plan under another name."""
+    if mfc.kind == "generate":
+        return [1]
     limit = per_step // dp
     m = 1
     out = []
@@ -58,8 +62,6 @@ def _micro_batch_choices(mfc: MFC, pp: int, dp: int, per_step: int) -> list[int]
         if m >= pp or m == limit:
             out.append(m)
         m *= 2
-    if mfc.kind == "generate":
-        out = out[:3]  # more micro-batches only lengthen decoding; a few suffice for memory
     return out or [1]
 
 
