@@ -6,7 +6,9 @@ what did not land in place. Only the ranks that
 appear in the plan take part; a rank outside it returns at once, so moves on disjoint sets of
 ranks run concurrently. Both ends of a pair read the plan's one global order, so packing and
 unpacking agree without any metadata message. A rank that is both source and destination of
-a piece copies it locally, or keeps the very same tensor when the pieces are equal.
+a piece copies it locally, or keeps the very same tensor when the pieces are equal
+(`reallocate` keeping its source also uses a view where the piece is a contiguous part of a
+source tensor, and can fill reused memory: `Buffers`).
 
 Parameters (`reallocate`) and batches (`move_batch`) use the same `exchange`: a parameter
 transfer is one view per side, a batch transfer one view per data key (rows of each tensor).
@@ -16,7 +18,8 @@ With NCCL, the first p2p call on a group must involve all its ranks; gloo has no
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -173,6 +176,59 @@ def _kept(plan: TransferPlan, rank: int) -> dict[str, str]:
     }
 
 
+class Buffers:
+    """Destination memory kept from one reallocation for the next into the same layout, as a
+    GPU caching allocator keeps freed blocks. On a CPU, writing into newly allocated memory
+    (first-touch page faults) costs about as much as the transfer itself; reused memory does
+    not. Holds tensors by (shape, dtype, device), nothing else; `release()` frees them all."""
+
+    def __init__(self) -> None:
+        self._free: dict[tuple, list[torch.Tensor]] = defaultdict(list)
+
+    def take(
+        self, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str
+    ) -> torch.Tensor:
+        """A kept tensor of that shape, dtype and device (contents undefined), else a new one."""
+        free = self._free.get((tuple(shape), dtype, torch.device(device)))
+        if free:
+            return free.pop()
+        return torch.empty(tuple(shape), dtype=dtype, device=device)
+
+    def give(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Keep these for a later `take`; the caller must hold no other reference to them."""
+        for t in tensors:
+            self._free[(tuple(t.shape), t.dtype, t.device)].append(t)
+
+    def release(self) -> None:
+        self._free.clear()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for ts in self._free.values() for t in ts)
+
+
+def added(result: Mapping[str, torch.Tensor], shards: Mapping[str, torch.Tensor] | None) -> list:
+    """The tensors of a reallocation's result that are not source memory (kept pieces and
+    views into source tensors): the memory the result added, which may go back to a
+    `Buffers` once the result is dropped."""
+    sources = {t.untyped_storage().data_ptr() for t in (shards or {}).values()}
+    return [t for t in result.values() if t.untyped_storage().data_ptr() not in sources]
+
+
+def _inside(plan: TransferPlan, rank: int) -> dict[str, tuple[str, tuple[slice, ...]]]:
+    """Destination name -> (source name, index into it) for pieces that lie wholly inside one
+    source tensor this rank holds: the destination can be that part of the source (a view)."""
+    key = ("inside", rank)
+    if key not in plan.memo:
+        dst, src = plan.dst_layout.get(rank, {}), plan.src_layout.get(rank, {})
+        plan.memo[key] = {
+            t.dst_name: (t.src_name, _index(src[t.src_name].relative(t.box)))
+            for t in plan.local(rank)
+            if dst[t.dst_name].box == t.box
+        }
+    return plan.memo[key]
+
+
 def reallocate(
     plan: TransferPlan,
     shards: MutableMapping[str, torch.Tensor] | None,
@@ -182,17 +238,22 @@ def reallocate(
     chunk_bytes: int | None = -1,
     direct_bytes: int = DIRECT,
     device: torch.device | str = "cpu",
+    buffers: Buffers | None = None,
 ) -> dict[str, torch.Tensor]:
     """Move a model's parameters along `plan` (from plans.transfer.plan_params).
 
     `shards`: this rank's source tensors by state_dict name (None or empty off the source
     mesh). Returns this rank's destination tensors by name ({} off the destination mesh),
-    each contiguous and of its own; a destination piece equal to a source piece on this rank
-    is that very tensor. `keep_source=False` means the model's home moves: `shards` is emptied
-    afterwards, so once the caller drops its other references the source memory is freed.
-    With `keep_source=True` (a temporary generation copy) the result may share tensors with
-    `shards`; dropping the result releases all it added. `device`: where new destination
-    tensors live (the device of this rank's shards with NCCL)."""
+    each contiguous; a destination piece equal to a source piece on this rank is that very
+    tensor. `keep_source=False` means the model's home moves: `shards` is emptied afterwards,
+    so once the caller drops its other references the source memory is freed; every other
+    result tensor is of its own. With `keep_source=True` (a temporary generation copy) a
+    piece that is a contiguous part of one source tensor (rows of a column-parallel weight
+    when tp grows) is a view into it, no copy; dropping the result releases all it added.
+    `device`: where new destination tensors live (the device of this rank's shards with
+    NCCL). `buffers`: new destination tensors are taken from there (reused memory, every
+    element overwritten) instead of allocated; give them back (`added`) when the result is
+    dropped."""
     rank = this_rank()
     shards = {} if shards is None else shards
     src_pieces, dst_pieces = plan.src_layout.get(rank, {}), plan.dst_layout.get(rank, {})
@@ -200,10 +261,14 @@ def reallocate(
         if shards[name].dtype != dtype:
             raise TypeError(f"{name} is {shards[name].dtype}, the move is {dtype}")
     kept = _kept(plan, rank)
-    out = {
-        n: shards[kept[n]] if n in kept else torch.empty(p.shape, dtype=dtype, device=device)
-        for n, p in dst_pieces.items()
-    }
+    held = {n: shards[s] for n, s in kept.items()}
+    if keep_source:  # the source outlives the result, so a part of it can stand for a piece
+        for n, (s, index) in _inside(plan, rank).items():
+            view = shards[s][index]
+            if n not in held and view.is_contiguous():
+                held[n] = view  # the local transfer then reads and writes the same memory
+    take = (buffers or Buffers()).take
+    out = {n: held[n] if n in held else take(p.shape, dtype, device) for n, p in dst_pieces.items()}
     idx = _param_indices(plan, rank)
     with torch.no_grad():
         exchange(

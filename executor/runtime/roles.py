@@ -3,7 +3,11 @@
 A trained model lives in the layout of its train call, together with its optimizer; a frozen
 one in the layout of its first call. A call that wants the model in another layout gets a
 *view*: a copy built by reallocating the home shards (executor.realloc), kept until the model
-is needed in yet another layout or its weights change, then dropped, so its memory is freed.
+is needed in yet another layout or its weights change, then dropped. A dropped view's memory
+is kept (executor.realloc.Buffers) for the next view in the same layout -- every iteration
+rebuilds the generation view after the train step, and on a CPU filling fresh memory costs as
+much as the transfer -- so a role holds at most one view's memory outside its home, alive or
+kept, until `release_buffers()` or a view in another layout.
 Every rank of the world takes part in every reallocation call (ranks not concerned return at
 once), in the one global order of calls, which is what keeps point-to-point moves deadlock-free.
 """
@@ -18,7 +22,7 @@ from executor.checkpoint import load_checkpoint_
 from executor.model import Transformer
 from executor.model_shards import adopt_shards_, model_shards
 from executor.parallel import ParallelContext
-from executor.realloc import reallocate
+from executor.realloc import Buffers, added, reallocate
 from executor.weights import random_init_
 from plans import Allocation, ModelSpec, Plan
 from plans.transfer import TransferPlan, plan_params
@@ -52,8 +56,11 @@ class RoleModel:
     gpus_per_node: int
     dtype: torch.dtype
     model: Transformer | None = None
-    _view: tuple[tuple, Transformer | None] | None = None
+    _view: tuple[tuple, Transformer | None, list[torch.Tensor]] | None = None
     _plans: dict[tuple, TransferPlan] = field(default_factory=dict)
+    _buffers: Buffers = field(default_factory=Buffers)
+    _buffers_key: tuple | None = None
+    """The layout whose destination memory `_buffers` keeps."""
 
     @property
     def home_ctx(self) -> ParallelContext:
@@ -83,20 +90,34 @@ class RoleModel:
         if self._view is not None and self._view[0] == key:
             return self._view[1]
         self.drop_view()
+        if self._buffers_key != key:  # memory of another layout: free it before the new view
+            self.release_buffers()
         if key not in self._plans:
             self._plans[key] = plan_params(self.home, alloc, self.spec, self.gpus_per_node)
-        shards = reallocate(self._plans[key], self.shards(), self.dtype, keep_source=True)
+        home = self.shards()
+        shards = reallocate(
+            self._plans[key], home, self.dtype, keep_source=True, buffers=self._buffers
+        )
+        self._buffers_key = key
         ctx = self.ctxs[key]
         model = None
         if ctx.in_mesh:  # adopt the moved tensors as parameters: no copy
             model = adopt_shards_(Transformer.for_context(self.spec, ctx, self.dtype), shards)
-        self._view = (key, model)
+        self._view = (key, model, added(shards, home))
         return model
 
     def drop_view(self) -> None:
-        """Forget the temporary copy (its weights are stale after a train step, or its memory
-        is wanted back)."""
+        """Forget the temporary copy (its weights are stale after a train step). Its memory
+        is kept for the next view in the same layout; the caller must not use the dropped
+        view again (its tensors will be overwritten)."""
+        if self._view is not None:
+            self._buffers.give(self._view[2])
         self._view = None
+
+    def release_buffers(self) -> None:
+        """Free the memory kept from dropped views."""
+        self._buffers.release()
+        self._buffers_key = None
 
 
 def build_roles(plan: Plan, ctxs: dict[tuple, ParallelContext]) -> dict[str, RoleModel]:
