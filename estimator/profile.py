@@ -127,6 +127,13 @@ class Roofline(_Doc):
         "the destination of a reallocation and the flat gradient buffer of a DP all-reduce cost "
         "to fill. None: memory_bytes_per_s (GPU allocators reuse memory).",
     )
+    copy_memory_bytes_per_s: float | None = Field(
+        None,
+        gt=0,
+        description="Copying between buffers already in use (torch copy_, one thread on a "
+        "CPU), bytes copied per second: the local copies, packing and unpacking of a "
+        "reallocation. None: half of memory_bytes_per_s (a copy reads and writes each byte).",
+    )
 
 
 CallKind = Literal["generate", "inference", "train"]
@@ -183,9 +190,10 @@ class Calibration(_Doc):
 class Refinement(_Doc):
     """One change made to a profile after it was measured, and where it came from."""
 
-    what: Literal["collectives", "calibration"] = Field(
+    what: Literal["collectives", "calibration", "memory"] = Field(
         description="collectives: link timings measured into it (compute timings kept); "
-        "calibration: per-call-kind factors fitted to rlhf-run measurements."
+        "calibration: per-call-kind factors fitted to rlhf-run measurements; memory: "
+        "memory-copy and fresh-memory rates measured into it (everything else kept)."
     )
     created: str = Field(description="ISO-8601 time of the change.")
     command: str = Field("", description="The command line that made it.")

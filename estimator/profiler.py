@@ -300,6 +300,74 @@ def fresh_memory_rate(device: str = "cpu", nbytes: int = 256 * 2**20, reps: int 
     return nbytes / best
 
 
+def copy_memory_rate(device: str = "cpu", nbytes: int = 256 * 2**20, reps: int = 5) -> float:
+    """Bytes/s of copying between two buffers already in use, best of `reps`: what the local
+    copies, packing and unpacking of a reallocation into reused memory cost here."""
+    import torch
+
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.zeros_like(src)  # touched, so no page faults are timed
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best
+
+
+def memory_rates(device: str) -> dict[str, float]:
+    """The roofline's measured memory rates (fields of estimator.profile.Roofline)."""
+    return {
+        "fresh_memory_bytes_per_s": fresh_memory_rate(device),
+        "copy_memory_bytes_per_s": copy_memory_rate(device),
+    }
+
+
+def with_memory_rates(base: Profile, rates: dict[str, float], command: str) -> Profile:
+    """`base` with measured memory rates (fields of Roofline, as `memory_rates` gives them),
+    the change recorded in `refinements`; everything else is kept."""
+    import torch
+
+    stamp = datetime.now(UTC)
+    note = ", ".join(f"{k} {v / 1e9:.2f} GB/s" for k, v in rates.items())
+    return base.model_copy(
+        update={
+            "roofline": base.roofline.model_copy(update=rates),
+            "refinements": [
+                *base.refinements,
+                Refinement(
+                    what="memory",
+                    created=stamp.isoformat(timespec="seconds"),
+                    command=command,
+                    base_id=base.id,
+                    note=f"measured with one torch thread (torch {torch.__version__}): {note}",
+                ),
+            ],
+        }
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure this CPU's memory-copy rate (one torch thread) and write it into the profiles
+    named on the command line, in place: how a profile made before the rate was part of it
+    gets a measured value without timing everything again (its other figures are kept)."""
+    import sys
+
+    import torch
+
+    from estimator.profile import load_profile, save_profile
+
+    paths = sys.argv[1:] if argv is None else argv
+    torch.set_num_threads(1)
+    rates = {"copy_memory_bytes_per_s": copy_memory_rate("cpu")}
+    command = "python -m estimator.profiler " + " ".join(paths)
+    for path in paths:
+        save_profile(with_memory_rates(load_profile(path), rates, command), path)
+        print(f"{path}: " + ", ".join(f"{k} {v / 1e9:.2f} GB/s" for k, v in rates.items()))
+
+
 def _link_rates(colls: list[CollectiveTiming]) -> tuple[float, float]:
     def best(scope: str) -> float:
         rates = [c.bytes / c.time_s for c in colls if c.scope == scope and c.op == "send_recv"]
@@ -375,9 +443,7 @@ def run_profile(device: str, quick: bool, command: str, progress=None) -> Profil
         created=stamp.isoformat(timespec="seconds"),
         command=command,
         torch_version=torch.__version__,
-        roofline=fit_roofline(ops, *_link_rates(colls)).model_copy(
-            update={"fresh_memory_bytes_per_s": fresh_memory_rate(dev_type)}
-        ),
+        roofline=fit_roofline(ops, *_link_rates(colls)).model_copy(update=memory_rates(dev_type)),
         ops=ops,
         collectives=colls,
     )
@@ -408,7 +474,7 @@ def run_collectives_into(
                 update={
                     "intra_node_bytes_per_s": intra,
                     "inter_node_bytes_per_s": inter,
-                    "fresh_memory_bytes_per_s": fresh_memory_rate(dev_type),
+                    **memory_rates(dev_type),
                 }
             ),
             "refinements": [
@@ -427,7 +493,8 @@ def run_collectives_into(
                         if dev_type == "cpu"
                         else ""
                     )
-                    + f"); fresh-memory write rate measured; compute timings of {base.id} kept",
+                    + f"); fresh-memory and memory-copy rates measured; compute timings of {base.id} "
+                    "kept",
                 ),
             ],
         }
@@ -450,3 +517,7 @@ def _device_kind(name: str) -> str:
         if kind in low:
             return kind
     return "cuda"
+
+
+if __name__ == "__main__":
+    main()

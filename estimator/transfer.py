@@ -1,18 +1,29 @@
 """Cost of moving a role's parameters between layouts, and data between meshes.
 
 Reallocation: each destination rank needs the slice of every parameter its new (pp stage, tp
-rank) position holds. A piece it already holds in the old layout costs nothing; any other piece
-comes from one of its old holders (the dp replicas of that (stage, tp rank)), over the fastest
-link available to one of them -- inside the node when a holder shares it, else the network. A
-rank receives its pieces one after another and ranks receive in parallel, so the time is that
-of the busiest receiver; every piece of its new layout that is not the very tensor it already
-holds is written into newly allocated memory, at the profile's fresh-memory rate. Both are
-closed forms of the plans that plans.transfer builds for
-the runtime; tests check they agree.
+rank) position holds. A piece it already holds in the old layout crosses no link; any other
+piece comes from one of its old holders (the dp replicas of that (stage, tp rank)), one on the
+receiver's node when there is one, the load spread over them -- inside the node when a holder
+shares it, else the network. The price is that of the busiest rank, as executor.realloc runs
+the move on it:
+
+- the bytes it receives and sends at the link rates (on a CPU, gloo's sends and receives are
+  both memory copies by the rank's own core, so they add up; a GPU link is full duplex);
+- the bytes it copies at the profile's memory-copy rate: pieces it holds but not as the very
+  tensor the new layout wants nor as one contiguous part of such a tensor (a view: rows of a
+  column-parallel weight when tp grows), and parts of row-parallel weights (o, down: split
+  along their input dimension) that are a column block of the source (gathered before it is
+  sent) or of the destination (received into a buffer, then copied).
+
+Destination memory is priced as reused: rlhf-run keeps a view's memory for the next view in
+the same layout (executor.realloc.Buffers), so only a role's first iteration writes into fresh
+pages, which is not priced. The bytes are closed forms of the plans that plans.transfer builds
+for the runtime; tests check they agree.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 
 from estimator.lookup import ProfileLookup
@@ -54,6 +65,11 @@ def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
     return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
 
 
+def copy_rate(lookup: ProfileLookup) -> float:
+    """Bytes/s of a memory copy: measured, else half the memory bandwidth (read + write)."""
+    return lookup.roof.copy_memory_bytes_per_s or lookup.mem_bw / 2
+
+
 def realloc_transfer(
     model: ModelSpec,
     dtype_bytes: int,
@@ -68,6 +84,9 @@ def realloc_transfer(
     L = model.num_hidden_layers
     blk, emb = model.block_params() * dtype_bytes, model.embedding_params() * dtype_bytes
     head = (model.head_params() - model.hidden_size) * dtype_bytes
+    h = model.hidden_size
+    row_params = h * model.num_attention_heads * model.head_dim + h * model.intermediate_size
+    row = row_params / model.block_params()  # share of a block's bytes in o and down
     src_grid, dst_grid = src.rank_grid(gpn), dst.rank_grid(gpn)
     src_stages, dst_stages = _stage_ranges(L, ss.pp), _stage_ranges(L, ds.pp)
     # Pieces of the source layout: (stage, tp rank) -> (layer range, tp interval, holders).
@@ -77,8 +96,11 @@ def realloc_transfer(
             holders = {src_grid[p][d][t] for d in range(ss.dp)}
             extra = (emb if p == 0 else 0.0, head if p == ss.pp - 1 else 0.0)
             pieces.append((layers, (t / ss.tp, (t + 1) / ss.tp), holders, extra))
-    total = worst_bytes = worst_time = 0.0
+    total = worst_bytes = 0.0
     slowest = "none"
+    recv: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    sent: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    copied: dict[int, float] = defaultdict(float)
     for p, layers in enumerate(dst_stages):
         for t in range(ds.tp):
             # What position (p, t) needs from each source piece is the same for all its dp
@@ -88,29 +110,59 @@ def realloc_transfer(
             interval = (t / ds.tp, (t + 1) / ds.tp)
             needs = []
             for s_layers, s_int, holders, (s_emb, s_head) in pieces:
-                n = _overlap(layers, s_layers) * blk
-                n += s_emb if p == 0 else 0.0
-                n += s_head if p == ds.pp - 1 else 0.0
-                n *= _overlap(interval, s_int)
+                part = _overlap(interval, s_int)
+                blocks = _overlap(layers, s_layers) * blk * part
+                n = (
+                    blocks
+                    + ((s_emb if p == 0 else 0.0) + (s_head if p == ds.pp - 1 else 0.0)) * part
+                )
                 if n > 0:
-                    same = s_layers == layers and s_int == interval  # kept as it is, no copy
-                    needs.append((n, holders, {h // gpn for h in holders}, same))
+                    # What a holder needs of a piece it holds: with the same tp slice, every
+                    # tensor (one per layer) is the very tensor it holds; inside a wider slice,
+                    # rows of column-parallel weights, embedding and head are views of it and
+                    # only the column blocks of o/down are copied; else all is copied.
+                    inside = interval[0] >= s_int[0] and interval[1] <= s_int[1]
+                    local = 0.0 if s_int == interval else blocks * row if inside else n
+                    # Column blocks of o/down: the source's when the source piece is wider
+                    # than the destination's, the destination's when it is narrower.
+                    gather = blocks * row if part < s_int[1] - s_int[0] else 0.0
+                    scatter = blocks * row if part < interval[1] - interval[0] else 0.0
+                    by_node: dict[int, list[int]] = defaultdict(list)
+                    for r in sorted(holders):
+                        by_node[r // gpn].append(r)
+                    needs.append((n, holders, by_node, sorted(holders), local, gather, scatter))
             for d in range(ds.dp):
                 rank = dst_grid[p][d][t]
-                got = spent = 0.0
-                for n, holders, nodes, same in needs:
-                    if not (same and rank in holders):  # a new tensor to fill (page faults)
-                        spent += n / lookup.fresh_bw
+                got = 0.0
+                for n, holders, by_node, everyone, local, gather, scatter in needs:
                     if rank in holders:
+                        copied[rank] += local
                         continue
-                    scope = "intra" if rank // gpn in nodes else "inter"
-                    spent += lookup.collective_time("send_recv", 2, scope, n)
+                    near = by_node.get(rank // gpn)
+                    scope = "intra" if near else "inter"
+                    senders = near or everyone
+                    for r in senders:  # the load spread over the holders
+                        sent[r][scope] += n / len(senders)
+                        copied[r] += gather / len(senders)
+                    recv[rank][scope] += n
+                    copied[rank] += scatter
                     got += n
                     if scope == "inter" or slowest == "none":
                         slowest = scope
                 total += got
                 worst_bytes = max(worst_bytes, got)
-                worst_time = max(worst_time, spent)
+    # On a CPU a rank's sends and receives share its core; a GPU's link is full duplex.
+    duplex = lookup.profile.device != "cpu"
+    rate = copy_rate(lookup)
+
+    def link(by_scope: dict[str, float]) -> float:
+        return sum(lookup.collective_time("send_recv", 2, s, b) for s, b in by_scope.items())
+
+    worst_time = 0.0
+    for rank in set(recv) | set(sent) | set(copied):
+        r, s = link(recv.get(rank, {})), link(sent.get(rank, {}))
+        t = (max(r, s) if duplex else r + s) + copied.get(rank, 0.0) / rate
+        worst_time = max(worst_time, t)
     return Transfer(total, worst_bytes, worst_time, slowest)
 
 
