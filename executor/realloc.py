@@ -189,7 +189,7 @@ class Buffers:
         self, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str
     ) -> torch.Tensor:
         """A kept tensor of that shape, dtype and device (contents undefined), else a new one."""
-        free = self._free.get((tuple(shape), dtype, torch.device(device)))
+        free = self._free.get((tuple(shape), dtype, _device(device)))
         if free:
             return free.pop()
         return torch.empty(tuple(shape), dtype=dtype, device=device)
@@ -205,6 +205,14 @@ class Buffers:
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for ts in self._free.values() for t in ts)
+
+
+def _device(device: torch.device | str) -> torch.device:
+    """With its index, as a tensor's .device has it ("cuda" is the current device)."""
+    d = torch.device(device)
+    if d.type == "cuda" and d.index is None:
+        d = torch.device("cuda", torch.cuda.current_device())
+    return d
 
 
 def added(result: Mapping[str, torch.Tensor], shards: Mapping[str, torch.Tensor] | None) -> list:
