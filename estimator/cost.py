@@ -142,12 +142,12 @@ class CostModel:
         )
 
     def _compute(self, mfc: MFC, alloc: Allocation) -> CallCost:
+        if self.rule_reward(mfc):  # rlhf-run does not even load the reward model
+            t, parts = self._rule(mfc, alloc)
+            return CallCost(t, CallMemory(0.0, 0.0, 0.0, 0.0, 0.0), True, "", parts)
         mem = call_memory(mfc, alloc, self.experiment)
         ok = mem.total <= self.memory_bytes
         reason = "" if ok else self.memory_reason(mfc.name, mem.total, mem.breakdown())
-        if self.rule_reward(mfc):
-            t, parts = self._rule(mfc, alloc)
-            return CallCost(t, mem, ok, reason, parts)
         if mfc.kind == "generate":
             parts, passes = self._generate(mfc, alloc)
         else:

@@ -24,7 +24,8 @@ from plans import Plan
 
 CALL_SECONDS = ("realloc_s", "wait_s", "compute_s", "data_s")
 """Per call and rank: reallocating the model into the call's layout, waiting for the inputs,
-running the call, handing the outputs over (a call takes as long as its slowest rank)."""
+running the call, handing the outputs over (a call takes as long as its slowest rank; its
+compute_s is from the last rank's start to the last rank's end)."""
 
 
 class MetricsBoard:
@@ -67,8 +68,12 @@ class MetricsBoard:
                 c = calls.setdefault(name, dict.fromkeys(CALL_SECONDS, 0.0))
                 for k in CALL_SECONDS:
                     c[k] = max(c[k], t[k])  # a call takes as long as its slowest rank
-                c["start"] = min(c.get("start", t["start"]), t["start"])
+                c["start"] = max(c.get("start", t["start"]), t["start"])
                 c["end"] = max(c.get("end", t["end"]), t["end"])
+        for c in calls.values():
+            # A rank that starts early waits inside the call's first collective for the
+            # others (still busy with an earlier call): the call runs from the last start.
+            c["compute_s"] = c["end"] - c["start"]
         if plan.estimate:
             for name, c in calls.items():
                 est = plan.estimate.calls.get(name)

@@ -139,5 +139,18 @@ def build_roles(plan: Plan, ctxs: dict[tuple, ParallelContext]) -> dict[str, Rol
     # one SFT model and one reward model: same seeds.
     seeds = {"actor": exp.seed, "ref": exp.seed, "critic": exp.seed + 1, "reward": exp.seed + 1}
     for role, rm in roles.items():
-        rm.init(seeds[role])
+        if not _rule_replaces(plan, role):
+            rm.init(seeds[role])
     return roles
+
+
+def _rule_replaces(plan: Plan, role: str) -> bool:
+    """A rule reward (experiment.reward_function) stands in for the reward model, whose
+    weights are then never read: not loaded, no memory (as estimator.cost prices it)."""
+    exp = plan.experiment
+    calls = [m for m in exp.mfcs() if m.role == role]
+    return (
+        exp.reward_function is not None
+        and role == "reward"
+        and all(m.kind == "inference" for m in calls)
+    )
