@@ -244,8 +244,8 @@ class CostModel:
         return out, n_passes
 
     def _dp_sync(self, model, alloc: Allocation, after_s: float) -> float:
-        """As executor.grads and executor.zero do it: the gradients are concatenated into one
-        new flat buffer, all-reduced over dp and copied back; with ZeRO-1 each rank then
+        """As executor.grads and executor.zero do it: the gradients are views of one flat
+        buffer kept across steps, all-reduced over dp in place; with ZeRO-1 each rank then
         updates its share and every parameter tensor is all-gathered back (one call each)."""
         s = alloc.strategy
         if s.dp == 1:
@@ -253,8 +253,7 @@ class CostModel:
         _, dp_scope, _ = scopes(alloc, self.cluster.gpus_per_node)
         grad_bytes = max(stage_params(model, s.tp, s.pp)) * self.dt
         lk = self.lookup
-        flat = grad_bytes / lk.fresh_bw + 2 * grad_bytes / lk.mem_bw
-        t = lk.collective_time("all_reduce", s.dp, dp_scope, grad_bytes, after_s) + flat
+        t = lk.collective_time("all_reduce", s.dp, dp_scope, grad_bytes, after_s)
         if s.zero1:
             tensors = 9 * max(split_layers(model.num_hidden_layers, s.pp)) + 3
             gather = lk.collective_time("all_gather", s.dp, dp_scope, grad_bytes / tensors)

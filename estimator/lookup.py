@@ -68,7 +68,6 @@ class ProfileLookup:
         self.profile = profile
         self.roof = profile.roofline
         self.mem_bw = profile.roofline.memory_bytes_per_s
-        self.fresh_bw = profile.roofline.fresh_memory_bytes_per_s or self.mem_bw
         self.eff = profile.efficiency
         # Link bandwidths for collectives the profile did not measure.
         self.bw = {"intra": intra_bw, "inter": inter_bw}

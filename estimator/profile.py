@@ -123,9 +123,9 @@ class Roofline(_Doc):
     fresh_memory_bytes_per_s: float | None = Field(
         None,
         gt=0,
-        description="Writing into newly allocated memory (on a CPU: page faults), bytes/s; what "
-        "the destination of a reallocation and the flat gradient buffer of a DP all-reduce cost "
-        "to fill. None: memory_bytes_per_s (GPU allocators reuse memory).",
+        description="Writing into newly allocated memory (on a CPU: page faults), bytes/s. "
+        "Measured for the record; nothing is priced with it, since rlhf-run reuses the memory "
+        "of reallocation destinations and of the DP gradient buffer from step to step.",
     )
     copy_memory_bytes_per_s: float | None = Field(
         None,
