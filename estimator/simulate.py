@@ -248,19 +248,23 @@ def _after(view: tuple | None, m, layouts: dict[str, tuple], home: dict[str, str
 
 
 def _memory(cm, calls, allocations, atoms, costs, n_atoms, res: SimResult) -> bool:
-    """Plan-level memory: on each atom, every role's largest resident shard plus optimizer
-    states of trained roles, plus the running call's transient memory. (rlhf-run keeps a
-    role's home shards while a copy in another layout exists, so on devices holding both it
-    needs up to one more weight shard than counted here.)"""
+    """Plan-level memory: on each atom, every role's home shards (plus optimizer states of a
+    trained role) and its largest copy in another layout, plus the running call's transient
+    memory. rlhf-run keeps a role's home while a copy in another layout exists, and keeps the
+    copy's memory for the next one after the weights change (executor.runtime.roles), so on
+    devices holding both it needs both."""
+    home, _ = _shape(cm.experiment.algorithm)
+    layouts = {m.name: _layout(allocations[m.name]) for m in calls}
     resident = [0.0] * n_atoms
-    by_role: dict[str, list[float]] = {}
+    rows: dict[tuple[str, bool], list[float]] = {}  # (role, is a copy) -> bytes per atom
     for m in calls:
-        row = by_role.setdefault(m.role, [0.0] * n_atoms)
+        copy = layouts[m.name] != layouts[home[m.role]]
+        row = rows.setdefault((m.role, copy), [0.0] * n_atoms)
         c = costs[m.name]
         keep = c.memory.weights + c.memory.optimizer
         for a in atoms[m.name]:
             row[a] = max(row[a], keep)
-    for row in by_role.values():
+    for row in rows.values():
         for a in range(n_atoms):
             resident[a] += row[a]
     limit = cm.memory_bytes

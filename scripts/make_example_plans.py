@@ -73,8 +73,9 @@ if __name__ == "__main__":
             "actor_gen": alloc(**whole, dp=16, tp=8),
             "ref_inf": alloc(n_nodes=8, n_gpus=8, dp=8, tp=8, mb=4),
             "rew_inf": alloc(node_start=8, n_nodes=8, n_gpus=8, dp=8, tp=8, mb=4),
-            "critic_inf": alloc(node_start=8, n_nodes=8, n_gpus=8, dp=8, tp=8, mb=4),
-            "actor_train": alloc(**whole, dp=4, tp=8, pp=4, mb=8, zero1=True),
-            "critic_train": alloc(**whole, dp=4, tp=8, pp=4, mb=8, zero1=True),
+            # The critic scores in its training layout: no second copy next to its home.
+            "critic_inf": alloc(**whole, dp=4, tp=8, pp=4, mb=8),
+            "actor_train": alloc(**whole, dp=4, tp=8, pp=4, mb=16, zero1=True),
+            "critic_train": alloc(**whole, dp=4, tp=8, pp=4, mb=16, zero1=True),
         },
     )

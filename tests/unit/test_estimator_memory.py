@@ -137,3 +137,18 @@ def test_colocated_models_add_up():
     act_half = cm.call_cost("ref_inf", half[0]).memory.transient
     diff = together.peak_memory["ref_inf"] - apart.peak_memory["ref_inf"]
     assert diff == pytest.approx(2 * reward + act - act_half, rel=1e-9)
+
+
+def test_a_copy_in_another_layout_stays_next_to_the_home():
+    """rlhf-run keeps a role's home shards while its generation copy exists, and keeps the
+    copy's memory across the train step for the next copy: the train call's devices hold
+    both, so the plan's memory counts both."""
+    cl = ClusterSpec(nodes=1, gpus_per_node=8, device="h100")
+    cm = CostModel(cl, exp("llama2-7b"))
+    train = alloc(8, dp=8, m=8, zero1=True)
+    base = {name: train for name in cm.mfcs}
+    gen = alloc(8, dp=4, tp=2)
+    _, same = estimate_allocations(cm, base)
+    _, copied = estimate_allocations(cm, {**base, "actor_gen": gen})
+    diff = copied.peak_memory["actor_train"] - same.peak_memory["actor_train"]
+    assert diff == pytest.approx(cm.call_cost("actor_gen", gen).memory.weights, rel=1e-9)
