@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from estimator.cost import COMPUTE_PARTS, CostModel
-from estimator.profile import Calibration, KindFactors, Profile, Refinement
+from estimator.profile import Calibration, KindFactors, Profile
 from estimator.simulate import simulate
 from plans import Plan, PlanError, load_plan
 
@@ -347,21 +347,12 @@ def calibrate(base: Profile, runs: list[RunData], command: str = "") -> tuple[Pr
     )
     if per_seq is not None:
         note += f"; rule reward {per_seq * 1e6:.0f} us/sequence"
-    profile = base.model_copy(
-        update={
-            "id": f"{base.id.split('+cal')[0]}+cal-{stamp:%Y%m%d-%H%M%S}",
-            "calibration": cal,
-            "refinements": [
-                *base.refinements,
-                Refinement(
-                    what="calibration",
-                    created=stamp.isoformat(timespec="seconds"),
-                    command=command,
-                    base_id=base.id,
-                    sources=sources,
-                    note=note,
-                ),
-            ],
-        }
+    profile = base.refined(
+        {"id": f"{base.id.split('+cal')[0]}+cal-{stamp:%Y%m%d-%H%M%S}", "calibration": cal},
+        "calibration",
+        stamp,
+        command,
+        note,
+        sources,
     )
     return profile, fit

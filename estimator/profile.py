@@ -15,6 +15,7 @@ table's datasheet numbers times the stated `efficiency` factors. Its id always s
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -246,6 +247,27 @@ class Profile(_Doc):
     def label(self) -> str:
         """How outputs name the profile: analytic ones say so."""
         return self.id if self.kind == "measured" else f"{self.id} (analytic roofline)"
+
+    def refined(
+        self,
+        update: dict[str, Any],
+        what: str,
+        stamp: datetime,
+        command: str,
+        note: str,
+        sources: list[str] | None = None,
+    ) -> Profile:
+        """This profile with the fields in `update` replaced and the change recorded in
+        `refinements` (made at `stamp` by `command`, from this profile's id)."""
+        done = Refinement(
+            what=what,
+            created=stamp.isoformat(timespec="seconds"),
+            command=command,
+            base_id=self.id,
+            sources=sources or [],
+            note=note,
+        )
+        return self.model_copy(update={**update, "refinements": [*self.refinements, done]})
 
 
 def profile_schema() -> dict[str, Any]:

@@ -25,7 +25,6 @@ from estimator.profile import (
     CollectiveTiming,
     OpTiming,
     Profile,
-    Refinement,
     Roofline,
     ShardShape,
 )
@@ -332,20 +331,12 @@ def with_memory_rates(base: Profile, rates: dict[str, float], command: str) -> P
 
     stamp = datetime.now(UTC)
     note = ", ".join(f"{k} {v / 1e9:.2f} GB/s" for k, v in rates.items())
-    return base.model_copy(
-        update={
-            "roofline": base.roofline.model_copy(update=rates),
-            "refinements": [
-                *base.refinements,
-                Refinement(
-                    what="memory",
-                    created=stamp.isoformat(timespec="seconds"),
-                    command=command,
-                    base_id=base.id,
-                    note=f"measured with one torch thread (torch {torch.__version__}): {note}",
-                ),
-            ],
-        }
+    return base.refined(
+        {"roofline": base.roofline.model_copy(update=rates)},
+        "memory",
+        stamp,
+        command,
+        f"measured with one torch thread (torch {torch.__version__}): {note}",
     )
 
 
@@ -466,38 +457,28 @@ def run_collectives_into(
     intra, inter = _link_rates(colls)
     stamp = datetime.now(UTC)
     sizes = sorted({c.group_size for c in colls})
-    return base.model_copy(
-        update={
+    context = (
+        "; group collectives timed in context, back to back after compute "
+        f"bursts of {', '.join(f'{c * 1e3:g}' for c in CONTEXTS[quick])} ms"
+        if dev_type == "cpu"
+        else ""
+    )
+    note = (
+        f"{len(colls)} collective timings over group sizes {', '.join(map(str, sizes))} "
+        f"({'gloo' if dev_type == 'cpu' else 'nccl'}, torch {torch.__version__}{context}); "
+        f"fresh-memory and memory-copy rates measured; compute timings of {base.id} kept"
+    )
+    rates = {"intra_node_bytes_per_s": intra, "inter_node_bytes_per_s": inter}
+    return base.refined(
+        {
             "id": f"{base.id.split('+')[0]}+coll-{stamp:%Y%m%d-%H%M%S}",
             "collectives": colls,
-            "roofline": base.roofline.model_copy(
-                update={
-                    "intra_node_bytes_per_s": intra,
-                    "inter_node_bytes_per_s": inter,
-                    **memory_rates(dev_type),
-                }
-            ),
-            "refinements": [
-                *base.refinements,
-                Refinement(
-                    what="collectives",
-                    created=stamp.isoformat(timespec="seconds"),
-                    command=command,
-                    base_id=base.id,
-                    note=f"{len(colls)} collective timings over group sizes "
-                    f"{', '.join(map(str, sizes))} ({'gloo' if dev_type == 'cpu' else 'nccl'}, "
-                    f"torch {torch.__version__}"
-                    + (
-                        "; group collectives timed in context, back to back after compute "
-                        f"bursts of {', '.join(f'{c * 1e3:g}' for c in CONTEXTS[quick])} ms"
-                        if dev_type == "cpu"
-                        else ""
-                    )
-                    + f"); fresh-memory and memory-copy rates measured; compute timings of {base.id} "
-                    "kept",
-                ),
-            ],
-        }
+            "roofline": base.roofline.model_copy(update={**rates, **memory_rates(dev_type)}),
+        },
+        "collectives",
+        stamp,
+        command,
+        note,
     )
 
 
