@@ -57,6 +57,8 @@ class RoleModel:
     dtype: torch.dtype
     model: Transformer | None = None
     _view: tuple[tuple, Transformer | None, list[torch.Tensor]] | None = None
+    loaded: bool = True
+    """False when a rule reward stands in for this model: no weights anywhere, no views."""
     _plans: dict[tuple, TransferPlan] = field(default_factory=dict)
     _buffers: Buffers = field(default_factory=Buffers)
     _buffers_key: tuple | None = None
@@ -85,7 +87,7 @@ class RoleModel:
         """The model in `alloc`'s layout on this rank (None off that mesh). Collective over
         the ranks of the home and the target layouts; every rank must call it."""
         key = layout_key(alloc)
-        if key == layout_key(self.home):
+        if key == layout_key(self.home) or not self.loaded:
             return self.model
         if self._view is not None and self._view[0] == key:
             return self._view[1]
@@ -139,7 +141,8 @@ def build_roles(plan: Plan, ctxs: dict[tuple, ParallelContext]) -> dict[str, Rol
     # one SFT model and one reward model: same seeds.
     seeds = {"actor": exp.seed, "ref": exp.seed, "critic": exp.seed + 1, "reward": exp.seed + 1}
     for role, rm in roles.items():
-        if not _rule_replaces(plan, role):
+        rm.loaded = not _rule_replaces(plan, role)
+        if rm.loaded:
             rm.init(seeds[role])
     return roles
 
