@@ -22,10 +22,11 @@ import torch.distributed as dist
 
 from plans import Plan
 
-CALL_SECONDS = ("realloc_s", "wait_s", "compute_s", "data_s")
+CALL_SECONDS = ("realloc_s", "wait_s", "data_s")
 """Per call and rank: reallocating the model into the call's layout, waiting for the inputs,
-running the call, handing the outputs over (a call takes as long as its slowest rank; its
-compute_s is from the last rank's start to the last rank's end)."""
+handing the outputs over (a call takes as long as its slowest rank). The call itself runs
+from `start` to `end` on each rank; its merged compute_s is from the last rank's start to
+the last rank's end."""
 
 
 class MetricsBoard:

@@ -143,7 +143,6 @@ def run(env: WorkerEnv, task: RunTask) -> None:
                     mine["calls"][m.name] = {
                         "realloc_s": t1 - t0,
                         "wait_s": t2 - t1,
-                        "compute_s": t3 - t2,
                         "data_s": time.time() - t3,
                         "start": t2,
                         "end": t3,

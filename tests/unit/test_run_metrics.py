@@ -13,7 +13,7 @@ from plans import example_path, load_plan
 
 
 def row(start: float, end: float, call_end: float, stat: float) -> dict:
-    call = {"realloc_s": 0.1, "wait_s": 0.0, "compute_s": 0.5, "data_s": 0.0}
+    call = {"realloc_s": 0.1, "wait_s": 0.0, "data_s": 0.0}
     return {
         "calls": {"actor_gen": call | {"start": start, "end": call_end}},
         "stats": {"reward_mean": stat},
