@@ -170,29 +170,19 @@ def test_trained_reward_model_serves_a_ppo_run(tmp_path):
 
 
 def test_models_with_their_own_hf_tokenizer(tmp_path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     from executor.checkpoint import save_checkpoint
     from executor.model import Transformer
     from executor.parallel import ParallelContext
     from executor.weights import random_init_
     from plans import preset
+    from tests.unit.test_executor_checkpoint import save_word_tokenizer
 
     folder = tmp_path / "sft"
     model = Transformer(preset("tiny"))
     random_init_(model, 0)
     save_checkpoint(model, ParallelContext.single(), folder)
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "[UNK]": 3, **{str(d): 4 + d for d in range(10)}}
-    raw = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    raw.pre_tokenizer = pre_tokenizers.Split("", "isolated")  # one token per character
-    PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="[UNK]",
-    ).save_pretrained(folder)
+    save_word_tokenizer(folder, vocab, by_character=True)
     doc = _experiment("dpo-tiny").model_dump(mode="json")
     doc["roles"] = {"actor": {"model": str(folder), "optimizer": {"lr": 1e-3}}, "ref": str(folder)}
     out, row = _run(tmp_path, "hf-tok", one_process(experiment_from_dict(doc)))

@@ -128,12 +128,20 @@ def test_hf_tokenizer_wrapper_reads_a_local_folder(tmp_path):
 
 
 def _word_tokenizer(folder):
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "hello": 3, "world": 4, "[UNK]": 5}
+    save_word_tokenizer(folder, vocab, by_character=False)
+
+
+def save_word_tokenizer(folder, vocab: dict[str, int], by_character: bool) -> None:
+    """A word-level HF tokenizer over `vocab` (which holds <pad>, <s>, </s> and [UNK]) saved to
+    `folder`; words are split at whitespace, or every character is a word."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "hello": 3, "world": 4, "[UNK]": 5}
     raw = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    raw.pre_tokenizer = (
+        pre_tokenizers.Split("", "isolated") if by_character else pre_tokenizers.Whitespace()
+    )
     PreTrainedTokenizerFast(
         tokenizer_object=raw,
         bos_token="<s>",
