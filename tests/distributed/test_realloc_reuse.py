@@ -17,7 +17,7 @@ from executor.parallel import ParallelContext
 from executor.realloc import Buffers, added, reallocate
 from executor.runtime.roles import RoleModel, layout_key
 from executor.weights import random_init_
-from plans.allocation import Allocation, DeviceMesh, ParallelStrategy
+from plans.allocation import Allocation
 from plans.transfer import plan_params
 from tests.distributed.pool import WorkerPool
 from tests.distributed.realloc_cases import (
@@ -29,26 +29,15 @@ from tests.distributed.realloc_cases import (
     param_shapes,
     specs,
 )
+from tests.distributed.test_realloc import ROUND_TRIPS, _alloc
 
 pytestmark = pytest.mark.distributed
 TIMEOUT = timedelta(seconds=20)
 
 
-def _alloc(gpn: int, first: int, size: int, dp: int, tp: int, pp: int) -> Allocation:
-    if size > gpn:
-        mesh = DeviceMesh(node_start=first // gpn, n_nodes=size // gpn, n_gpus=gpn)
-    else:
-        mesh = DeviceMesh(node_start=first // gpn, gpu_start=first % gpn, n_gpus=size)
-    return Allocation(mesh=mesh, strategy=ParallelStrategy(dp=dp, tp=tp, pp=pp))
-
-
-# (gpus per node, train layout, generation layout): (first rank, size, dp, tp, pp)
-MOVES = {
-    "same-mesh": (4, (0, 4, 2, 1, 2), (0, 4, 1, 4, 1)),
-    "overlapping": (2, (2, 2, 1, 1, 2), (0, 4, 2, 2, 1)),
-    "disjoint": (4, (0, 2, 1, 2, 1), (2, 2, 2, 1, 1)),
-    "tp-to-tp-pp": (4, (0, 4, 1, 4, 1), (0, 4, 1, 2, 2)),
-}
+# (gpus per node, train layout, generation layout): ((first rank, size), dp, tp, pp); the
+# round trips of test_realloc plus tp4 -> tp2 x pp2 on one mesh.
+MOVES = {**ROUND_TRIPS, "tp-to-tp-pp": (4, ((0, 4), 1, 4, 1), ((0, 4), 1, 2, 2))}
 
 
 @pytest.fixture(scope="module")
