@@ -89,8 +89,9 @@ def test_fit_falls_back_to_scale_when_points_cannot_separate():
 
 
 # ---- --from-run on a synthetic run ---------------------------------------------------------
-def _plan(rule: bool = False) -> Plan:
-    doc = {
+def ppo_doc(model: str = "tiny") -> dict:
+    """A small PPO experiment (8 prompts of 16 + 16 tokens) with `model` in every role."""
+    return {
         "name": "t",
         "algorithm": "ppo",
         "batch_size": 8,
@@ -98,8 +99,12 @@ def _plan(rule: bool = False) -> Plan:
         "gen_len": 16,
         "mini_batches": 2,
         "dtype": "float32",
-        "roles": {r: "tiny" for r in ("actor", "critic", "ref", "reward")},
+        "roles": {r: model for r in ("actor", "critic", "ref", "reward")},
     }
+
+
+def _plan(rule: bool = False) -> Plan:
+    doc = ppo_doc()
     if rule:
         doc["reward_function"] = "builtin:digits"
     exp = experiment_from_dict(doc)

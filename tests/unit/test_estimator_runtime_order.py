@@ -9,23 +9,13 @@ import pytest
 from estimator import CostModel, load_profile, simulate
 from plans import Allocation, DeviceMesh, ParallelStrategy
 from plans.io import cluster_from_dict, experiment_from_dict
-from tests.unit.test_estimator_from_run import SHIPPED
+from tests.unit.test_estimator_from_run import SHIPPED, ppo_doc
 
 G0, G1, BOTH = DeviceMesh(n_gpus=1), DeviceMesh(gpu_start=1, n_gpus=1), DeviceMesh(n_gpus=2)
 
 
 def cm(model: str = "small") -> CostModel:
-    exp = experiment_from_dict(
-        {
-            "algorithm": "ppo",
-            "batch_size": 8,
-            "prompt_len": 16,
-            "gen_len": 16,
-            "mini_batches": 2,
-            "dtype": "float32",
-            "roles": {r: model for r in ("actor", "critic", "ref", "reward")},
-        }
-    )
+    exp = experiment_from_dict(ppo_doc(model))
     cluster = cluster_from_dict({"nodes": 1, "gpus_per_node": 2, "device": "cpu"})
     return CostModel(cluster, exp, load_profile(SHIPPED))
 
