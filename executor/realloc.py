@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
@@ -63,6 +63,9 @@ class Pending:
     unpack: list[tuple[torch.Tensor, torch.Tensor]]
     copied: Future | None
     timeout: timedelta
+    scratch: list[torch.Tensor] = field(default_factory=list)
+    """Packing and receive buffers, given back to `buffers` once done (else freed)."""
+    buffers: Buffers | None = None
 
     def wait(self) -> None:
         for work in self.works:
@@ -71,7 +74,9 @@ class Pending:
             self.copied.result()  # re-raises a failed copy
         for region, dst in self.unpack:
             dst.copy_(region)
-        self.works, self.unpack, self.copied = [], [], None
+        if self.buffers is not None:  # see _scratch_from: only CPU scratch is kept
+            self.buffers.give([t for t in self.scratch if t.device.type == "cpu"])
+        self.works, self.unpack, self.copied, self.scratch = [], [], None, []
 
 
 def post(
@@ -82,13 +87,16 @@ def post(
     timeout: timedelta = DEFAULT_TIMEOUT,
     chunk_bytes: int | None = -1,
     direct_bytes: int = DIRECT,
+    buffers: Buffers | None = None,
 ) -> Pending:
     """Post this rank's part of `plan` without waiting for it. `read(t)`: the source views of
     a transfer this rank sends or copies locally; `write(t)`: the destination views it fills,
     in the same order and shapes. A local transfer whose views are the same memory is skipped
     (kept tensor). Sources must stay unchanged and destinations unread until `wait()`.
     `chunk_bytes`/`direct_bytes`: framing (executor.wire); chunk None = one op per message
-    (no framing), -1 = `default_chunk_bytes()`."""
+    (no framing), -1 = `default_chunk_bytes()`. `buffers`: on a CPU, scratch memory (receive
+    buffers of pieces that cannot land in place, packing frames) is taken from and given
+    back to it: receiving into fresh pages costs about as much as the transfer."""
     rank = this_rank() if rank is None else rank
     chunk = default_chunk_bytes() if chunk_bytes == -1 else chunk_bytes
     sends, recvs = plan.sends(rank), plan.recvs(rank)
@@ -103,10 +111,11 @@ def post(
     if not (sends or recvs):
         _copy_all(local)
         return Pending([], [], None, timeout)
-    ops, unpack = [], []
+    alloc = wire.fresh if buffers is None else _scratch_from(buffers)
+    ops, unpack, scratch = [], [], []
     for peer, ts in sorted(recvs.items()):
         peer_ops, peer_unpack = wire.recv(
-            [v for t in ts for v in write(t)], peer, chunk, direct_bytes
+            [v for t in ts for v in write(t)], peer, chunk, direct_bytes, alloc, scratch
         )
         ops.extend(peer_ops)
         unpack.extend(peer_unpack)
@@ -120,11 +129,26 @@ def post(
         copied = pool.submit(_copy_all, local)
         pool.shutdown(wait=False)  # the thread ends with its one task
     for peer, ts in sorted(sends.items()):
-        posted = wire.send([v for t in ts for v in read(t)], peer, chunk, direct_bytes)
+        posted = wire.send(
+            [v for t in ts for v in read(t)], peer, chunk, direct_bytes, alloc, scratch
+        )
         (works if chunk else batch).extend(posted)
     if batch:
         works.extend(dist.batch_isend_irecv(batch))
-    return Pending(works, unpack, copied, timeout)
+    return Pending(works, unpack, copied, timeout, scratch, buffers)
+
+
+def _scratch_from(buffers: Buffers) -> wire.Alloc:
+    """Scratch from `buffers` on a CPU, where writing into fresh pages costs as much as the
+    transfer. On a GPU the caching allocator already reuses freed blocks, and scratch freed
+    after the move leaves the memory that the plan's memory model counts (home + copy)."""
+
+    def alloc(nbytes: int, device: torch.device) -> torch.Tensor:
+        if device.type != "cpu":
+            return wire.fresh(nbytes, device)
+        return buffers.take((nbytes,), torch.uint8, device)
+
+    return alloc
 
 
 def exchange(
@@ -135,9 +159,10 @@ def exchange(
     timeout: timedelta = DEFAULT_TIMEOUT,
     chunk_bytes: int | None = -1,
     direct_bytes: int = DIRECT,
+    buffers: Buffers | None = None,
 ) -> None:
     """Run this rank's part of `plan` to the end (`post`, then wait)."""
-    post(plan, read, write, rank, timeout, chunk_bytes, direct_bytes).wait()
+    post(plan, read, write, rank, timeout, chunk_bytes, direct_bytes, buffers).wait()
 
 
 def _copy_all(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -261,7 +286,8 @@ def reallocate(
     `device`: where new destination tensors live (the device of this rank's shards with
     NCCL). `buffers`: new destination tensors are taken from there (reused memory, every
     element overwritten) instead of allocated; give them back (`added`) when the result is
-    dropped."""
+    dropped. On a CPU the move's scratch (receive and packing buffers) also comes from there
+    and goes back at its end."""
     rank = this_rank()
     shards = {} if shards is None else shards
     src_pieces, dst_pieces = plan.src_layout.get(rank, {}), plan.dst_layout.get(rank, {})
@@ -287,6 +313,7 @@ def reallocate(
             timeout=timeout,
             chunk_bytes=chunk_bytes,
             direct_bytes=direct_bytes,
+            buffers=buffers,
         )
     if not keep_source:
         shards.clear()

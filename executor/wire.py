@@ -13,7 +13,7 @@ bytes. On CPU this matters: a copy into fresh memory costs about as much as the 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +21,14 @@ import torch.distributed as dist
 
 Like = Sequence[tuple[tuple[int, ...], torch.dtype]]
 """Shapes and dtypes of the tensors of one message, in order."""
+
+Alloc = Callable[[int, torch.device], torch.Tensor]
+"""Scratch bytes (uint8, that many, on that device): packing frames, a receive buffer, a
+contiguous copy of a strided source. The caller owns them again once the ops completed."""
+
+
+def fresh(nbytes: int, device: torch.device) -> torch.Tensor:
+    return torch.empty(nbytes, dtype=torch.uint8, device=device)
 
 
 def offsets(like: Like) -> tuple[list[int], int]:
@@ -87,10 +95,17 @@ def _like(views: Sequence[torch.Tensor]) -> list[tuple[tuple[int, ...], torch.dt
 
 
 def send(
-    views: Sequence[torch.Tensor], peer: int, chunk: int | None, direct: int
+    views: Sequence[torch.Tensor],
+    peer: int,
+    chunk: int | None,
+    direct: int,
+    alloc: Alloc = fresh,
+    scratch: list[torch.Tensor] | None = None,
 ) -> list[dist.P2POp] | list[dist.Work]:
     """Send one message. With a chunk size each frame is posted (dist.isend) as soon as it is
-    ready and the works are returned; without, the ops are returned for one batch."""
+    ready and the works are returned; without, the ops are returned for one batch. Scratch
+    memory comes from `alloc` and is appended to `scratch`."""
+    scratch = [] if scratch is None else scratch
     like = _like(views)
     offs = offsets(like)[0]
     posted: list = []
@@ -99,10 +114,11 @@ def send(
         if f.direct:
             item = f.items[0]
             if item not in whole:  # a copy only when the source is not contiguous
-                whole[item] = _bytes(views[item].contiguous())
+                whole[item] = _contiguous_bytes(views[item], alloc, scratch)
             data = whole[item][f.start - offs[item] : f.stop - offs[item]]
         else:
-            data = torch.empty(f.stop - f.start, dtype=torch.uint8, device=views[0].device)
+            data = alloc(f.stop - f.start, views[0].device)
+            scratch.append(data)
             for j in f.items:
                 o = offs[j] - f.start
                 data[o : o + _nbytes(like[j])].view(views[j].dtype).view(views[j].shape).copy_(
@@ -115,12 +131,28 @@ def send(
     return posted
 
 
+def _contiguous_bytes(v: torch.Tensor, alloc: Alloc, scratch: list[torch.Tensor]) -> torch.Tensor:
+    if v.is_contiguous():
+        return _bytes(v)
+    out = alloc(v.numel() * v.element_size(), v.device)
+    scratch.append(out)
+    out.view(v.dtype).view(v.shape).copy_(v)
+    return out
+
+
 def recv(
-    views: Sequence[torch.Tensor], peer: int, chunk: int | None, direct: int
+    views: Sequence[torch.Tensor],
+    peer: int,
+    chunk: int | None,
+    direct: int,
+    alloc: Alloc = fresh,
+    scratch: list[torch.Tensor] | None = None,
 ) -> tuple[list[dist.P2POp], list[tuple[torch.Tensor, torch.Tensor]]]:
     """Receive one message into `views` (destination regions): ops to post, and (buffer
     region, destination) pairs to copy once they completed. Direct frames land in their
-    destination when it is contiguous; the rest share one compact buffer."""
+    destination when it is contiguous; the rest share one compact buffer (from `alloc`,
+    appended to `scratch`)."""
+    scratch = [] if scratch is None else scratch
     like = _like(views)
     offs = offsets(like)[0]
     fs = frames(like, chunk, direct)
@@ -134,7 +166,9 @@ def recv(
         starts.append(size)
         size += 0 if d else f.stop - f.start
         prev = f.items[0] if f.direct else None
-    buf = torch.empty(size, dtype=torch.uint8, device=views[0].device if views else None)
+    buf = alloc(size, views[0].device) if size else torch.empty(0, dtype=torch.uint8)
+    if size:
+        scratch.append(buf)
     ops, unpack = [], []
     for i, (f, d, s) in enumerate(zip(fs, into_place, starts, strict=True)):
         if d:

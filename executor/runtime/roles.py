@@ -7,7 +7,8 @@ is needed in yet another layout or its weights change, then dropped. A dropped v
 is kept (executor.realloc.Buffers) for the next view in the same layout -- every iteration
 rebuilds the generation view after the train step, and on a CPU filling fresh memory costs as
 much as the transfer -- so a role holds at most one view's memory outside its home, alive or
-kept, until `release_buffers()` or a view in another layout.
+kept, until `release_buffers()` or a view in another layout. On a CPU the kept memory also
+holds the move's scratch (receive buffers for o/down column blocks, packing frames).
 Every rank of the world takes part in every reallocation call (ranks not concerned return at
 once), in the one global order of calls, which is what keeps point-to-point moves deadlock-free.
 """

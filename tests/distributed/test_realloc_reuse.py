@@ -47,6 +47,13 @@ def pool(tmp_path_factory):
     p.close()
 
 
+def _scratch_ptrs(buffers: Buffers) -> list[int]:
+    """Where the kept byte buffers (receive and packing scratch) are."""
+    return sorted(
+        t.data_ptr() for ts in buffers._free.values() for t in ts if t.dtype == torch.uint8
+    )
+
+
 def _poison(tensors: list[torch.Tensor]) -> None:
     for t in tensors:
         t.fill_(float("nan"))
@@ -63,6 +70,8 @@ def check_reuse(rank: int, world: int, gpn: int, src: Allocation, dst: Allocatio
     buffers = Buffers()
     first_src = make_shards(mine, spec, dtype, seed=1)
     first = reallocate(plan, first_src, dtype, timeout=TIMEOUT, buffers=buffers)
+    scratch = buffers.nbytes  # receive buffers of pieces that could not land in place
+    scratch_ptrs = _scratch_ptrs(buffers)
     new = added(first, first_src)
     ptrs = sorted(t.data_ptr() for t in new)
     _poison(new)  # any element the next move misses shows
@@ -83,7 +92,8 @@ def check_reuse(rank: int, world: int, gpn: int, src: Allocation, dst: Allocatio
         for t in second.values()
     )
     del sources
-    left = buffers.nbytes  # all of it was taken again
+    left = buffers.nbytes - scratch  # all of it was taken again (and the scratch given back)
+    reused = reused and _scratch_ptrs(buffers) == scratch_ptrs
     buffers.give(added(second, second_src))
     del second, second_src
     held = live_tensor_bytes() - empty
@@ -91,6 +101,7 @@ def check_reuse(rank: int, world: int, gpn: int, src: Allocation, dst: Allocatio
     return {
         "exact": exact,
         "reused": reused,
+        "scratch": scratch,
         "views": views,
         "pooled": pooled,
         "left": left,
@@ -153,6 +164,7 @@ def test_reallocation_into_reused_memory(pool, name):
         assert r["held"] == r["pooled"], (rank, r)  # the pool holds the moved memory only
         assert r["released"] == 0, (rank, r)
     assert any(r["pooled"] > 0 for r in results)
+    assert all(r["scratch"] > 0 for r in results)  # packed small tensors at least
     # tp grows on ranks that held whole layers: their rows of q, k, v, gate, up are views
     assert (sum(r["views"] for r in results) > 0) == (name in ("same-mesh", "overlapping"))
 
