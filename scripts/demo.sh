@@ -8,7 +8,7 @@ cd "$root"
 out=runs/demo
 rm -rf "$out"
 mkdir -p "$out"
-profile=estimator/profiles/cpu-epyc-2core-1thread.json
+profile=estimator/profiles/cpu-epyc-2core-1thread_4workers.json
 plan() { rlhf-plan search "$1" --nodes 1 --gpus-per-node 4 --device cpu --seed 0 --profile "$profile" --out "$2"; }
 
 echo "== 1/2 reward model: plan rm-tiny for 1 node x 4 CPU workers, run it"
