@@ -23,8 +23,9 @@ from second to second, and the best of a 30 ms link transfer swings more than th
 "warm/raw" and "fresh/raw" set each reallocation against the raw transfer into the same kind
 of memory. "estimate" is what the estimator (estimator.transfer.realloc_transfer, the search's
 price of the move, which assumes warm memory as rlhf-run has it) says for a 1-node cluster of
-`world` CPU devices with the shipped 2-worker CPU profile (gloo link and memory-copy rate
-measured), and "est/warm" its ratio to the measured warm time.
+`world` CPU devices with the shipped CPU profile whose collectives were timed by `world`
+workers on this machine (2 or 4; gloo link and memory-copy rate measured), and "est/warm"
+its ratio to the measured warm time.
 
     .venv/bin/python benchmarks/realloc.py [--ranks 2 4] [--reps 3] [--model small]
 """
@@ -51,20 +52,23 @@ from plans.allocation import Allocation, DeviceMesh, ParallelStrategy  # noqa: E
 from plans.model import preset  # noqa: E402
 from plans.transfer import plan_params  # noqa: E402
 
-PROFILE = (
-    Path(__file__).resolve().parents[1] / "estimator/profiles/cpu-epyc-2core-1thread_2workers.json"
-)
+PROFILES = Path(__file__).resolve().parents[1] / "estimator/profiles"
+PROFILE = {  # collectives timed by as many workers as the move has ranks, on this machine
+    2: PROFILES / "cpu-epyc-2core-1thread_2workers.json",
+    4: PROFILES / "cpu-epyc-2core-1thread_4workers.json",
+}
 
 
 def estimate(model: str, world: int, src: Allocation, dst: Allocation) -> float:
-    """The cost model's price of the move: its busiest receiver's time."""
+    """The cost model's price of the move: its busiest rank's time."""
     from estimator.cost import CostModel
     from estimator.profile import load_profile
     from estimator.transfer import realloc_transfer
     from plans import ClusterSpec, load_experiment
 
     cluster = ClusterSpec(nodes=1, gpus_per_node=world, device="cpu")
-    cm = CostModel(cluster, load_experiment("ppo-tiny"), load_profile(PROFILE))
+    profile = load_profile(PROFILE.get(world, PROFILE[2]))
+    cm = CostModel(cluster, load_experiment("ppo-tiny"), profile)
     return realloc_transfer(preset(model), DTYPE.itemsize, src, dst, world, cm.lookup).time_s
 
 
