@@ -22,11 +22,13 @@ import torch.distributed as dist
 
 from plans import Plan
 
-CALL_SECONDS = ("realloc_s", "wait_s", "data_s")
-"""Per call and rank: reallocating the model into the call's layout, waiting for the inputs,
-handing the outputs over (a call takes as long as its slowest rank). The call itself runs
-from `start` to `end` on each rank; its merged compute_s is from the last rank's start to
-the last rank's end."""
+CALL_SECONDS = ("wait_s", "data_s")
+"""Per call and rank: waiting for the inputs, handing the outputs over (a call takes as long
+as its slowest rank). The call itself runs from `start` to `end` on each rank; its merged
+compute_s is from the last rank's start to the last rank's end. Reallocating the model into
+the call's layout is timed the same way over the ranks that send or receive parameters
+(`moves`: start, end), so a receiver waiting for its sender to finish an earlier call (the
+train step whose weights it needs) does not count as reallocation: merged realloc_s."""
 
 
 class MetricsBoard:
@@ -71,10 +73,16 @@ class MetricsBoard:
                     c[k] = max(c[k], t[k])  # a call takes as long as its slowest rank
                 c["start"] = max(c.get("start", t["start"]), t["start"])
                 c["end"] = max(c.get("end", t["end"]), t["end"])
-        for c in calls.values():
+        moves: dict[str, list[tuple[float, float]]] = {}
+        for r in everyone:
+            for name, span in r.get("moves", {}).items():
+                moves.setdefault(name, []).append(span)
+        for name, c in calls.items():
             # A rank that starts early waits inside the call's first collective for the
             # others (still busy with an earlier call): the call runs from the last start.
             c["compute_s"] = c["end"] - c["start"]
+            spans = moves.get(name, [])
+            c["realloc_s"] = _last_start_to_end(spans) if spans else 0.0
         if plan.estimate:
             for name, c in calls.items():
                 est = plan.estimate.calls.get(name)
@@ -93,6 +101,10 @@ class MetricsBoard:
             "peak_memory_mib": max(r["peak_memory_mib"] for r in everyone),
             "calls": calls,
         }
+
+
+def _last_start_to_end(spans: list[tuple[float, float]]) -> float:
+    return max(0.0, max(e for _, e in spans) - max(s for s, _ in spans))
 
 
 def append_row(out_dir: Path, row: dict) -> None:

@@ -15,6 +15,7 @@ once), in the one global order of calls, which is what keeps point-to-point move
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +24,7 @@ from executor.checkpoint import load_checkpoint_
 from executor.model import Transformer
 from executor.model_shards import adopt_shards_, model_shards
 from executor.parallel import ParallelContext
-from executor.realloc import Buffers, added, reallocate
+from executor.realloc import Buffers, added, reallocate, this_rank
 from executor.weights import random_init_
 from plans import Allocation, ModelSpec, Plan
 from plans.transfer import TransferPlan, plan_params
@@ -64,6 +65,9 @@ class RoleModel:
     _buffers: Buffers = field(default_factory=Buffers)
     _buffers_key: tuple | None = None
     """The layout whose destination memory `_buffers` keeps."""
+    last_move: tuple[float, float] | None = None
+    """Wall-clock (start, end) of the last `view` call on this rank if it sent or received
+    parameters in it, else None: metrics time a move from the last participant's arrival."""
 
     @property
     def home_ctx(self) -> ParallelContext:
@@ -87,6 +91,7 @@ class RoleModel:
     def view(self, alloc: Allocation) -> Transformer | None:
         """The model in `alloc`'s layout on this rank (None off that mesh). Collective over
         the ranks of the home and the target layouts; every rank must call it."""
+        self.last_move = None
         key = layout_key(alloc)
         if key == layout_key(self.home) or not self.loaded:
             return self.model
@@ -98,9 +103,11 @@ class RoleModel:
         if key not in self._plans:
             self._plans[key] = plan_params(self.home, alloc, self.spec, self.gpus_per_node)
         home = self.shards()
-        shards = reallocate(
-            self._plans[key], home, self.dtype, keep_source=True, buffers=self._buffers
-        )
+        plan, rank = self._plans[key], this_rank()
+        start = time.time()
+        shards = reallocate(plan, home, self.dtype, keep_source=True, buffers=self._buffers)
+        if plan.sends(rank) or plan.recvs(rank):
+            self.last_move = (start, time.time())
         self._buffers_key = key
         ctx = self.ctxs[key]
         model = None

@@ -105,14 +105,15 @@ def run(env: WorkerEnv, task: RunTask) -> None:
         for it in range(start, task.iterations):
             t_iter = time.time()
             dataset = program.dataset(it)
-            mine: dict = {"calls": {}, "stats": {}, "start": t_iter}
+            mine: dict = {"calls": {}, "moves": {}, "stats": {}, "start": t_iter}
             inbox: dict[str, list] = {m.name: [] for m in exp.mfcs()}
             for m in order:
                 alloc = plan.allocations[m.name]
                 ctx = ctxs[layout_key(alloc)]
                 rm = roles[m.role]
-                t0 = time.time()
                 model = rm.view(alloc)
+                if rm.last_move is not None:
+                    mine["moves"][m.name] = rm.last_move
                 t1 = time.time()
                 data: dict[str, torch.Tensor] = {}
                 for part, pending in inbox.pop(m.name):
@@ -141,7 +142,6 @@ def run(env: WorkerEnv, task: RunTask) -> None:
                     sent.append((it, pending))
                 if ctx.in_mesh:
                     mine["calls"][m.name] = {
-                        "realloc_s": t1 - t0,
                         "wait_s": t2 - t1,
                         "data_s": time.time() - t3,
                         "start": t2,
