@@ -55,6 +55,15 @@ def run(
     from plans import PlanError, load_plan
 
     p = load_plan(plan)
+    if p.cluster.device != "cpu":
+        # The runtime builds models and batches on the CPU so far; with NCCL on GPUs it would
+        # hand CPU tensors to the collectives.
+        raise PlanError(
+            f"rlhf-run executes plans for CPU workers so far; this plan is for "
+            f"{p.cluster.device} devices (plan for CPU workers with rlhf-plan search "
+            f"--device cpu to run the experiment here)",
+            field="cluster.device",
+        )
     if p.experiment.algorithm not in PROGRAMS:
         raise PlanError(
             f"rlhf-run runs {', '.join(PROGRAMS)} plans so far, not {p.experiment.algorithm}",

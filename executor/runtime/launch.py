@@ -2,7 +2,8 @@
 
 On one node `rlhf-run` spawns the workers itself and joins them through a FileStore; under
 `torchrun` (RANK / WORLD_SIZE / MASTER_ADDR set) each process is already one worker. CPU
-workers use gloo with one thread each; GPU workers use NCCL. A worker that dies makes every
+workers use gloo with one thread each, whether or not the machine has GPUs; GPU workers
+(`device="cuda"`) use NCCL. A worker that dies makes every
 other worker exit non-zero, naming the lost rank, within the collective timeout.
 """
 
@@ -48,8 +49,10 @@ def under_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
 
 
-def _backend_and_device(rank: int) -> tuple[str, torch.device]:
-    if torch.cuda.is_available():
+def _backend_and_device(rank: int, device: str) -> tuple[str, torch.device]:
+    """`device` "cuda": NCCL and this process's GPU; "cpu": gloo with one thread, also on a
+    machine that has GPUs (a plan for CPU workers must not end up with NCCL)."""
+    if device == "cuda":
         local = int(os.environ.get("LOCAL_RANK", rank % max(1, torch.cuda.device_count())))
         torch.cuda.set_device(local)
         return "nccl", torch.device("cuda", local)
@@ -58,14 +61,20 @@ def _backend_and_device(rank: int) -> tuple[str, torch.device]:
 
 
 def _run_worker(
-    fn: WorkerFn, task: Any, rank: int, world: int, store: dist.Store, timeout: timedelta
+    fn: WorkerFn,
+    task: Any,
+    rank: int,
+    world: int,
+    store: dist.Store,
+    timeout: timedelta,
+    device: str = "cpu",
 ) -> int:
     if not under_torchrun():
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one node: loopback only
-    backend, device = _backend_and_device(rank)
+    backend, dev = _backend_and_device(rank, device)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
     health = Health(store, rank, world)
-    env = WorkerEnv(rank, world, device, store, health, timeout)
+    env = WorkerEnv(rank, world, dev, store, health, timeout)
     try:
         fn(env, task)
         dist.barrier()
@@ -97,16 +106,27 @@ def _run_worker(
 
 
 def _spawned(
-    rank: int, world: int, store_path: str, fn: WorkerFn, task: Any, timeout_s: float
+    rank: int,
+    world: int,
+    store_path: str,
+    fn: WorkerFn,
+    task: Any,
+    timeout_s: float,
+    device: str,
 ) -> None:
     store = dist.FileStore(store_path, world + 1)  # +1: the launcher reads and marks too
-    code = _run_worker(fn, task, rank, world, store, timedelta(seconds=timeout_s))
+    code = _run_worker(fn, task, rank, world, store, timedelta(seconds=timeout_s), device)
     sys.stdout.flush()
     os._exit(code)  # skip interpreter teardown: gloo threads of a broken group can hang it
 
 
-def launch(fn: WorkerFn, task: Any, world: int, timeout_s: float = 60.0) -> int:
-    """Run `fn(env, task)` on `world` workers; returns the exit code for the command."""
+def launch(
+    fn: WorkerFn, task: Any, world: int, timeout_s: float = 60.0, device: str = "cpu"
+) -> int:
+    """Run `fn(env, task)` on `world` workers; returns the exit code for the command.
+    `device`: "cpu" (gloo) or "cuda" (NCCL, one GPU per worker)."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, not {device!r}")
     if under_torchrun():
         rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         if size != world:
@@ -119,12 +139,12 @@ def launch(fn: WorkerFn, task: Any, world: int, timeout_s: float = 60.0) -> int:
             is_master=rank == 0,
             timeout=timedelta(seconds=timeout_s),
         )
-        return _run_worker(fn, task, rank, size, store, timedelta(seconds=timeout_s))
+        return _run_worker(fn, task, rank, size, store, timedelta(seconds=timeout_s), device)
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="rlhf-run-") as tmp:
         store_path = str(Path(tmp) / "store")
         procs = [
-            ctx.Process(target=_spawned, args=(r, world, store_path, fn, task, timeout_s))
+            ctx.Process(target=_spawned, args=(r, world, store_path, fn, task, timeout_s, device))
             for r in range(world)
         ]
         for p in procs:

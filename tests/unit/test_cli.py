@@ -159,3 +159,17 @@ def test_run_resume_without_checkpoint(tmp_path):
         timeout=60,
     )
     assert r.returncode == 1 and "no complete checkpoint" in r.stderr
+
+
+def test_run_refuses_a_gpu_plan_by_name(tmp_path):
+    """The runtime builds models on the CPU: a plan for GPUs is refused before any worker
+    starts, naming the field, instead of failing inside NCCL."""
+    run_exe = shutil.which("rlhf-run") or f"{sys.executable} -m cli.run_app"
+    r = subprocess.run(
+        [*run_exe.split(), str(example_path("ppo-llama2-7b-8xh100", "plan"))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1 and "cluster.device" in r.stderr and "h100" in r.stderr
+    assert "Traceback" not in r.stderr
