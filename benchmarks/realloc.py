@@ -236,6 +236,7 @@ def main() -> None:
             f"{'paired':>6} {'warm/raw':>8} {'fresh/raw':>9} {'estimate':>8} {'est/warm':>8}"
         )
         ests = [estimate(args.model, world, a, b) for _, a, b in changes(world)]
+        best_ok = paired_ok = 0
         for (label, moved, link, warm, fresh, t, t_warm, paired), est in zip(
             rows, ests, strict=True
         ):
@@ -247,6 +248,12 @@ def main() -> None:
                 + f" {fresh / t:9.0%}"
                 + f" {est:7.3f}s {est / t_warm:8.2f}"
             )
+            best_ok += moved / t_warm / link >= 0.7
+            paired_ok += paired >= 0.7
+        print(
+            f"  at least 70% of the link: {best_ok} of {len(rows)} best against best, "
+            f"{paired_ok} of {len(rows)} paired"
+        )
 
 
 if __name__ == "__main__":
