@@ -5,7 +5,9 @@ layout change is timed end to end (`reallocate`: packing, transfer, unpacking, l
 twice: "fresh" into newly allocated destination tensors (a role's first view, a move of its
 home) and "warm" into the destination memory of the previous move into that layout
 (executor.realloc.Buffers: what rlhf-run does from the second iteration on, when it rebuilds
-a role's generation view after the train step). Both are set against baselines measured in
+a role's generation view after the train step; a source tensor that the result holds whole,
+as when tp shrinks, lives inside the result tensor from the first move on, as a role's home
+shard does, and is not copied again). Both are set against baselines measured in
 the same run, with the same processes:
 
 - link: one pair of ranks sending one large contiguous buffer (dist.send / dist.recv);
@@ -47,7 +49,7 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from executor.realloc import Buffers, added, reallocate  # noqa: E402
+from executor.realloc import Buffers, added, host_regions, reallocate  # noqa: E402
 from plans.allocation import Allocation, DeviceMesh, ParallelStrategy  # noqa: E402
 from plans.model import preset  # noqa: E402
 from plans.transfer import plan_params  # noqa: E402
@@ -168,13 +170,24 @@ def _worker(rank: int, world: int, store: str, model: str, reps: int, out: mp.Qu
         def once(shards=shards, plan=plan, result=fresh_out) -> None:
             result["out"] = reallocate(plan, shards, DTYPE, keep_source=True)
 
-        def warm_once(shards=shards, plan=plan, result=warm_out, buffers=buffers) -> None:
-            result["out"] = reallocate(plan, shards, DTYPE, keep_source=True, buffers=buffers)
+        hosts: dict = {}
+
+        def warm_once(
+            shards=shards, plan=plan, result=warm_out, buffers=buffers, hosts=hosts
+        ) -> None:
+            result["out"] = reallocate(
+                plan, shards, DTYPE, keep_source=True, buffers=buffers, into=hosts
+            )
 
         def give_back(shards=shards, result=warm_out, buffers=buffers) -> None:
             buffers.give(added(result.pop("out", {}), shards))
 
         warm_once()  # the first move into the layout fills `buffers`
+        # As rlhf-run's roles do after their first view: source tensors that the result holds
+        # whole (tp shrinks) move inside it, and later moves fill the same tensors.
+        parts, found = host_regions(plan, rank, warm_out["out"])
+        shards.update(parts)
+        hosts.update(found)
         # Interleaved, so that each figure sees the same share of a busy machine; best of reps.
         raw_warm, raw_fresh = _raw(plan, rank, False), _raw(plan, rank, True)
         times = [

@@ -11,7 +11,8 @@ the move on it:
   both memory copies by the rank's own core, so they add up; a GPU link is full duplex);
 - the bytes it copies at the profile's memory-copy rate: pieces it holds but not as the very
   tensor the new layout wants nor as one contiguous part of such a tensor (a view: rows of a
-  column-parallel weight when tp grows), and parts of row-parallel weights (o, down: split
+  column-parallel weight when tp grows) nor as the tensor's rows that a role's home shard
+  lives in (when tp shrinks on the same rank), and parts of row-parallel weights (o, down: split
   along their input dimension) that are a column block of the source (gathered before it is
   sent) or of the destination (received into a buffer, then copied).
 
@@ -120,9 +121,14 @@ def realloc_transfer(
                     # What a holder needs of a piece it holds: with the same tp slice, every
                     # tensor (one per layer) is the very tensor it holds; inside a wider slice,
                     # rows of column-parallel weights, embedding and head are views of it and
-                    # only the column blocks of o/down are copied; else all is copied.
+                    # only the column blocks of o/down are copied. Around a narrower slice
+                    # (tp shrinks), the home shard's rows live inside the view's tensors
+                    # after the first view (executor.runtime.roles; not under ZeRO-1), so
+                    # again only o/down are copied. Else all is copied.
                     inside = interval[0] >= s_int[0] and interval[1] <= s_int[1]
-                    local = 0.0 if s_int == interval else blocks * row if inside else n
+                    around = s_int[0] >= interval[0] and s_int[1] <= interval[1]
+                    rows_kept = inside or (around and not ss.zero1)
+                    local = 0.0 if s_int == interval else blocks * row if rows_kept else n
                     # Column blocks of o/down: the source's when the source piece is wider
                     # than the destination's, the destination's when it is narrower.
                     gather = blocks * row if part < s_int[1] - s_int[0] else 0.0

@@ -262,6 +262,42 @@ def _inside(plan: TransferPlan, rank: int) -> dict[str, tuple[str, tuple[slice, 
     return plan.memo[key]
 
 
+def hostable(plan: TransferPlan, rank: int) -> dict[str, tuple[str, tuple[slice, ...]]]:
+    """Destination name -> (source name, index into the destination tensor) for destination
+    pieces of `rank` that contain exactly one whole source tensor of `rank` and more (a tp
+    shard inside the whole tensor when tp shrinks): that source tensor could live inside the
+    destination tensor, and moves into this layout would then not copy it."""
+    key = ("hostable", rank)
+    if key not in plan.memo:
+        dst, src = plan.dst_layout.get(rank, {}), plan.src_layout.get(rank, {})
+        whole: dict[str, list] = defaultdict(list)
+        for t in plan.local(rank):
+            if t.box == src[t.src_name].box != dst[t.dst_name].box:
+                whole[t.dst_name].append(t)
+        plan.memo[key] = {
+            n: (ts[0].src_name, _index(dst[n].relative(ts[0].box)))
+            for n, ts in whole.items()
+            if len(ts) == 1
+        }
+    return plan.memo[key]
+
+
+def host_regions(
+    plan: TransferPlan, rank: int, out: Mapping[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """After a move along `plan` into `out` (this rank's result): (source name -> the
+    contiguous part of a result tensor that now holds the same values as that source tensor,
+    result name -> tensor, for those tensors). A caller that lets its source tensors become
+    these parts frees their memory and, passing the tensors as `into` to later moves along
+    the same plan, no longer copies them (`hostable`)."""
+    parts, hosts = {}, {}
+    for name, (src, index) in hostable(plan, rank).items():
+        region = out[name][index]
+        if region.is_contiguous():  # rows: parameters stay contiguous (optimizers flatten them)
+            parts[src], hosts[name] = region, out[name]
+    return parts, hosts
+
+
 def reallocate(
     plan: TransferPlan,
     shards: MutableMapping[str, torch.Tensor] | None,
@@ -272,6 +308,7 @@ def reallocate(
     direct_bytes: int = DIRECT,
     device: torch.device | str = "cpu",
     buffers: Buffers | None = None,
+    into: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Move a model's parameters along `plan` (from plans.transfer.plan_params).
 
@@ -287,7 +324,9 @@ def reallocate(
     NCCL). `buffers`: new destination tensors are taken from there (reused memory, every
     element overwritten) instead of allocated; give them back (`added`) when the result is
     dropped. On a CPU the move's scratch (receive and packing buffers) also comes from there
-    and goes back at its end."""
+    and goes back at its end. `into`: destination tensors by name to fill (of the piece's
+    shape), e.g. those a source tensor lives inside (`hostable`): a local piece whose source
+    is already in place is not copied."""
     rank = this_rank()
     shards = {} if shards is None else shards
     src_pieces, dst_pieces = plan.src_layout.get(rank, {}), plan.dst_layout.get(rank, {})
@@ -301,6 +340,7 @@ def reallocate(
             view = shards[s][index]
             if n not in held and view.is_contiguous():
                 held[n] = view  # the local transfer then reads and writes the same memory
+    held.update({n: t for n, t in (into or {}).items() if n not in held})
     take = (buffers or Buffers()).take
     out = {n: held[n] if n in held else take(p.shape, dtype, device) for n, p in dst_pieces.items()}
     idx = _param_indices(plan, rank)

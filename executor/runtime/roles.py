@@ -9,6 +9,9 @@ rebuilds the generation view after the train step, and on a CPU filling fresh me
 much as the transfer -- so a role holds at most one view's memory outside its home, alive or
 kept, until `release_buffers()` or a view in another layout. On a CPU the kept memory also
 holds the move's scratch (receive buffers for o/down column blocks, packing frames).
+Where the view holds more of a tensor than the home does (tp shrinks: the view's whole q
+contains the home's rows), the home shard moves into the view's tensor at the first view
+and stays there: later views do not copy it, and the home's own copy is freed.
 Every rank of the world takes part in every reallocation call (ranks not concerned return at
 once), in the one global order of calls, which is what keeps point-to-point moves deadlock-free.
 """
@@ -24,7 +27,7 @@ from executor.checkpoint import load_checkpoint_
 from executor.model import Transformer
 from executor.model_shards import adopt_shards_, model_shards
 from executor.parallel import ParallelContext
-from executor.realloc import Buffers, added, reallocate, this_rank
+from executor.realloc import Buffers, added, host_regions, reallocate, this_rank
 from executor.weights import random_init_
 from plans import Allocation, ModelSpec, Plan
 from plans.transfer import TransferPlan, plan_params
@@ -65,6 +68,9 @@ class RoleModel:
     _buffers: Buffers = field(default_factory=Buffers)
     _buffers_key: tuple | None = None
     """The layout whose destination memory `_buffers` keeps."""
+    _hosts: dict[str, torch.Tensor] = field(default_factory=dict)
+    """View tensors (by name) that home shards live inside, in layout `_hosts_key`."""
+    _hosts_key: tuple | None = None
     last_move: tuple[float, float] | None = None
     """Wall-clock (start, end) of the last `view` call on this rank if it sent or received
     parameters in it, else None: metrics time a move from the last participant's arrival."""
@@ -105,16 +111,39 @@ class RoleModel:
         home = self.shards()
         plan, rank = self._plans[key], this_rank()
         start = time.time()
-        shards = reallocate(plan, home, self.dtype, keep_source=True, buffers=self._buffers)
+        shards = reallocate(
+            plan,
+            home,
+            self.dtype,
+            keep_source=True,
+            buffers=self._buffers,
+            into=self._hosts if self._hosts_key == key else None,
+        )
         if plan.sends(rank) or plan.recvs(rank):
             self.last_move = (start, time.time())
         self._buffers_key = key
+        if self._hosts_key is None:
+            self._host_home(key, plan, rank, shards)
         ctx = self.ctxs[key]
         model = None
         if ctx.in_mesh:  # adopt the moved tensors as parameters: no copy
             model = adopt_shards_(Transformer.for_context(self.spec, ctx, self.dtype), shards)
-        self._view = (key, model, added(shards, home))
+        self._view = (key, model, added(shards, self.shards()))
         return model
+
+    def _host_home(self, key: tuple, plan: TransferPlan, rank: int, out: dict) -> None:
+        """Let home shards that are whole, contiguous parts of this view's tensors (rows of a
+        tp shard when the view has less tp) live there from now on: their old memory is
+        freed, and later moves into this layout do not copy them. Not under ZeRO-1, whose
+        optimizer keeps views of the parameters' memory."""
+        if self.model is None or self.home.strategy.zero1:
+            return
+        parts, hosts = host_regions(plan, rank, out)
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        for name, part in parts.items():
+            params[name].data = part
+        if hosts:
+            self._hosts, self._hosts_key = hosts, key
 
     def drop_view(self) -> None:
         """Forget the temporary copy (its weights are stale after a train step). Its memory

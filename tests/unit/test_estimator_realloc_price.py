@@ -59,15 +59,38 @@ def test_a_whole_model_to_another_rank_is_its_bytes_at_the_link_rate():
     assert t == pytest.approx(SPEC.num_params() * 4 / LINK, rel=0.01)
 
 
+def _o_down_bytes() -> float:
+    h, heads, hd, inter = (
+        SPEC.hidden_size,
+        SPEC.num_attention_heads,
+        SPEC.head_dim,
+        SPEC.intermediate_size,
+    )
+    return SPEC.num_hidden_layers * (h * heads * hd + h * inter) * 4
+
+
 def test_sends_and_receives_add_up_on_a_cpu_not_on_a_gpu():
     """t2 -> d2 on the same two ranks: each receives the half it lacks and sends the half it
-    has (a CPU core does both), and copies its own half locally."""
+    has (a CPU core does both); of its own half it copies only the o/down column blocks (the
+    rest is the home shard living inside the view), and the o/down column blocks it receives
+    arrive into a buffer."""
     half = SPEC.num_params() * 4 / 2
     cpu = price(alloc(0, 2, tp=2), alloc(0, 2, dp=2))
     gpu = price(alloc(0, 2, tp=2), alloc(0, 2, dp=2), lookup("h100"))
     assert cpu - gpu == pytest.approx(half / LINK, rel=0.02)
-    # receiving + local copy, plus the o/down column blocks that arrive into a buffer
-    assert half / LINK + half / COPY < gpu < half / LINK + 2 * half / COPY
+    assert gpu == pytest.approx(half / LINK + _o_down_bytes() / COPY, rel=0.01)
+
+
+def test_under_zero1_the_home_half_is_copied():
+    """ZeRO-1 keeps views of the parameters' memory, so the home does not move into the view:
+    the whole own half is copied."""
+    home = Allocation(
+        mesh=DeviceMesh(gpu_start=0, n_gpus=2),
+        strategy=ParallelStrategy(dp=1, tp=2, zero1=True),
+    )
+    half = SPEC.num_params() * 4 / 2
+    gpu = price(home, alloc(0, 2, dp=2), lookup("h100"))
+    assert gpu == pytest.approx(half / LINK + half / COPY + _o_down_bytes() / 2 / COPY, rel=0.01)
 
 
 def test_copies_are_priced_at_the_copy_rate():
@@ -80,15 +103,8 @@ def test_rows_inside_a_wider_source_are_views():
     """dp2 -> tp2 on the same ranks: each rank holds the whole model, so nothing crosses a
     link; its rows of column-parallel weights, the embedding and head are views of what it
     holds, only its column blocks of o and down are copied."""
-    h, heads, hd, inter = (
-        SPEC.hidden_size,
-        SPEC.num_attention_heads,
-        SPEC.head_dim,
-        SPEC.intermediate_size,
-    )
-    o_down = SPEC.num_hidden_layers * (h * heads * hd + h * inter) * 4
     t = price(alloc(0, 2, dp=2), alloc(0, 2, tp=2))
-    assert t == pytest.approx(o_down / 2 / COPY, rel=0.01)
+    assert t == pytest.approx(_o_down_bytes() / 2 / COPY, rel=0.01)
 
 
 def test_kept_pieces_cost_nothing():
