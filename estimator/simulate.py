@@ -252,7 +252,9 @@ def _memory(cm, calls, allocations, atoms, costs, n_atoms, res: SimResult) -> bo
     trained role) and its largest copy in another layout, plus the running call's transient
     memory. rlhf-run keeps a role's home while a copy in another layout exists, and keeps the
     copy's memory for the next one after the weights change (executor.runtime.roles), so on
-    devices holding both it needs both."""
+    devices holding both it needs both. (Where the copy holds more of a tensor than the home
+    on the same device, tp shrinking, the home's rows live inside the copy and the runtime
+    needs less: this is then an upper bound.)"""
     home, _ = _shape(cm.experiment.algorithm)
     layouts = {m.name: _layout(allocations[m.name]) for m in calls}
     resident = [0.0] * n_atoms
