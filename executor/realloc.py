@@ -10,7 +10,7 @@ a piece copies it locally, or keeps the very same tensor when the pieces are equ
 (`reallocate` keeping its source also uses a view where the piece is a contiguous part of a
 source tensor, and can fill reused memory: `Buffers`).
 
-Parameters (`reallocate`) and batches (`move_batch`) use the same `exchange`: a parameter
+Parameters (`reallocate`) and batches (`move_batch`) use the same `post`: a parameter
 transfer is one view per side, a batch transfer one view per data key (rows of each tensor).
 Ranks are global ranks of the default process group (which may be larger than both meshes).
 With NCCL, the first p2p call on a group must involve all its ranks; gloo has no such rule.
@@ -149,20 +149,6 @@ def _scratch_from(buffers: Buffers) -> wire.Alloc:
         return buffers.take((nbytes,), torch.uint8, device)
 
     return alloc
-
-
-def exchange(
-    plan: TransferPlan,
-    read: Callable[[Transfer], Views],
-    write: Callable[[Transfer], Views],
-    rank: int | None = None,
-    timeout: timedelta = DEFAULT_TIMEOUT,
-    chunk_bytes: int | None = -1,
-    direct_bytes: int = DIRECT,
-    buffers: Buffers | None = None,
-) -> None:
-    """Run this rank's part of `plan` to the end (`post`, then wait)."""
-    post(plan, read, write, rank, timeout, chunk_bytes, direct_bytes, buffers).wait()
 
 
 def _copy_all(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -345,7 +331,7 @@ def reallocate(
     out = {n: held[n] if n in held else take(p.shape, dtype, device) for n, p in dst_pieces.items()}
     idx = _param_indices(plan, rank)
     with torch.no_grad():
-        exchange(
+        post(
             plan,
             read=lambda t: [shards[t.src_name][idx[id(t)][0]]],
             write=lambda t: [out[t.dst_name][idx[id(t)][1]]],
@@ -354,7 +340,7 @@ def reallocate(
             chunk_bytes=chunk_bytes,
             direct_bytes=direct_bytes,
             buffers=buffers,
-        )
+        ).wait()
     if not keep_source:
         shards.clear()
     return out
