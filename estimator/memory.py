@@ -18,6 +18,7 @@ Assumptions (stated so tests can check them by hand):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from estimator.shapes import DTYPE_BYTES
 from plans import MFC, Allocation, ExperimentSpec, ModelSpec
@@ -111,3 +112,65 @@ def call_memory(mfc: MFC, alloc: Allocation, exp: ExperimentSpec) -> CallMemory:
         prefill = per_rank * exp.prompt_len * (4 * h + 3 * i_tp + qw + 2 * kvw) * dt
         activations = prefill + per_rank * vocab * 4 * 2
     return CallMemory(weights, grads, optimizer, activations, kv)
+
+
+@lru_cache(maxsize=4096)
+def shared_weight_bytes(
+    model: ModelSpec, dtype: str, home: Allocation, copy: Allocation, gpus_per_node: int
+) -> dict[int, float]:
+    """Device -> bytes of a role's copy in layout `copy` that are memory of its home layout
+    `home` on that device, as rlhf-run builds views (executor.realloc, executor.runtime.roles):
+    a piece equal to a home piece is that very tensor; where one tp slice holds the other,
+    the rows (q, k, v, gate, up, embedding, LM head) are shared too -- views into the home
+    when the copy's slice is narrower, the home's rows living inside the copy when it is
+    wider (not under ZeRO-1, whose optimizer keeps views of the home's memory); norms and a
+    value head are replicated, so always shared. The o/down column blocks of a narrower or
+    wider slice are copies. Slices are compared as fractions of the heads, which never
+    counts more than is shared (kv heads replicated over tp ranks can share more)."""
+    dt = DTYPE_BYTES[dtype]
+    h = model.hidden_size
+    row = h * model.num_attention_heads * model.head_dim + h * model.intermediate_size
+    col = model.block_params() - 2 * h - row  # q, k, v, gate, up
+    lm_head = model.head_params() - h if model.head == "lm" else 0.0
+    replicated_head = h + (model.head_params() - h if model.head == "value" else 0.0)
+    hs, cs = home.strategy, copy.strategy
+
+    def positions(alloc: Allocation) -> dict[int, tuple[int, int]]:
+        grid = alloc.rank_grid(gpus_per_node)
+        s = alloc.strategy
+        return {
+            grid[p][d][t]: (p, t) for p in range(s.pp) for d in range(s.dp) for t in range(s.tp)
+        }
+
+    def layers(n_stages: int, stage: int) -> tuple[int, int]:
+        sizes = split_layers(model.num_hidden_layers, n_stages)
+        start = sum(sizes[:stage])
+        return start, start + sizes[stage]
+
+    home_at = positions(home)
+    out: dict[int, float] = {}
+    for rank, (pc, tc) in positions(copy).items():
+        if rank not in home_at:
+            continue
+        ph, th = home_at[rank]
+        (a0, a1), (b0, b1) = layers(hs.pp, ph), layers(cs.pp, pc)
+        n = max(0, min(a1, b1) - max(a0, b0))
+        ih, ic = (th / hs.tp, (th + 1) / hs.tp), (tc / cs.tp, (tc + 1) / cs.tp)
+        nested = (ic[0] >= ih[0] and ic[1] <= ih[1]) or (
+            ih[0] >= ic[0] and ih[1] <= ic[1] and not hs.zero1
+        )
+        part = min(1 / hs.tp, 1 / cs.tp)
+        if ih == ic:  # the very tensors
+            blocks, rows = n * (model.block_params() - 2 * h) * part, part
+        elif nested:
+            blocks, rows = n * col * part, part
+        else:
+            blocks, rows = 0.0, 0.0
+        shared = blocks + n * 2 * h
+        first, last = (ph == 0 and pc == 0), (ph == hs.pp - 1 and pc == cs.pp - 1)
+        if first:
+            shared += model.embedding_params() * rows
+        if last:
+            shared += replicated_head + lm_head * rows
+        out[rank] = shared * dt
+    return out

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from estimator.cost import CostModel
-from plans import Allocation, mfcs
+from estimator.memory import shared_weight_bytes
+from plans import Allocation, ModelSpec, mfcs
 from plans.dataflow import unrolled
 
 DEFAULT_ITERATIONS = 3
@@ -124,7 +125,7 @@ def simulate(
     costs = {m.name: cm.call_cost(m.name, allocations[m.name]) for m in calls}
     res = SimResult(math.inf, True)
     res.call_time_s = {k: c.time_s for k, c in costs.items()}
-    if not _memory(cm, calls, allocations, atoms, costs, len(bounds) - 1, res) and not record:
+    if not _memory(cm, calls, allocations, atoms, costs, bounds, res) and not record:
         return res  # the search needs only the verdict; `show` still wants the timeline
     shape = (nodes, calls, spans, bounds, atoms)
     kappa = cm.contention
@@ -247,25 +248,38 @@ def _after(view: tuple | None, m, layouts: dict[str, tuple], home: dict[str, str
     return None if lay == layouts[home[m.role]] else lay
 
 
-def _memory(cm, calls, allocations, atoms, costs, n_atoms, res: SimResult) -> bool:
+@lru_cache(maxsize=65536)
+def _shared_on(
+    model: ModelSpec, dtype: str, home: Allocation, copy: Allocation, gpn: int, lo: int, hi: int
+) -> float:
+    """What a copy shares with its home on every device of ranks [lo, hi) (the least)."""
+    shared = shared_weight_bytes(model, dtype, home, copy, gpn)
+    return min(shared.get(d, 0.0) for d in range(lo, hi))
+
+
+def _memory(cm, calls, allocations, atoms, costs, bounds, res: SimResult) -> bool:
     """Plan-level memory: on each atom, every role's home shards (plus optimizer states of a
     trained role) and its largest copy in another layout, plus the running call's transient
     memory. rlhf-run keeps a role's home while a copy in another layout exists, and keeps the
     copy's memory for the next one after the weights change (executor.runtime.roles), so on
-    devices holding both it needs both. (Where the copy holds more of a tensor than the home
-    on the same device, tp shrinking, the home's rows live inside the copy and the runtime
-    needs less: this is then an upper bound.)"""
+    devices holding both it needs both -- less what the copy shares with the home there
+    (estimator.memory.shared_weight_bytes; the least over the atom's devices)."""
     home, _ = _shape(cm.experiment.algorithm)
     layouts = {m.name: _layout(allocations[m.name]) for m in calls}
+    n_atoms = len(bounds) - 1
     resident = [0.0] * n_atoms
     rows: dict[tuple[str, bool], list[float]] = {}  # (role, is a copy) -> bytes per atom
+    gpn, dtype = cm.cluster.gpus_per_node, cm.experiment.dtype
     for m in calls:
         copy = layouts[m.name] != layouts[home[m.role]]
         row = rows.setdefault((m.role, copy), [0.0] * n_atoms)
         c = costs[m.name]
         keep = c.memory.weights + c.memory.optimizer
+        share = copy and c.memory.weights > 0
+        args = (cm.experiment.model(m.role), dtype, allocations[home[m.role]], allocations[m.name])
         for a in atoms[m.name]:
-            row[a] = max(row[a], keep)
+            common = _shared_on(*args, gpn, bounds[a], bounds[a + 1]) if share else 0.0
+            row[a] = max(row[a], keep - common)
     for row in rows.values():
         for a in range(n_atoms):
             resident[a] += row[a]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from estimator import CostModel, estimate_allocations, estimate_plan, plan_report
+from estimator.memory import shared_weight_bytes
 from plans import (
     Allocation,
     ClusterSpec,
@@ -13,6 +14,7 @@ from plans import (
     PlanError,
     example_path,
     load_plan,
+    preset,
 )
 from plans.io import experiment_from_dict
 
@@ -142,7 +144,10 @@ def test_colocated_models_add_up():
 def test_a_copy_in_another_layout_stays_next_to_the_home():
     """rlhf-run keeps a role's home shards while its generation copy exists, and keeps the
     copy's memory across the train step for the next copy: the train call's devices hold
-    both, so the plan's memory counts both."""
+    both, so the plan's memory counts both -- less what the copy shares with the home. Here
+    the home is the whole model (dp8) and the copy a tp2 half: its rows of q, k, v, gate, up,
+    the embedding and the head are views into the home, its norms are the home's; only its
+    o/down column blocks are memory of its own."""
     cl = ClusterSpec(nodes=1, gpus_per_node=8, device="h100")
     cm = CostModel(cl, exp("llama2-7b"))
     train = alloc(8, dp=8, m=8, zero1=True)
@@ -151,4 +156,34 @@ def test_a_copy_in_another_layout_stays_next_to_the_home():
     _, same = estimate_allocations(cm, base)
     _, copied = estimate_allocations(cm, {**base, "actor_gen": gen})
     diff = copied.peak_memory["actor_train"] - same.peak_memory["actor_train"]
-    assert diff == pytest.approx(cm.call_cost("actor_gen", gen).memory.weights, rel=1e-9)
+    m = cm.experiment.model("actor")
+    o_down = m.hidden_size * (m.num_attention_heads * m.head_dim + m.intermediate_size)
+    assert diff == pytest.approx(m.num_hidden_layers * o_down / 2 * 2, rel=1e-9)  # bf16
+    assert diff < cm.call_cost("actor_gen", gen).memory.weights / 2
+
+
+def test_a_copy_shares_with_the_home_what_rlhf_run_shares():
+    """estimator.memory.shared_weight_bytes, by hand for the small model in fp32."""
+    m, fp32 = preset("small"), 4
+    h, layers = m.hidden_size, m.num_hidden_layers
+    o_down = h * (m.num_attention_heads * m.head_dim + m.intermediate_size)
+    cols = m.block_params() - 2 * h - o_down
+    head = m.head_params() - h  # untied LM head
+
+    def shared(home, copy):
+        return shared_weight_bytes(m, "float32", home, copy, 4)
+
+    # The same slices on device 0: the copy is the home's tensors.
+    assert shared(alloc(1), alloc(2, dp=2)) == {0: m.num_params() * fp32}
+    # t2 -> d2 on the same devices: the home's rows live inside the copy (its o/down don't).
+    rows = layers * (cols / 2 + 2 * h) + m.embedding_params() / 2 + h + head / 2
+    assert shared(alloc(2, tp=2), alloc(2, dp=2)) == {0: rows * fp32, 1: rows * fp32}
+    # ... but not under ZeRO-1: only the replicated norms.
+    norms = layers * 2 * h + h
+    assert shared(alloc(2, tp=2, zero1=True), alloc(2, dp=2)) == {0: norms * fp32, 1: norms * fp32}
+    # pp2 home -> the whole model on the same devices: each device shares its stage.
+    per_stage = shared(alloc(2, pp=2), alloc(2, dp=2))
+    assert sum(per_stage.values()) == m.num_params() * fp32
+    # Disjoint devices share nothing.
+    far = Allocation(mesh=DeviceMesh(gpu_start=2, n_gpus=2), strategy=ParallelStrategy(dp=2))
+    assert shared(alloc(2, tp=2), far) == {}
