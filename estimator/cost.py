@@ -322,17 +322,22 @@ class CostModel:
         return emb + lk.op_time("head_fwd", full, batch, 1) + lk.op_time("sample", full, batch, 1)
 
     # ---- moving parameters and data ------------------------------------------------------
-    def realloc_cost(self, role: str, src: Allocation, dst: Allocation) -> Transfer:
-        """Moving a role's parameters from the layout of `src` to that of `dst`."""
-        # Only the layouts matter (not micro-batches or ZeRO-1): key on them, so the search's
-        # many allocations that differ only there share one priced move.
+    def realloc_cost(
+        self, role: str, src: Allocation, dst: Allocation, hosting: bool = True
+    ) -> Transfer:
+        """Moving a role's parameters from the layout of `src` (its home) to that of `dst`.
+        `hosting`: the home's rows may live inside the copy (see realloc_transfer)."""
+        # Only the layouts matter (and the home's ZeRO-1, which rules hosting out; not
+        # micro-batches): key on them, so the search's many allocations that differ only
+        # elsewhere share one priced move.
         ss, ds = src.strategy, dst.strategy
-        key = ("p", role, src.mesh, ss.dp, ss.tp, ss.pp, dst.mesh, ds.dp, ds.tp, ds.pp)
+        hosting = hosting and not ss.zero1
+        key = ("p", role, src.mesh, ss.dp, ss.tp, ss.pp, dst.mesh, ds.dp, ds.tp, ds.pp, hosting)
         t = self._moves.get(key)
         if t is None:
             model = self.experiment.model(role)
             t = self._moves[key] = realloc_transfer(
-                model, self.dt, src, dst, self.cluster.gpus_per_node, self.lookup
+                model, self.dt, src, dst, self.cluster.gpus_per_node, self.lookup, hosting
             )
         return t
 

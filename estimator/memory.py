@@ -116,7 +116,12 @@ def call_memory(mfc: MFC, alloc: Allocation, exp: ExperimentSpec) -> CallMemory:
 
 @lru_cache(maxsize=4096)
 def shared_weight_bytes(
-    model: ModelSpec, dtype: str, home: Allocation, copy: Allocation, gpus_per_node: int
+    model: ModelSpec,
+    dtype: str,
+    home: Allocation,
+    copy: Allocation,
+    gpus_per_node: int,
+    hosting: bool = True,
 ) -> dict[int, float]:
     """Device -> bytes of a role's copy in layout `copy` that are memory of its home layout
     `home` on that device, as rlhf-run builds views (executor.realloc, executor.runtime.roles):
@@ -126,7 +131,9 @@ def shared_weight_bytes(
     wider (not under ZeRO-1, whose optimizer keeps views of the home's memory); norms and a
     value head are replicated, so always shared. The o/down column blocks of a narrower or
     wider slice are copies. Slices are compared as fractions of the heads, which never
-    counts more than is shared (kv heads replicated over tp ranks can share more)."""
+    counts more than is shared (kv heads replicated over tp ranks can share more).
+    `hosting=False`: the home lives elsewhere already (a role's home rows live inside one
+    layout's copy only: the first that can hold them)."""
     dt = DTYPE_BYTES[dtype]
     h = model.hidden_size
     row = h * model.num_attention_heads * model.head_dim + h * model.intermediate_size
@@ -157,7 +164,7 @@ def shared_weight_bytes(
         n = max(0, min(a1, b1) - max(a0, b0))
         ih, ic = (th / hs.tp, (th + 1) / hs.tp), (tc / cs.tp, (tc + 1) / cs.tp)
         nested = (ic[0] >= ih[0] and ic[1] <= ih[1]) or (
-            ih[0] >= ic[0] and ih[1] <= ic[1] and not hs.zero1
+            ih[0] >= ic[0] and ih[1] <= ic[1] and hosting and not hs.zero1
         )
         part = min(1 / hs.tp, 1 / cs.tp)
         if ih == ic:  # the very tensors

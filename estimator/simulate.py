@@ -183,6 +183,7 @@ def _replay(cm, allocations, shape, times: dict[str, float], res: SimResult, rec
     iterations = nodes[-1].iteration + 1
     home, consumers = _shape(exp.algorithm)
     layouts = {m.name: _layout(allocations[m.name]) for m in calls}
+    hosting = _hosting(calls, layouts, home)
     view: dict[str, tuple | None] = {}
     for m in calls:  # the views an iteration leaves behind: the steady state
         view[m.role] = _after(view.get(m.role), m, layouts, home)
@@ -198,7 +199,7 @@ def _replay(cm, allocations, shape, times: dict[str, float], res: SimResult, rec
         alloc, mine = allocations[name], atoms[name]
         lay = layouts[name]
         if lay != layouts[home[role]] and view[role] != lay:
-            move = cm.realloc_cost(role, allocations[home[role]], alloc)
+            move = cm.realloc_cost(role, allocations[home[role]], alloc, role in hosting)
             if move.time_s > 0 or move.bytes_total > 0:
                 both = sorted(set(atoms[home[role]]) | set(mine))
                 t0 = max(free[a] for a in both)
@@ -248,12 +249,29 @@ def _after(view: tuple | None, m, layouts: dict[str, tuple], home: dict[str, str
     return None if lay == layouts[home[m.role]] else lay
 
 
+def _hosting(calls, layouts: dict[str, tuple], home: dict[str, str]) -> set[str]:
+    """Roles whose home rows may live inside their copy: those with one copy layout, as
+    executor.runtime.roles.build_roles decides (ZeRO-1 is checked where it matters)."""
+    copies: dict[str, set] = {}
+    for m in calls:
+        if layouts[m.name] != layouts[home[m.role]]:
+            copies.setdefault(m.role, set()).add(layouts[m.name])
+    return {role for role, ls in copies.items() if len(ls) == 1}
+
+
 @lru_cache(maxsize=65536)
 def _shared_on(
-    model: ModelSpec, dtype: str, home: Allocation, copy: Allocation, gpn: int, lo: int, hi: int
+    model: ModelSpec,
+    dtype: str,
+    home: Allocation,
+    copy: Allocation,
+    hosting: bool,
+    gpn: int,
+    lo: int,
+    hi: int,
 ) -> float:
     """What a copy shares with its home on every device of ranks [lo, hi) (the least)."""
-    shared = shared_weight_bytes(model, dtype, home, copy, gpn)
+    shared = shared_weight_bytes(model, dtype, home, copy, gpn, hosting)
     return min(shared.get(d, 0.0) for d in range(lo, hi))
 
 
@@ -270,13 +288,20 @@ def _memory(cm, calls, allocations, atoms, costs, bounds, res: SimResult) -> boo
     resident = [0.0] * n_atoms
     rows: dict[tuple[str, bool], list[float]] = {}  # (role, is a copy) -> bytes per atom
     gpn, dtype = cm.cluster.gpus_per_node, cm.experiment.dtype
+    hosting = _hosting(calls, layouts, home)
     for m in calls:
         copy = layouts[m.name] != layouts[home[m.role]]
         row = rows.setdefault((m.role, copy), [0.0] * n_atoms)
         c = costs[m.name]
         keep = c.memory.weights + c.memory.optimizer
         share = copy and c.memory.weights > 0
-        args = (cm.experiment.model(m.role), dtype, allocations[home[m.role]], allocations[m.name])
+        args = (
+            cm.experiment.model(m.role),
+            dtype,
+            allocations[home[m.role]],
+            allocations[m.name],
+            m.role in hosting,
+        )
         for a in atoms[m.name]:
             common = _shared_on(*args, gpn, bounds[a], bounds[a + 1]) if share else 0.0
             row[a] = max(row[a], keep - common)

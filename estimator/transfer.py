@@ -78,7 +78,10 @@ def realloc_transfer(
     dst: Allocation,
     gpn: int,
     lookup: ProfileLookup,
+    hosting: bool = True,
 ) -> Transfer:
+    """`hosting`: the home's rows may live inside the copy where its tp slice is wider (a
+    role with one view layout and no ZeRO-1, as executor.runtime.roles has it)."""
     ss, ds = src.strategy, dst.strategy
     if src.mesh == dst.mesh and ss.tp == ds.tp and ss.pp == ds.pp:
         return NONE  # same ranks hold the same slices
@@ -123,11 +126,11 @@ def realloc_transfer(
                     # rows of column-parallel weights, embedding and head are views of it and
                     # only the column blocks of o/down are copied. Around a narrower slice
                     # (tp shrinks), the home shard's rows live inside the view's tensors
-                    # after the first view (executor.runtime.roles; not under ZeRO-1), so
+                    # after the first view (executor.runtime.roles; with `hosting`), so
                     # again only o/down are copied. Else all is copied.
                     inside = interval[0] >= s_int[0] and interval[1] <= s_int[1]
                     around = s_int[0] >= interval[0] and s_int[1] <= interval[1]
-                    rows_kept = inside or (around and not ss.zero1)
+                    rows_kept = inside or (around and hosting and not ss.zero1)
                     local = 0.0 if s_int == interval else blocks * row if rows_kept else n
                     # Column blocks of o/down: the source's when the source piece is wider
                     # than the destination's, the destination's when it is narrower.

@@ -71,6 +71,9 @@ class RoleModel:
     _hosts: dict[str, torch.Tensor] = field(default_factory=dict)
     """View tensors (by name) that home shards live inside, in layout `_hosts_key`."""
     _hosts_key: tuple | None = None
+    hosting: bool = True
+    """Whether home shards may live inside a view (the role has one view layout in the plan:
+    with two, the first view's tensors would stay allocated while the second exists)."""
     last_move: tuple[float, float] | None = None
     """Wall-clock (start, end) of the last `view` call on this rank if it sent or received
     parameters in it, else None: metrics time a move from the last participant's arrival."""
@@ -135,8 +138,9 @@ class RoleModel:
         """Let home shards that are whole, contiguous parts of this view's tensors (rows of a
         tp shard when the view has less tp) live there from now on: their old memory is
         freed, and later moves into this layout do not copy them. Not under ZeRO-1, whose
-        optimizer keeps views of the parameters' memory."""
-        if self.model is None or self.home.strategy.zero1:
+        optimizer keeps views of the parameters' memory, nor for a role with views in two
+        layouts (`hosting`)."""
+        if self.model is None or not self.hosting or self.home.strategy.zero1:
             return
         parts, hosts = host_regions(plan, rank, out)
         params = dict(self.model.named_parameters(remove_duplicate=False))
@@ -159,6 +163,15 @@ class RoleModel:
         self._buffers_key = None
 
 
+def hosting_allowed(plan: Plan, role: str) -> bool:
+    """Whether the role's home shards may live inside its view: it has exactly one view
+    layout in the plan (estimator.simulate prices and counts memory by the same rule)."""
+    calls = [m for m in plan.experiment.mfcs() if m.role == role]
+    home_call = next((m for m in calls if m.kind == "train"), calls[0])
+    home = layout_key(plan.allocations[home_call.name])
+    return len({layout_key(plan.allocations[m.name]) for m in calls} - {home}) == 1
+
+
 def build_roles(plan: Plan, ctxs: dict[tuple, ParallelContext]) -> dict[str, RoleModel]:
     exp = plan.experiment
     dtype = DTYPES[exp.dtype]
@@ -173,6 +186,7 @@ def build_roles(plan: Plan, ctxs: dict[tuple, ParallelContext]) -> dict[str, Rol
             ctxs,
             plan.cluster.gpus_per_node,
             dtype,
+            hosting=hosting_allowed(plan, role),
         )
     # The reference starts as the actor and the reward model as the critic, as in RLHF from
     # one SFT model and one reward model: same seeds.
