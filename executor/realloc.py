@@ -141,7 +141,7 @@ def post(
 def _scratch_from(buffers: Buffers) -> wire.Alloc:
     """Scratch from `buffers` on a CPU, where writing into fresh pages costs as much as the
     transfer. On a GPU the caching allocator already reuses freed blocks, and scratch freed
-    after the move leaves the memory that the plan's memory model counts (home + copy)."""
+    after the move leaves the memory that the plan's memory model counts (home and copy)."""
 
     def alloc(nbytes: int, device: torch.device) -> torch.Tensor:
         if device.type != "cpu":
