@@ -30,6 +30,15 @@ def split_layers(n_layers: int, pp: int) -> list[int]:
     return [base + (1 if p < extra else 0) for p in range(pp)]
 
 
+def stage_ranges(n_layers: int, pp: int) -> list[tuple[int, int]]:
+    """[first, last + 1) layer of each pipeline stage (split_layers' split)."""
+    out, start = [], 0
+    for n in split_layers(n_layers, pp):
+        out.append((start, start + n))
+        start += n
+    return out
+
+
 def stage_params(model: ModelSpec, tp: int, pp: int) -> list[float]:
     """Parameters each pipeline stage holds on one tp rank."""
     layers = split_layers(model.num_hidden_layers, pp)
@@ -149,18 +158,15 @@ def shared_weight_bytes(
             grid[p][d][t]: (p, t) for p in range(s.pp) for d in range(s.dp) for t in range(s.tp)
         }
 
-    def layers(n_stages: int, stage: int) -> tuple[int, int]:
-        sizes = split_layers(model.num_hidden_layers, n_stages)
-        start = sum(sizes[:stage])
-        return start, start + sizes[stage]
-
+    home_layers = stage_ranges(model.num_hidden_layers, hs.pp)
+    copy_layers = stage_ranges(model.num_hidden_layers, cs.pp)
     home_at = positions(home)
     out: dict[int, float] = {}
     for rank, (pc, tc) in positions(copy).items():
         if rank not in home_at:
             continue
         ph, th = home_at[rank]
-        (a0, a1), (b0, b1) = layers(hs.pp, ph), layers(cs.pp, pc)
+        (a0, a1), (b0, b1) = home_layers[ph], copy_layers[pc]
         n = max(0, min(a1, b1) - max(a0, b0))
         ih, ic = (th / hs.tp, (th + 1) / hs.tp), (tc / cs.tp, (tc + 1) / cs.tp)
         nested = (ic[0] >= ih[0] and ic[1] <= ih[1]) or (

@@ -294,17 +294,14 @@ def _memory(cm, calls, allocations, atoms, costs, bounds, res: SimResult) -> boo
         row = rows.setdefault((m.role, copy), [0.0] * n_atoms)
         c = costs[m.name]
         keep = c.memory.weights + c.memory.optimizer
-        share = copy and c.memory.weights > 0
-        args = (
-            cm.experiment.model(m.role),
-            dtype,
-            allocations[home[m.role]],
-            allocations[m.name],
-            m.role in hosting,
-        )
+        if not (copy and c.memory.weights > 0):
+            for a in atoms[m.name]:
+                row[a] = max(row[a], keep)
+            continue
+        model, h_alloc = cm.experiment.model(m.role), allocations[home[m.role]]
+        args = (model, dtype, h_alloc, allocations[m.name], m.role in hosting, gpn)
         for a in atoms[m.name]:
-            common = _shared_on(*args, gpn, bounds[a], bounds[a + 1]) if share else 0.0
-            row[a] = max(row[a], keep - common)
+            row[a] = max(row[a], keep - _shared_on(*args, bounds[a], bounds[a + 1]))
     for row in rows.values():
         for a in range(n_atoms):
             resident[a] += row[a]

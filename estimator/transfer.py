@@ -28,7 +28,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from estimator.lookup import ProfileLookup
-from estimator.memory import split_layers
+from estimator.memory import stage_ranges
 from plans import MFC, Allocation, ClusterSpec, ExperimentSpec, ModelSpec
 from plans.slicing import split_range
 
@@ -52,14 +52,6 @@ class Transfer:
 
 
 NONE = Transfer(0.0, 0.0, 0.0, "none")
-
-
-def _stage_ranges(n_layers: int, pp: int) -> list[tuple[int, int]]:
-    out, start = [], 0
-    for n in split_layers(n_layers, pp):
-        out.append((start, start + n))
-        start += n
-    return out
 
 
 def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
@@ -92,7 +84,7 @@ def realloc_transfer(
     row_params = h * model.num_attention_heads * model.head_dim + h * model.intermediate_size
     row = row_params / model.block_params()  # share of a block's bytes in o and down
     src_grid, dst_grid = src.rank_grid(gpn), dst.rank_grid(gpn)
-    src_stages, dst_stages = _stage_ranges(L, ss.pp), _stage_ranges(L, ds.pp)
+    src_stages, dst_stages = stage_ranges(L, ss.pp), stage_ranges(L, ds.pp)
     # Pieces of the source layout: (stage, tp rank) -> (layer range, tp interval, holders).
     pieces = []
     for p, layers in enumerate(src_stages):

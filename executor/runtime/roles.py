@@ -163,13 +163,18 @@ class RoleModel:
         self._buffers_key = None
 
 
+def _home_call(plan: Plan, role: str) -> str:
+    """The call whose layout is the role's home: its train call, else its first call."""
+    calls = [m for m in plan.experiment.mfcs() if m.role == role]
+    return next((m for m in calls if m.kind == "train"), calls[0]).name
+
+
 def hosting_allowed(plan: Plan, role: str) -> bool:
     """Whether the role's home shards may live inside its view: it has exactly one view
     layout in the plan (estimator.simulate prices and counts memory by the same rule)."""
-    calls = [m for m in plan.experiment.mfcs() if m.role == role]
-    home_call = next((m for m in calls if m.kind == "train"), calls[0])
-    home = layout_key(plan.allocations[home_call.name])
-    return len({layout_key(plan.allocations[m.name]) for m in calls} - {home}) == 1
+    home = layout_key(plan.allocations[_home_call(plan, role)])
+    views = {layout_key(plan.allocations[m.name]) for m in plan.experiment.mfcs() if m.role == role}
+    return len(views - {home}) == 1
 
 
 def build_roles(plan: Plan, ctxs: dict[tuple, ParallelContext]) -> dict[str, RoleModel]:
@@ -177,12 +182,10 @@ def build_roles(plan: Plan, ctxs: dict[tuple, ParallelContext]) -> dict[str, Rol
     dtype = DTYPES[exp.dtype]
     roles: dict[str, RoleModel] = {}
     for role in exp.roles:
-        calls = [m for m in exp.mfcs() if m.role == role]
-        home_call = next((m for m in calls if m.kind == "train"), calls[0])
         roles[role] = RoleModel(
             role,
             exp.model(role),
-            plan.allocations[home_call.name],
+            plan.allocations[_home_call(plan, role)],
             ctxs,
             plan.cluster.gpus_per_node,
             dtype,
