@@ -2,7 +2,7 @@
 
 Feeds a measured CPU profile to the cost model and compares its estimate of a train step
 (forward + backward + clip + AdamW, and forward + backward alone) and of a generation call
-with the executor's real code (executor.train.train_step, executor.generate.generate) run in
+with the executor's real code (executor.compute.train.train_step, executor.compute.generate.generate) run in
 one process with one torch thread, for the presets `tiny` and `small` (~85M parameters).
 
     .venv/bin/python benchmarks/estimator.py [--profile estimator/profiles/cpu-....json]
@@ -25,11 +25,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from estimator import CostModel, load_profile  # noqa: E402
-from executor.generate import GenerationConfig, generate  # noqa: E402
+from executor.compute.generate import GenerationConfig, generate  # noqa: E402
+from executor.compute.train import OptimConfig, make_optimizer, next_token_loss, train_step  # noqa: E402
 from executor.model import Transformer  # noqa: E402
-from executor.parallel import ParallelContext  # noqa: E402
-from executor.train import OptimConfig, make_optimizer, next_token_loss, train_step  # noqa: E402
-from executor.weights import random_init_  # noqa: E402
+from executor.model.weights import random_init_  # noqa: E402
+from executor.parallel.context import ParallelContext  # noqa: E402
 from plans import Allocation, ClusterSpec, DeviceMesh, ParallelStrategy  # noqa: E402
 from plans.io import experiment_from_dict  # noqa: E402
 

@@ -13,13 +13,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from executor.generate import GenerationConfig, generate
-from executor.hf_config import transformers_model
+from executor.compute.generate import GenerationConfig, generate
+from executor.compute.train import next_token_loss
 from executor.model import Transformer
-from executor.parallel import ParallelContext
-from executor.pipeline import pipeline_train
-from executor.train import next_token_loss
-from executor.weights import random_init_
+from executor.model.hf_config import transformers_model
+from executor.model.weights import random_init_
+from executor.parallel.context import ParallelContext
+from executor.parallel.pipeline import pipeline_train
 from plans.model import preset
 
 

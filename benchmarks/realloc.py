@@ -4,7 +4,7 @@ For a model of about 100M parameters (preset 'small', fp32) on 2 and 4 gloo rank
 layout change is timed end to end (`reallocate`: packing, transfer, unpacking, local copies)
 twice: "fresh" into newly allocated destination tensors (a role's first view, a move of its
 home) and "warm" into the destination memory of the previous move into that layout
-(executor.realloc.Buffers: what rlhf-run does from the second iteration on, when it rebuilds
+(executor.realloc.move.Buffers: what rlhf-run does from the second iteration on, when it rebuilds
 a role's generation view after the train step; a source tensor that the result holds whole,
 as when tp shrinks, lives inside the result tensor from the first move on, as a role's home
 shard does, and is not copied again). Both are set against baselines measured in
@@ -49,7 +49,8 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from executor.realloc import Buffers, added, host_regions, reallocate  # noqa: E402
+from executor.realloc.buffers import Buffers, added  # noqa: E402
+from executor.realloc.move import host_regions, reallocate  # noqa: E402
 from plans.allocation import Allocation, DeviceMesh, ParallelStrategy  # noqa: E402
 from plans.model import preset  # noqa: E402
 from plans.transfer import plan_params  # noqa: E402

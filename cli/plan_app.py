@@ -239,11 +239,11 @@ def validate(
 ) -> None:
     """Check a plan or an experiment; exit non-zero with the first problem found."""
     from plans import load_experiment, load_plan
-    from plans.io import _read_document
+    from plans.io import read_document
 
     if kind is DocKind.auto:
         is_plan = path.suffix.lower() != ".toml" and (
-            {"allocations", "format_version", "cluster"} & set(_read_document(path))
+            {"allocations", "format_version", "cluster"} & set(read_document(path))
         )
         kind = DocKind.plan if is_plan else DocKind.experiment
     if kind is DocKind.plan:

@@ -27,7 +27,7 @@ def run_profile_command(
     import torch  # only this command needs torch
 
     from estimator.profile import load_profile, save_profile
-    from estimator.profiler import run_collectives_into, run_profile
+    from executor.profiling.profiler import run_collectives_into, run_profile
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cuda", "cpu"):

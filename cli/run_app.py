@@ -48,7 +48,7 @@ def run(
     models are written as Hugging Face folders to OUT/final/<role> at the end (a trained
     reward model is then usable as the `model` of another experiment's reward role)."""
     from estimator.report import estimate_plan
-    from executor.runtime.algorithms import PROGRAMS
+    from executor.programs.registry import PROGRAMS
     from executor.runtime.launch import launch, under_torchrun
     from executor.runtime.worker import RunTask
     from executor.runtime.worker import run as worker
@@ -80,8 +80,8 @@ def run(
             )
     estimate_plan(p)  # a plan that does not fit in memory stops here, naming the call
     # A bad dataset line is reported before any worker starts: the program reads its data.
-    from executor.runtime.algorithms import program_for
-    from executor.tokenizer import tokenizer_for
+    from executor.data.tokenizer import tokenizer_for
+    from executor.programs.registry import program_for
 
     tok = tokenizer_for([p.experiment.model(r) for r in p.experiment.roles])
     program_for(p.experiment, tok, str(data) if data else None).dataset(0)

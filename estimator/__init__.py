@@ -1,6 +1,6 @@
 """Cost model of RLHF plans: profiles, per-call time and memory, moves, and a simulator.
 
-Never imports torch (only `estimator.profiler`, used by `rlhf-plan profile`, does) nor the
+Never imports torch (only `executor.profiling.profiler`, used by `rlhf-plan profile`, does) nor the
 planner. The API the search calls:
 
     from estimator import CostModel, estimate_allocations, load_profile, analytic_profile

@@ -33,7 +33,6 @@ records the runs in `refinements`; its id says it was calibrated. Nothing here i
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from estimator.cost import COMPUTE_PARTS, CostModel
 from estimator.profile import Calibration, KindFactors, Profile
 from estimator.simulate import simulate
 from plans import Plan, PlanError, load_plan
+from plans.metrics import FILE, MetricsRow, read_metrics
 
 KINDS = ("generate", "inference", "train")
 
@@ -94,7 +94,7 @@ class RunData:
     """One rlhf-run folder: the plan it ran and the iterations that count."""
 
     plan: Plan
-    rows: list[dict]
+    rows: list[MetricsRow]
     source: str = ""
 
     @property
@@ -103,9 +103,9 @@ class RunData:
 
     def measured(self) -> dict[str, float]:
         """Median measured seconds per call (compute_s: the call itself, slowest rank)."""
-        names = {n for r in self.rows for n in r.get("calls", {})}
+        names = {n for r in self.rows for n in r.calls}
         return {
-            n: statistics.median(r["calls"][n]["compute_s"] for r in self.rows if n in r["calls"])
+            n: statistics.median(r.calls[n].compute_s for r in self.rows if n in r.calls)
             for n in sorted(names)
         }
 
@@ -113,7 +113,7 @@ class RunData:
 def load_run(run_dir: Path, plan_path: Path | None = None, skip: int = 1) -> RunData:
     """Read <run_dir>/metrics.jsonl (iterations >= skip) and the plan it ran."""
     run_dir = Path(run_dir)
-    metrics = run_dir / "metrics.jsonl"
+    metrics = run_dir / FILE
     if not metrics.exists():
         raise PlanError("no metrics.jsonl in the run folder", source=str(run_dir))
     plan_path = Path(plan_path) if plan_path else run_dir / "plan.json"
@@ -123,23 +123,12 @@ def load_run(run_dir: Path, plan_path: Path | None = None, skip: int = 1) -> Run
             source=str(run_dir),
         )
     plan = load_plan(plan_path)
-    rows = []
-    for n, line in enumerate(metrics.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PlanError(f"line {n} is not JSON ({e.msg})", source=str(metrics)) from None
-        if not isinstance(row, dict) or not isinstance(row.get("calls"), dict):
-            raise PlanError(f"line {n} has no 'calls' object", source=str(metrics))
-        if row.get("iteration", n - 1) >= skip:
-            rows.append(row)
+    rows = [r for r in read_metrics(metrics) if r.iteration >= skip]
     if not rows:
         raise PlanError(
             f"no iterations left after skipping the first {skip} (warm-up)", source=str(metrics)
         )
-    unknown = {c for r in rows for c in r["calls"]} - set(plan.allocations)
+    unknown = {c for r in rows for c in r.calls} - set(plan.allocations)
     if unknown:
         raise PlanError(
             f"metrics name calls the plan does not have: {', '.join(sorted(unknown))}; is it "

@@ -10,7 +10,7 @@ Time of a call (see DESIGN.md "Estimator"): pipeline of m micro-batches over pp 
 from the profile plus 2 TP all-reduces per layer forward (2 more backward) plus the activation
 send to the next stage. Train calls add, per optimizer step, the DP gradient all-reduce through
 a flat buffer (plus one all-gather per parameter with ZeRO-1) and the AdamW update. Generation, as
-executor.generate runs it, is a prefill followed by one decode step per new token, each reading
+executor.compute.generate runs it, is a prefill followed by one decode step per new token, each reading
 the weights and the KV cache, the rank's whole batch at once through the stages in turn.
 A collective is priced with the compute its ranks did since the previous one (profiles timed
 in context record how much waiting that adds). A calibrated profile (`--from-run`) scales the
@@ -30,6 +30,7 @@ from estimator.shapes import DTYPE_BYTES, shard_shape
 from estimator.transfer import Transfer, data_transfer, realloc_transfer
 from plans import MFC, Allocation, ClusterSpec, ExperimentSpec
 from plans.algorithms import mfc_by_name
+from plans.residency import rule_call
 
 DECODE_SAMPLES = 32  # decode steps evaluated exactly up to this many; sampled evenly beyond
 # A rule reward (experiment.reward_function) scores decoded text in Python on the reward call's
@@ -135,11 +136,7 @@ class CostModel:
     def rule_reward(self, mfc: MFC) -> bool:
         """Whether the call is a reward call that a rule reward replaces (rlhf-run then scores
         decoded text in Python instead of running the reward model)."""
-        return (
-            self.experiment.reward_function is not None
-            and mfc.role == "reward"
-            and mfc.kind == "inference"
-        )
+        return rule_call(self.experiment, mfc)
 
     def _compute(self, mfc: MFC, alloc: Allocation) -> CallCost:
         if self.rule_reward(mfc):  # rlhf-run does not even load the reward model
@@ -244,7 +241,7 @@ class CostModel:
         return out, n_passes
 
     def _dp_sync(self, model, alloc: Allocation, after_s: float) -> float:
-        """As executor.grads and executor.zero do it: the gradients are views of one flat
+        """As executor.parallel.grads and executor.parallel.zero do it: the gradients are views of one flat
         buffer kept across steps, all-reduced over dp in place; with ZeRO-1 each rank then
         updates its share and every parameter tensor is all-gathered back (one call each)."""
         s = alloc.strategy
@@ -261,7 +258,7 @@ class CostModel:
         return t
 
     def _generate(self, mfc: MFC, alloc: Allocation) -> tuple[dict[str, float], int]:
-        """As executor.generate runs: each dp rank decodes its whole share at once (micro-
+        """As executor.compute.generate runs: each dp rank decodes its whole share at once (micro-
         batches do not apply), one token at a time through the pipeline stages in turn (no
         overlap between stages); the last stage gathers the vocab-parallel logits over tp,
         samples, and broadcasts the tokens back over the pipeline."""
@@ -312,7 +309,7 @@ class CostModel:
 
     def _token_overhead(self, full, batch: int, cache: float) -> float:
         """Per generated token, beyond the blocks: embedding, head, sampling, loop bookkeeping.
-        Measured as executor.generate's per-token time on a one-block model minus one block's
+        Measured as executor.compute.generate's per-token time on a one-block model minus one block's
         decode; without that measurement, the sum of the embedding, head and sample ops."""
         lk = self.lookup
         if lk.measured("generate_step"):
@@ -326,12 +323,11 @@ class CostModel:
         self, role: str, src: Allocation, dst: Allocation, hosting: bool = True
     ) -> Transfer:
         """Moving a role's parameters from the layout of `src` (its home) to that of `dst`.
-        `hosting`: the home's rows may live inside the copy (see realloc_transfer)."""
-        # Only the layouts matter (and the home's ZeRO-1, which rules hosting out; not
-        # micro-batches): key on them, so the search's many allocations that differ only
-        # elsewhere share one priced move.
+        `hosting`: the home's rows live inside the copy where they fit (the role is in
+        plans.residency.Residency.hosting)."""
+        # Only the layouts and hosting matter (not micro-batches or ZeRO-1): key on them, so
+        # the search's many allocations that differ only elsewhere share one priced move.
         ss, ds = src.strategy, dst.strategy
-        hosting = hosting and not ss.zero1
         key = ("p", role, src.mesh, ss.dp, ss.tp, ss.pp, dst.mesh, ds.dp, ds.tp, ds.pp, hosting)
         t = self._moves.get(key)
         if t is None:

@@ -12,7 +12,7 @@ Assumptions (stated so tests can check them by hand):
   style attention, no s x s matrix), and a 1F1B pipeline keeps min(m, pp) micro-batches alive
   on its first stage. The LM head keeps fp32 logits and their gradient.
 - Generation keeps a KV cache for every sequence on the dp rank at full length prompt +
-  generation, and runs the prefill of all of them at once (as executor.generate does).
+  generation, and runs the prefill of all of them at once (as executor.compute.generate does).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def call_memory(mfc: MFC, alloc: Allocation, exp: ExperimentSpec) -> CallMemory:
         activations += micro * seq * vocab * 4 * 2  # fp32 logits and their gradient
     elif mfc.kind == "inference":
         activations = micro * seq * ((4 * h + 3 * i_tp + qw + 2 * kvw) * dt + vocab * 4)
-    else:  # generate: cache for all sequences of the dp rank, at full length; executor.generate
+    else:  # generate: cache for all sequences of the dp rank, at full length; executor.compute.generate
         # runs the rank's whole share at once (micro-batches do not apply)
         kv = 2 * layers * per_rank * seq * kvw * dt
         prefill = per_rank * exp.prompt_len * (4 * h + 3 * i_tp + qw + 2 * kvw) * dt
@@ -133,16 +133,14 @@ def shared_weight_bytes(
     hosting: bool = True,
 ) -> dict[int, float]:
     """Device -> bytes of a role's copy in layout `copy` that are memory of its home layout
-    `home` on that device, as rlhf-run builds views (executor.realloc, executor.runtime.roles):
+    `home` on that device, as rlhf-run builds views (executor.realloc.move, executor.runtime.roles):
     a piece equal to a home piece is that very tensor; where one tp slice holds the other,
     the rows (q, k, v, gate, up, embedding, LM head) are shared too -- views into the home
     when the copy's slice is narrower, the home's rows living inside the copy when it is
-    wider (not under ZeRO-1, whose optimizer keeps views of the home's memory); norms and a
+    wider and the role hosts (`hosting`: plans.residency.Residency.hosting); norms and a
     value head are replicated, so always shared. The o/down column blocks of a narrower or
     wider slice are copies. Slices are compared as fractions of the heads, which never
-    counts more than is shared (kv heads replicated over tp ranks can share more).
-    `hosting=False`: the home lives elsewhere already (a role's home rows live inside one
-    layout's copy only: the first that can hold them)."""
+    counts more than is shared (kv heads replicated over tp ranks can share more)."""
     dt = DTYPE_BYTES[dtype]
     h = model.hidden_size
     row = h * model.num_attention_heads * model.head_dim + h * model.intermediate_size
@@ -170,7 +168,7 @@ def shared_weight_bytes(
         n = max(0, min(a1, b1) - max(a0, b0))
         ih, ic = (th / hs.tp, (th + 1) / hs.tp), (tc / cs.tp, (tc + 1) / cs.tp)
         nested = (ic[0] >= ih[0] and ic[1] <= ih[1]) or (
-            ih[0] >= ic[0] and ih[1] <= ic[1] and hosting and not hs.zero1
+            ih[0] >= ic[0] and ih[1] <= ic[1] and hosting
         )
         part = min(1 / hs.tp, 1 / cs.tp)
         if ih == ic:  # the very tensors

@@ -34,8 +34,9 @@ from functools import lru_cache
 
 from estimator.cost import CostModel
 from estimator.memory import shared_weight_bytes
-from plans import Allocation, ModelSpec, mfcs
+from plans import Allocation, ModelSpec
 from plans.dataflow import unrolled
+from plans.residency import Residency
 
 DEFAULT_ITERATIONS = 3
 
@@ -83,29 +84,6 @@ def _span(alloc: Allocation, gpn: int) -> tuple[int, int]:
     return first, first + m.n_gpus
 
 
-def _layout(alloc: Allocation) -> tuple:
-    """What decides the shards a rank holds (micro-batches and ZeRO-1 do not): as
-    executor.runtime.roles.layout_key."""
-    s = alloc.strategy
-    return alloc.mesh, s.dp, s.tp, s.pp
-
-
-@lru_cache(maxsize=64)
-def _shape(algorithm: str) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
-    """(role -> its home call: the first train call, else the first call; call -> its
-    consumers in rlhf-run's push order), as executor.runtime builds them."""
-    calls = mfcs(algorithm)
-    home: dict[str, str] = {}
-    for m in calls:
-        if m.role not in home:
-            first_train = next((c for c in calls if c.role == m.role and c.kind == "train"), m)
-            home[m.role] = first_train.name
-    consumers = {
-        m.name: tuple(c.name for c in calls if set(m.outputs) & set(c.inputs)) for m in calls
-    }
-    return home, consumers
-
-
 def simulate(
     cm: CostModel,
     allocations: dict[str, Allocation],
@@ -125,9 +103,10 @@ def simulate(
     costs = {m.name: cm.call_cost(m.name, allocations[m.name]) for m in calls}
     res = SimResult(math.inf, True)
     res.call_time_s = {k: c.time_s for k, c in costs.items()}
-    if not _memory(cm, calls, allocations, atoms, costs, bounds, res) and not record:
+    rules = Residency.of(exp, allocations)
+    if not _memory(cm, rules, calls, allocations, atoms, costs, bounds, res) and not record:
         return res  # the search needs only the verdict; `show` still wants the timeline
-    shape = (nodes, calls, spans, bounds, atoms)
+    shape = (nodes, calls, spans, bounds, atoms, rules)
     kappa = cm.contention
     if kappa > 0:
         # Cores of one CPU node slow each other down: replay once, see how busy the other
@@ -178,15 +157,10 @@ def _concurrency(
 
 def _replay(cm, allocations, shape, times: dict[str, float], res: SimResult, record: bool):
     """List-schedule every step in rlhf-run's order with the given call times; fills res."""
-    nodes, calls, spans, bounds, atoms = shape
-    exp = cm.experiment
+    nodes, calls, spans, bounds, atoms, rules = shape
     iterations = nodes[-1].iteration + 1
-    home, consumers = _shape(exp.algorithm)
-    layouts = {m.name: _layout(allocations[m.name]) for m in calls}
-    hosting = _hosting(calls, layouts, home)
-    view: dict[str, tuple | None] = {}
-    for m in calls:  # the views an iteration leaves behind: the steady state
-        view[m.role] = _after(view.get(m.role), m, layouts, home)
+    home, consumers = rules.home, rules.consumers
+    view = rules.steady_views(calls)  # the views an iteration leaves behind
     n_atoms = len(bounds) - 1
     free = [0.0] * n_atoms
     end = [0.0] * len(nodes)
@@ -197,9 +171,8 @@ def _replay(cm, allocations, shape, times: dict[str, float], res: SimResult, rec
         m, it = node.mfc, node.iteration
         name, role = m.name, m.role
         alloc, mine = allocations[name], atoms[name]
-        lay = layouts[name]
-        if lay != layouts[home[role]] and view[role] != lay:
-            move = cm.realloc_cost(role, allocations[home[role]], alloc, role in hosting)
+        if rules.move_before(view.get(role), m):
+            move = cm.realloc_cost(role, allocations[home[role]], alloc, role in rules.hosting)
             if move.time_s > 0 or move.bytes_total > 0:
                 both = sorted(set(atoms[home[role]]) | set(mine))
                 t0 = max(free[a] for a in both)
@@ -211,7 +184,7 @@ def _replay(cm, allocations, shape, times: dict[str, float], res: SimResult, rec
                 if record:
                     for sp in {spans[home[role]], spans[name]}:
                         res.steps.append(Step("realloc", name, role, it, sp[0], sp[1] - 1, t0, t1))
-        view[role] = _after(view[role], m, layouts, home)
+        view[role] = rules.view_after(view.get(role), m)
         start = max(free[a] for a in mine)
         for p in node.version_deps:
             start = max(start, end[p])
@@ -241,24 +214,6 @@ def _replay(cm, allocations, shape, times: dict[str, float], res: SimResult, rec
     res.iter_end = iter_end
 
 
-def _after(view: tuple | None, m, layouts: dict[str, tuple], home: dict[str, str]) -> tuple | None:
-    """The role's temporary layout after call `m` (None: only the home copy)."""
-    if m.kind == "train":
-        return None  # its weights changed: rlhf-run drops the copy
-    lay = layouts[m.name]
-    return None if lay == layouts[home[m.role]] else lay
-
-
-def _hosting(calls, layouts: dict[str, tuple], home: dict[str, str]) -> set[str]:
-    """Roles whose home rows may live inside their copy: those with one copy layout, as
-    executor.runtime.roles.build_roles decides (ZeRO-1 is checked where it matters)."""
-    copies: dict[str, set] = {}
-    for m in calls:
-        if layouts[m.name] != layouts[home[m.role]]:
-            copies.setdefault(m.role, set()).add(layouts[m.name])
-    return {role for role, ls in copies.items() if len(ls) == 1}
-
-
 @lru_cache(maxsize=65536)
 def _shared_on(
     model: ModelSpec,
@@ -275,22 +230,20 @@ def _shared_on(
     return min(shared.get(d, 0.0) for d in range(lo, hi))
 
 
-def _memory(cm, calls, allocations, atoms, costs, bounds, res: SimResult) -> bool:
+def _memory(cm, rules: Residency, calls, allocations, atoms, costs, bounds, res: SimResult) -> bool:
     """Plan-level memory: on each atom, every role's home shards (plus optimizer states of a
     trained role) and its largest copy in another layout, plus the running call's transient
     memory. rlhf-run keeps a role's home while a copy in another layout exists, and keeps the
     copy's memory for the next one after the weights change (executor.runtime.roles), so on
     devices holding both it needs both -- less what the copy shares with the home there
     (estimator.memory.shared_weight_bytes; the least over the atom's devices)."""
-    home, _ = _shape(cm.experiment.algorithm)
-    layouts = {m.name: _layout(allocations[m.name]) for m in calls}
+    home = rules.home
     n_atoms = len(bounds) - 1
     resident = [0.0] * n_atoms
     rows: dict[tuple[str, bool], list[float]] = {}  # (role, is a copy) -> bytes per atom
     gpn, dtype = cm.cluster.gpus_per_node, cm.experiment.dtype
-    hosting = _hosting(calls, layouts, home)
     for m in calls:
-        copy = layouts[m.name] != layouts[home[m.role]]
+        copy = rules.is_view(m)
         row = rows.setdefault((m.role, copy), [0.0] * n_atoms)
         c = costs[m.name]
         keep = c.memory.weights + c.memory.optimizer
@@ -299,7 +252,7 @@ def _memory(cm, calls, allocations, atoms, costs, bounds, res: SimResult) -> boo
                 row[a] = max(row[a], keep)
             continue
         model, h_alloc = cm.experiment.model(m.role), allocations[home[m.role]]
-        args = (model, dtype, h_alloc, allocations[m.name], m.role in hosting, gpn)
+        args = (model, dtype, h_alloc, allocations[m.name], m.role in rules.hosting, gpn)
         for a in atoms[m.name]:
             row[a] = max(row[a], keep - _shared_on(*args, bounds[a], bounds[a + 1]))
     for row in rows.values():

@@ -4,7 +4,7 @@ Reallocation: each destination rank needs the slice of every parameter its new (
 rank) position holds. A piece it already holds in the old layout crosses no link; any other
 piece comes from one of its old holders (the dp replicas of that (stage, tp rank)), one on the
 receiver's node when there is one, the load spread over them -- inside the node when a holder
-shares it, else the network. The price is that of the busiest rank, as executor.realloc runs
+shares it, else the network. The price is that of the busiest rank, as executor.realloc.move runs
 the move on it:
 
 - the bytes it receives and sends at the link rates (on a CPU, gloo's sends and receives are
@@ -17,7 +17,7 @@ the move on it:
   sent) or of the destination (received into a buffer, then copied).
 
 Destination memory is priced as reused: rlhf-run keeps a view's memory for the next view in
-the same layout (executor.realloc.Buffers), so only a role's first iteration writes into fresh
+the same layout (executor.realloc.move.Buffers), so only a role's first iteration writes into fresh
 pages, which is not priced. The bytes are closed forms of the plans that plans.transfer builds
 for the runtime; tests check they agree.
 """
@@ -72,8 +72,8 @@ def realloc_transfer(
     lookup: ProfileLookup,
     hosting: bool = True,
 ) -> Transfer:
-    """`hosting`: the home's rows may live inside the copy where its tp slice is wider (a
-    role with one view layout and no ZeRO-1, as executor.runtime.roles has it)."""
+    """`hosting`: the home's rows live inside the copy where its tp slice is wider (the
+    role is in plans.residency.Residency.hosting)."""
     ss, ds = src.strategy, dst.strategy
     if src.mesh == dst.mesh and ss.tp == ds.tp and ss.pp == ds.pp:
         return NONE  # same ranks hold the same slices
@@ -122,7 +122,7 @@ def realloc_transfer(
                     # again only o/down are copied. Else all is copied.
                     inside = interval[0] >= s_int[0] and interval[1] <= s_int[1]
                     around = s_int[0] >= interval[0] and s_int[1] <= interval[1]
-                    rows_kept = inside or (around and hosting and not ss.zero1)
+                    rows_kept = inside or (around and hosting)
                     local = 0.0 if s_int == interval else blocks * row if rows_kept else n
                     # Column blocks of o/down: the source's when the source piece is wider
                     # than the destination's, the destination's when it is narrower.

@@ -97,7 +97,7 @@ def megatron(ctx: SearchContext) -> Baseline:
     return math.inf, None
 
 
-def _partitions(cluster: ClusterSpec, parts: int, start: int = 0) -> Iterator[list[DeviceMesh]]:
+def partitions(cluster: ClusterSpec, parts: int, start: int = 0) -> Iterator[list[DeviceMesh]]:
     """Ways to cut the devices from rank `start` on into `parts` consecutive legal meshes."""
     gpn, world = cluster.gpus_per_node, cluster.world_size
     if parts == 0:
@@ -118,7 +118,7 @@ def _partitions(cluster: ClusterSpec, parts: int, start: int = 0) -> Iterator[li
         size *= 2
     for mesh in options:
         end = start + mesh.size
-        for rest in _partitions(cluster, parts - 1, end):
+        for rest in partitions(cluster, parts - 1, end):
             yield [mesh, *rest]
 
 
@@ -140,7 +140,7 @@ def separated(ctx: SearchContext) -> Baseline:
     if ctx.cluster.world_size < len(roles):
         return best
     seen = set()
-    for split in _partitions(ctx.cluster, len(roles)):
+    for split in partitions(ctx.cluster, len(roles)):
         for order in itertools.permutations(range(len(roles))):
             meshes = {roles[i]: split[k] for k, i in enumerate(order)}
             # A role's calls cost the same wherever a mesh of that shape sits; try each

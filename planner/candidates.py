@@ -51,7 +51,7 @@ def meshes(cluster: ClusterSpec) -> list[DeviceMesh]:
 def _micro_batch_choices(mfc: MFC, pp: int, dp: int, per_step: int) -> list[int]:
     """Powers of two from 1 (or pp, so a pipeline can fill) up to what the batch allows (one
     sequence per micro-batch: a deep pipeline's bubble keeps shrinking until there). Generation:
-    1 only, since executor.generate decodes a rank's whole share at once (and the estimator
+    1 only, since executor.compute.generate decodes a rank's whole share at once (and the estimator
     prices it so); other counts would be the same plan under another name."""
     if mfc.kind == "generate":
         return [1]

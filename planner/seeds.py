@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 
-from planner.baselines import BUDGETS, _partitions
+from planner.baselines import BUDGETS, partitions
 from planner.bounds import dependency_layers
 from planner.context import SearchContext
 from plans import Allocation, DeviceMesh
@@ -46,7 +46,7 @@ def layer_options(ctx: SearchContext, layer: list[str]) -> list[dict[str, Device
     out = [{n: whole for n in layer}]
     if 1 < len(layer) <= cl.world_size:
         seen = set()
-        for split in _partitions(cl, len(layer)):
+        for split in partitions(cl, len(layer)):
             for order in itertools.permutations(split):
                 key = tuple((m.n_nodes, m.n_gpus) for m in order)
                 if key not in seen:  # a call costs the same wherever a mesh of a shape sits

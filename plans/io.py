@@ -20,7 +20,7 @@ from plans.plan import Plan
 _EXAMPLES = "examples"
 
 
-def _read_document(path: Path) -> dict[str, Any]:
+def read_document(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -68,7 +68,7 @@ def plan_from_dict(doc: Any, source: str | None = None) -> Plan:
 
 def load_plan(path: str | Path) -> Plan:
     path = Path(path)
-    return plan_from_dict(_read_document(path), source=str(path))
+    return plan_from_dict(read_document(path), source=str(path))
 
 
 def save_plan(plan: Plan, path: str | Path) -> None:
@@ -105,7 +105,7 @@ def load_experiment(ref: str | Path) -> ExperimentSpec:
             f"no such file, and not a built-in experiment ({', '.join(example_names('experiment'))})",
             source=str(ref),
         )
-    doc = _read_document(path)
+    doc = read_document(path)
     return _validate(ExperimentSpec, doc, str(path), context=base_dir_context(path))
 
 

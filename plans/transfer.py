@@ -19,7 +19,6 @@ tensors, and the estimator, which prices the moves, share one plan.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections import defaultdict
 from collections.abc import Mapping
@@ -99,7 +98,7 @@ def batch_layout(
     alloc: Allocation, n_samples: int, gpus_per_node: int, last_stage_only: bool = False
 ) -> dict[int, dict[str, Piece]]:
     """A batch of `n_samples` split by sample over the dp ranks of `alloc` (split_range, as
-    executor.batching.dp_share does) and replicated over its tp ranks and pp stages, or only
+    executor.data.batching.dp_share does) and replicated over its tp ranks and pp stages, or only
     on the last stage (where a producer's outputs appear). A rank may get an empty share."""
     s = alloc.strategy
     grid = alloc.rank_grid(gpus_per_node)
@@ -174,10 +173,6 @@ class TransferPlan:
         """Bytes per (src, dst) pair; for a batch plan an element is one sample, so pass the
         bytes of one sample (all keys)."""
         return {p: n * bytes_per_element for p, n in self.numel_per_pair().items()}
-
-    def is_local(self) -> bool:
-        """True when nothing crosses a link (e.g. identical layouts)."""
-        return all(s == d for s, d in self._by_pair)
 
 
 def plan_transfers(src: Layout, dst: Layout, gpus_per_node: int | None = None) -> TransferPlan:
@@ -266,7 +261,7 @@ def _index_sources(src: Layout) -> Holders:
     return out
 
 
-# ---- plans and prices from allocations ------------------------------------------------------
+# ---- plans from allocations ------------------------------------------------------
 def plan_params(
     src: Allocation, dst: Allocation, spec: ModelSpec, gpus_per_node: int
 ) -> TransferPlan:
@@ -294,42 +289,53 @@ def plan_batch(
     )
 
 
-def transfer_bytes(
-    src: Allocation, dst: Allocation, spec: ModelSpec, gpus_per_node: int, dtype_bytes: int = 2
-) -> dict[tuple[int, int], int]:
-    """Bytes of a parameter reallocation per (src rank, dst rank) pair that crosses a link
-    (pairs with src == dst are free and absent). Cached: the search prices the same moves
-    again and again."""
-    key = (src.model_dump_json(), dst.model_dump_json(), spec.model_dump_json(), gpus_per_node)
-    return {pair: n * dtype_bytes for pair, n in _cached_param_numel(*key)}
+# ---- what a rank already holds -----------------------------------------------------------
+# The runtime decides from these which destination pieces need no memory of their own, and the
+# estimator's closed forms of shared memory and copy bytes are tested against them.
+def kept_pieces(plan: TransferPlan, rank: int) -> dict[str, str]:
+    """Destination name -> source name for pieces `rank` already holds whole (the same box of
+    the same tensor): the destination is that very tensor, no copy."""
+    key = ("kept", rank)
+    if key not in plan.memo:
+        dst, src = plan.dst_layout.get(rank, {}), plan.src_layout.get(rank, {})
+        plan.memo[key] = {
+            t.dst_name: t.src_name
+            for t in plan.local(rank)
+            if dst[t.dst_name].box == t.box == src[t.src_name].box
+        }
+    return plan.memo[key]
 
 
-@functools.lru_cache(maxsize=4096)
-def _cached_param_numel(
-    src: str, dst: str, spec: str, gpus_per_node: int
-) -> tuple[tuple[tuple[int, int], int], ...]:
-    plan = plan_params(
-        Allocation.model_validate_json(src),
-        Allocation.model_validate_json(dst),
-        ModelSpec.model_validate_json(spec),
-        gpus_per_node,
-    )
-    return tuple(plan.numel_per_pair().items())
+def inside_pieces(plan: TransferPlan, rank: int) -> dict[str, tuple[str, Box]]:
+    """Destination name -> (source name, box within that source tensor) for pieces that lie
+    wholly inside one source tensor `rank` holds: the destination can be that part of the
+    source (a view where the part is contiguous: rows of a column-parallel weight)."""
+    key = ("inside", rank)
+    if key not in plan.memo:
+        dst, src = plan.dst_layout.get(rank, {}), plan.src_layout.get(rank, {})
+        plan.memo[key] = {
+            t.dst_name: (t.src_name, src[t.src_name].relative(t.box))
+            for t in plan.local(rank)
+            if dst[t.dst_name].box == t.box
+        }
+    return plan.memo[key]
 
 
-def batch_transfer_bytes(
-    src: Allocation,
-    dst: Allocation,
-    n_samples: int,
-    bytes_per_sample: int,
-    gpus_per_node: int,
-    src_last_stage_only: bool = False,
-) -> dict[tuple[int, int], int]:
-    """Bytes of a data transfer per (src rank, dst rank) pair that crosses a link."""
-    plan = plan_batch(src, dst, n_samples, gpus_per_node, src_last_stage_only)
-    return plan.bytes_per_pair(bytes_per_sample)
-
-
-def link_of(src: int, dst: int, gpus_per_node: int) -> str:
-    """'intra' when both ranks share a node, else 'inter' (ranks are node-major)."""
-    return "intra" if src // gpus_per_node == dst // gpus_per_node else "inter"
+def hostable_pieces(plan: TransferPlan, rank: int) -> dict[str, tuple[str, Box]]:
+    """Destination name -> (source name, box within the destination tensor) for destination
+    pieces of `rank` that contain exactly one whole source tensor of `rank` and more (a tp
+    shard inside the whole tensor when tp shrinks): that source tensor could live inside the
+    destination tensor, and moves into this layout would then not copy it."""
+    key = ("hostable", rank)
+    if key not in plan.memo:
+        dst, src = plan.dst_layout.get(rank, {}), plan.src_layout.get(rank, {})
+        whole: dict[str, list[Transfer]] = defaultdict(list)
+        for t in plan.local(rank):
+            if t.box == src[t.src_name].box != dst[t.dst_name].box:
+                whole[t.dst_name].append(t)
+        plan.memo[key] = {
+            n: (ts[0].src_name, dst[n].relative(ts[0].box))
+            for n, ts in whole.items()
+            if len(ts) == 1
+        }
+    return plan.memo[key]

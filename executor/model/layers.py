@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from executor.collectives import Group, copy_to_tp, reduce_from_tp
 from executor.model.rope import apply_rotary
+from executor.parallel.collectives import Group, copy_to_tp, reduce_from_tp
 from plans.layout import HeadSplit
 
 
@@ -62,7 +62,7 @@ class Attention(nn.Module):
         self.v_proj = Linear((heads.n_kv * head_dim, hidden), dtype)
         self.o_proj = Linear((hidden, heads.n_q * head_dim), dtype)
         self.fused_qkv: torch.Tensor | None = None
-        """[q; k; v] rows in one matrix, set only inside executor.fusion.fused_inference."""
+        """[q; k; v] rows in one matrix, set only inside executor.model.fusion.fused_inference."""
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.fused_qkv is not None and not torch.is_grad_enabled():
@@ -121,7 +121,7 @@ class MLP(nn.Module):
         self.up_proj = Linear((inter_local, hidden), dtype)
         self.down_proj = Linear((hidden, inter_local), dtype)
         self.fused_gate_up: torch.Tensor | None = None
-        """[gate; up] rows in one matrix, set only inside executor.fusion.fused_inference."""
+        """[gate; up] rows in one matrix, set only inside executor.model.fusion.fused_inference."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = copy_to_tp(x, self.group)

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from executor.collectives import Group, copy_to_tp, reduce_from_tp
 from executor.model.layers import MLP, Attention, Block, LayerCache, RMSNorm
 from executor.model.rope import Rotary
-from executor.parallel import ParallelContext
+from executor.parallel.collectives import Group, copy_to_tp, reduce_from_tp
+from executor.parallel.context import ParallelContext
 from plans.layout import ParamSlice, head_split, param_slices, stage_layers
 from plans.model import ModelSpec
 from plans.slicing import split_range
@@ -66,7 +66,7 @@ class ValueHead(nn.Module):
 
 class Transformer(nn.Module):
     """Stage `pp_rank` of `pp`, tp slice `tp_rank` of `tp`. Parameters are uninitialised;
-    fill them with executor.weights or executor.checkpoint."""
+    fill them with executor.model.weights or executor.model.hf_checkpoint."""
 
     def __init__(
         self,

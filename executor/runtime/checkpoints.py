@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from executor.checkpoint import save_checkpoint
+from executor.model.hf_checkpoint import save_checkpoint
 from plans import Plan, PlanError
 
 KEEP = 2  # complete checkpoints kept; older ones are removed

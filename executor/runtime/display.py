@@ -10,6 +10,8 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from plans.metrics import MetricsRow
+
 COLUMNS = (  # metric key, header, format
     ("reward_mean", "reward", "{:.3f}"),
     ("task_reward_mean", "task reward", "{:.3f}"),
@@ -35,7 +37,7 @@ class RunDisplay:
     def __init__(self, first: int, last: int, keep: int = 8):
         self.console = Console(file=sys.stdout)
         self.live_mode = self.console.is_terminal
-        self.rows: list[dict] = []
+        self.rows: list[MetricsRow] = []
         self.keep = keep
         self.progress = Progress(
             TextColumn("iterations"),
@@ -50,25 +52,25 @@ class RunDisplay:
             self.live.start()
 
     def _render(self):
-        cols = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in self.rows)]
+        cols = [c for c in COLUMNS if any(r.stat(c[0]) is not None for r in self.rows)]
         table = Table(title="latest iterations", title_justify="left")
         table.add_column("iter", justify="right")
         for _, head, _ in cols:
             table.add_column(head, justify="right")
         for r in self.rows[-self.keep :]:
-            table.add_row(str(r["iteration"]), *(_fmt(f, r.get(k)) for k, _, f in cols))
+            table.add_row(str(r.iteration), *(_fmt(f, r.stat(k)) for k, _, f in cols))
         return Group(table, self.progress)
 
-    def update(self, row: dict) -> None:
+    def update(self, row: MetricsRow) -> None:
         self.rows.append(row)
         self.progress.advance(self.task)
         if self.live:
             self.live.update(self._render())
             return
-        parts = [f"iter {row['iteration']}:"]
+        parts = [f"iter {row.iteration}:"]
         for k, head, f in COLUMNS:
-            if row.get(k) is not None and k not in ("realloc_s",):
-                parts.append(f"{head} {_fmt(f, row[k])}")
+            if row.stat(k) is not None and k not in ("realloc_s",):
+                parts.append(f"{head} {_fmt(f, row.stat(k))}")
         print(" ".join(parts), flush=True)
 
     def close(self) -> None:

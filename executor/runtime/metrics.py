@@ -13,7 +13,6 @@ run's rate when iterations overlap.
 
 from __future__ import annotations
 
-import json
 import pickle
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from plans import Plan
+from plans.metrics import FILE, MetricsRow, append_metrics, read_metrics
 
 CALL_SECONDS = ("wait_s", "data_s")
 """Per call and rank: waiting for the inputs, handing the outputs over (a call takes as long
@@ -44,7 +44,7 @@ class MetricsBoard:
         if self.rank == 0:
             self._posted.append(it)
 
-    def merged(self, plan: Plan, block: bool = False) -> list[dict]:
+    def merged(self, plan: Plan, block: bool = False) -> list[MetricsRow]:
         """Rank 0: merged rows of the iterations every rank has posted, oldest first; with
         `block`, all posted iterations (waits up to the timeout for the others)."""
         out = []
@@ -62,7 +62,7 @@ class MetricsBoard:
             out.append(self._merge(plan, it, rows))
         return out
 
-    def _merge(self, plan: Plan, it: int, everyone: list[dict]) -> dict:
+    def _merge(self, plan: Plan, it: int, everyone: list[dict]) -> MetricsRow:
         calls: dict[str, dict] = {}
         stats: dict = {}
         for r in everyone:
@@ -93,32 +93,27 @@ class MetricsBoard:
         else:
             took = end - self._last_end
         self._last_end = end
-        return {
-            "iteration": it,
-            "iteration_s": took,
-            "realloc_s": sum(c["realloc_s"] for c in calls.values()),
+        return MetricsRow(
+            iteration=it,
+            iteration_s=took,
+            realloc_s=sum(c["realloc_s"] for c in calls.values()),
+            peak_memory_mib=max(r["peak_memory_mib"] for r in everyone),
+            calls=calls,
             **stats,
-            "peak_memory_mib": max(r["peak_memory_mib"] for r in everyone),
-            "calls": calls,
-        }
+        )
 
 
 def _last_start_to_end(spans: list[tuple[float, float]]) -> float:
     return max(0.0, max(e for _, e in spans) - max(s for s, _ in spans))
 
 
-def append_row(out_dir: Path, row: dict) -> None:
-    with open(out_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+def append_row(out_dir: Path, row: MetricsRow) -> None:
+    append_metrics(out_dir / FILE, row)
 
 
 def truncate(out_dir: Path, done: int) -> None:
     """Drop metric lines of iterations after the checkpoint: they will be run again."""
-    path = out_dir / "metrics.jsonl"
+    path = out_dir / FILE
     if path.exists():
-        keep = [
-            line
-            for line in path.read_text().splitlines()
-            if line and json.loads(line)["iteration"] < done
-        ]
-        path.write_text("".join(line + "\n" for line in keep))
+        keep = [r for r in read_metrics(path) if r.iteration < done]
+        path.write_text("".join(r.to_line() + "\n" for r in keep))

@@ -2,9 +2,9 @@
 
 A trained model lives in the layout of its train call, together with its optimizer; a frozen
 one in the layout of its first call. A call that wants the model in another layout gets a
-*view*: a copy built by reallocating the home shards (executor.realloc), kept until the model
+*view*: a copy built by reallocating the home shards (executor.realloc.move), kept until the model
 is needed in yet another layout or its weights change, then dropped. A dropped view's memory
-is kept (executor.realloc.Buffers) for the next view in the same layout -- every iteration
+is kept (executor.realloc.move.Buffers) for the next view in the same layout -- every iteration
 rebuilds the generation view after the train step, and on a CPU filling fresh memory costs as
 much as the transfer -- so a role holds at most one view's memory outside its home, alive or
 kept, until `release_buffers()` or a view in another layout. On a CPU the kept memory also
@@ -23,22 +23,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from executor.checkpoint import load_checkpoint_
 from executor.model import Transformer
-from executor.model_shards import adopt_shards_, model_shards
-from executor.parallel import ParallelContext
-from executor.realloc import Buffers, added, host_regions, reallocate, this_rank
-from executor.weights import random_init_
+from executor.model.hf_checkpoint import load_checkpoint_
+from executor.model.weights import random_init_
+from executor.parallel.context import ParallelContext
+from executor.realloc.buffers import Buffers, added
+from executor.realloc.model_shards import adopt_shards_, model_shards
+from executor.realloc.move import host_regions, reallocate, this_rank
 from plans import Allocation, ModelSpec, Plan
+from plans.residency import Residency, layout_key
 from plans.transfer import TransferPlan, plan_params
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def layout_key(alloc: Allocation) -> tuple:
-    """What decides which shards a rank holds (micro-batches and ZeRO-1 do not)."""
-    s = alloc.strategy
-    return alloc.mesh, s.dp, s.tp, s.pp
 
 
 def build_contexts(plan: Plan) -> dict[tuple, ParallelContext]:
@@ -72,8 +68,7 @@ class RoleModel:
     """View tensors (by name) that home shards live inside, in layout `_hosts_key`."""
     _hosts_key: tuple | None = None
     hosting: bool = True
-    """Whether home shards may live inside a view (the role has one view layout in the plan:
-    with two, the first view's tensors would stay allocated while the second exists)."""
+    """Whether home shards may live inside a view (plans.residency.Residency.hosting)."""
     last_move: tuple[float, float] | None = None
     """Wall-clock (start, end) of the last `view` call on this rank if it sent or received
     parameters in it, else None: metrics time a move from the last participant's arrival."""
@@ -137,10 +132,9 @@ class RoleModel:
     def _host_home(self, key: tuple, plan: TransferPlan, rank: int, out: dict) -> None:
         """Let home shards that are whole, contiguous parts of this view's tensors (rows of a
         tp shard when the view has less tp) live there from now on: their old memory is
-        freed, and later moves into this layout do not copy them. Not under ZeRO-1, whose
-        optimizer keeps views of the parameters' memory, nor for a role with views in two
-        layouts (`hosting`)."""
-        if self.model is None or not self.hosting or self.home.strategy.zero1:
+        freed, and later moves into this layout do not copy them; only where the plan's
+        residency lets the role host (`hosting`)."""
+        if self.model is None or not self.hosting:
             return
         parts, hosts = host_regions(plan, rank, out)
         params = dict(self.model.named_parameters(remove_duplicate=False))
@@ -163,21 +157,10 @@ class RoleModel:
         self._buffers_key = None
 
 
-def _home_call(plan: Plan, role: str) -> str:
-    """The call whose layout is the role's home: its train call, else its first call."""
-    calls = [m for m in plan.experiment.mfcs() if m.role == role]
-    return next((m for m in calls if m.kind == "train"), calls[0]).name
-
-
-def hosting_allowed(plan: Plan, role: str) -> bool:
-    """Whether the role's home shards may live inside its view: it has exactly one view
-    layout in the plan (estimator.simulate prices and counts memory by the same rule)."""
-    home = layout_key(plan.allocations[_home_call(plan, role)])
-    views = {layout_key(plan.allocations[m.name]) for m in plan.experiment.mfcs() if m.role == role}
-    return len(views - {home}) == 1
-
-
-def build_roles(plan: Plan, ctxs: dict[tuple, ParallelContext]) -> dict[str, RoleModel]:
+def build_roles(
+    plan: Plan, ctxs: dict[tuple, ParallelContext], rules: Residency
+) -> dict[str, RoleModel]:
+    """Every role's model in its home layout (plans.residency), initialised on this rank."""
     exp = plan.experiment
     dtype = DTYPES[exp.dtype]
     roles: dict[str, RoleModel] = {}
@@ -185,29 +168,17 @@ def build_roles(plan: Plan, ctxs: dict[tuple, ParallelContext]) -> dict[str, Rol
         roles[role] = RoleModel(
             role,
             exp.model(role),
-            plan.allocations[_home_call(plan, role)],
+            plan.allocations[rules.home[role]],
             ctxs,
             plan.cluster.gpus_per_node,
             dtype,
-            hosting=hosting_allowed(plan, role),
+            loaded=role in rules.loaded,
+            hosting=role in rules.hosting,
         )
     # The reference starts as the actor and the reward model as the critic, as in RLHF from
     # one SFT model and one reward model: same seeds.
     seeds = {"actor": exp.seed, "ref": exp.seed, "critic": exp.seed + 1, "reward": exp.seed + 1}
     for role, rm in roles.items():
-        rm.loaded = not _rule_replaces(plan, role)
         if rm.loaded:
             rm.init(seeds[role])
     return roles
-
-
-def _rule_replaces(plan: Plan, role: str) -> bool:
-    """A rule reward (experiment.reward_function) stands in for the reward model, whose
-    weights are then never read: not loaded, no memory (as estimator.cost prices it)."""
-    exp = plan.experiment
-    calls = [m for m in exp.mfcs() if m.role == role]
-    return (
-        exp.reward_function is not None
-        and role == "reward"
-        and all(m.kind == "inference" for m in calls)
-    )

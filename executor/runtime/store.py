@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from executor.realloc import Pending, post_batch
+from executor.realloc.batches import post_batch
+from executor.realloc.move import Pending
 from plans import Allocation
 from plans.transfer import SAMPLES, Piece, TransferPlan, batch_layout, plan_transfers
 

@@ -1,37 +1,39 @@
 """One worker of `rlhf-run`: every rank walks the same calls in the same order.
 
-Before a call, the ranks concerned reallocate the call's model into the call's layout and
-wait for its input data; then the call's mesh runs it and posts its outputs to every consumer
-without waiting, while the other ranks go on to their next call. So calls on disjoint meshes
-overlap without a central controller, also across iterations: nothing (not even the metrics,
-executor.runtime.metrics) ends an iteration with a barrier.
+Each call is four steps on every rank (`Worker.call`): bring the call's model into the call's
+layout (plans.residency says when that moves weights), wait for the call's inputs, run it on
+its mesh, and post its outputs to every consumer without waiting. Ranks off the call's mesh
+go straight on to their next call, so calls on disjoint meshes overlap without a central
+controller, also across iterations: nothing (not even the metrics, executor.runtime.metrics)
+ends an iteration with a barrier.
 """
 
 from __future__ import annotations
 
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from executor.data import reward_function
-from executor.realloc import Pending
+from executor.compute.train import OptimConfig, make_optimizer
+from executor.data.sources import reward_function
+from executor.data.tokenizer import tokenizer_for
+from executor.programs.evaluate import Evaluation
+from executor.programs.program import CallEnv
+from executor.programs.registry import program_for
+from executor.realloc.move import Pending
 from executor.runtime import checkpoints, metrics
-from executor.runtime.algorithms import program_for
 from executor.runtime.display import RunDisplay
-from executor.runtime.evaluate import Evaluation
 from executor.runtime.launch import WorkerEnv
 from executor.runtime.metrics import MetricsBoard
-from executor.runtime.program import CallEnv
-from executor.runtime.roles import build_contexts, build_roles, layout_key
+from executor.runtime.roles import build_contexts, build_roles
 from executor.runtime.store import DataStore
-from executor.tokenizer import tokenizer_for
-from executor.train import OptimConfig, make_optimizer
-from plans import PlanError, load_plan, save_plan
+from plans import MFC, PlanError, load_plan, save_plan
 from plans.algorithms import DATASET_KEYS
 from plans.dataflow import unrolled
+from plans.residency import Residency, layout_key
 
 
 @dataclass(frozen=True)
@@ -49,133 +51,203 @@ class RunTask:
 
 
 def run(env: WorkerEnv, task: RunTask) -> None:
-    plan = load_plan(task.plan_path)
-    exp, gpn = plan.experiment, plan.cluster.gpus_per_node
-    ctxs = build_contexts(plan)
-    roles = build_roles(plan, ctxs)
-    opts = {}
-    for role, rm in roles.items():
-        if rm.model is not None and any(m.role == role and m.kind == "train" for m in exp.mfcs()):
-            o = exp.optimizer(role)
-            opts[role] = make_optimizer(
-                rm.model,
-                OptimConfig(
-                    lr=o.lr,
-                    betas=o.betas,
-                    weight_decay=o.weight_decay,
-                    eps=o.eps,
-                ),  # clipping is train_step's argument (the role's grad_clip), not the optimizer's
-                rm.home_ctx,
-                zero1=rm.home.strategy.zero1,
-            )
-    tok = tokenizer_for([exp.model(r) for r in exp.roles])
-    program = program_for(exp, tok, task.data)
-    store = DataStore(gpn, program.schema())
-    rule = reward_function(exp.reward_function) if exp.reward_function else None
-    # Outputs are pushed to every consumer right after they are produced, not fetched when the
-    # consumer starts: a fetch would wait for the producer's ranks, which may by then be busy
-    # with another call, and calls on disjoint meshes would no longer overlap.
-    order = [node.mfc for node in unrolled(exp.algorithm, 1)]  # the global order of calls
-    consumers = {
-        m.name: [c.name for c in exp.mfcs() if set(m.outputs) & set(c.inputs)] for m in exp.mfcs()
-    }
-    n = program.rows()
-    out_dir = Path(task.out_dir)
-    if env.rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_plan(plan, out_dir / "plan.json")  # what ran, next to its metrics
-    start = 0
-    if task.resume:
-        path = checkpoints.latest(out_dir, env.world)
-        if path is None:
-            raise PlanError(
-                f"no complete checkpoint in {out_dir / 'checkpoints'}", field="--resume"
-            )
-        start = checkpoints.load(path, env.rank, plan, roles, opts)
-        if env.rank == 0:
-            metrics.truncate(out_dir, start)
-    evaluation, eval_alloc = None, None
-    if exp.evaluation is not None:  # in the generation layout (the actor's home without one)
-        evaluation = Evaluation(exp.evaluation, tok, exp.model("actor").max_position_embeddings)
-        eval_alloc = plan.allocations.get("actor_gen", roles["actor"].home)
-    display = RunDisplay(start, task.iterations) if env.rank == 0 else None
-    board = MetricsBoard(env.store, env.rank, env.world, env.timeout)
-    sent: list[tuple[int, Pending]] = []  # outputs handed over, by iteration
+    w = Worker(env, task)
     try:
-        for it in range(start, task.iterations):
-            t_iter = time.time()
-            dataset = program.dataset(it)
-            mine: dict = {"calls": {}, "moves": {}, "stats": {}, "start": t_iter}
-            inbox: dict[str, list] = {m.name: [] for m in exp.mfcs()}
-            for m in order:
-                alloc = plan.allocations[m.name]
-                ctx = ctxs[layout_key(alloc)]
-                rm = roles[m.role]
-                model = rm.view(alloc)
-                if rm.last_move is not None:
-                    mine["moves"][m.name] = rm.last_move
-                t1 = time.time()
-                data: dict[str, torch.Tensor] = {}
-                for part, pending in inbox.pop(m.name):
-                    pending.wait()
-                    data.update(part)
-                for key in m.inputs:
-                    if key in DATASET_KEYS:  # every rank has the dataset's whole batch
-                        data.update({t: dataset[t] for t in program.tensors[key]})
-                t2 = time.time()
-                out = None
-                if ctx.in_mesh:
-                    call_env = CallEnv(
-                        exp, tok, rule, it, alloc.strategy.micro_batches, opts.get(m.role)
-                    )
-                    out = program.run(m, model, ctx, data, call_env)
-                    mine["stats"].update(call_env.stats)
-                t3 = time.time()
-                if m.outputs:
-                    keys = tuple(t for key in m.outputs for t in program.tensors[key])
-                    store.put(m.name, alloc, n, keys, out)
-                if m.kind == "train":
-                    rm.drop_view()  # its other layouts hold the old weights now
-                for c in consumers[m.name]:  # posted here, waited for by the consumer
-                    part, pending = store.post(m.name, plan.allocations[c])
-                    inbox[c].append((part, pending))
-                    sent.append((it, pending))
-                if ctx.in_mesh:
-                    mine["calls"][m.name] = {
-                        "wait_s": t2 - t1,
-                        "data_s": time.time() - t3,
-                        "start": t2,
-                        "end": t3,
-                    }
-            # Sends of the last iteration have long been received; waiting for them here
-            # frees their buffers and keeps any rank at most one iteration ahead.
-            while sent and sent[0][0] < it:
-                sent.pop(0)[1].wait()
-            mine["end"] = time.time()
-            if evaluation is not None and evaluation.due(it, task.iterations):
-                t0 = time.perf_counter()
-                model = roles["actor"].view(eval_alloc)
-                if ctxs[layout_key(eval_alloc)].in_mesh:
-                    mine["stats"].update(evaluation.run(model, ctxs[layout_key(eval_alloc)]))
-                    mine["stats"]["eval_s"] = time.perf_counter() - t0
-            mine["peak_memory_mib"] = _peak_memory_mib(env.device)
-            board.post(it, mine)
-            if task.checkpoint_every and (it + 1) % task.checkpoint_every == 0:
-                checkpoints.save(out_dir, it + 1, env.rank, plan, roles, opts, tok)
-            last = it == task.iterations - 1
-            if display is not None:
-                for row in board.merged(plan, block=last):
-                    metrics.append_row(out_dir, row)
-                    display.update(row)
-        for _, pending in sent:
-            pending.wait()
+        for it in range(w.start, task.iterations):
+            w.iteration(it)
+        w.drain()
     finally:
-        if display is not None:
-            display.close()
+        w.close()
     if task.save_final:
-        for role in opts:
-            rm = roles[role]
-            checkpoints.save_hf(rm, out_dir / "final" / role, tok)
+        w.save_final()
+
+
+@dataclass
+class Iteration:
+    """What one iteration on this rank leaves for the metrics (executor.runtime.metrics)."""
+
+    start: float
+    calls: dict = field(default_factory=dict)
+    moves: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+    inbox: dict[str, list] = field(default_factory=dict)
+    """Call -> (data part, pending receive) posted to it by its producers."""
+
+    def row(self, end: float, peak_memory_mib: float) -> dict:
+        return {
+            "calls": self.calls,
+            "moves": self.moves,
+            "stats": self.stats,
+            "start": self.start,
+            "end": end,
+            "peak_memory_mib": peak_memory_mib,
+        }
+
+
+class Worker:
+    """This rank's part of a run: the plan's models, the algorithm's program, the data store."""
+
+    def __init__(self, env: WorkerEnv, task: RunTask):
+        self.env, self.task = env, task
+        self.plan = plan = load_plan(task.plan_path)
+        exp = self.exp = plan.experiment
+        self.rules = Residency.of(exp, plan.allocations)
+        self.ctxs = build_contexts(plan)
+        self.roles = build_roles(plan, self.ctxs, self.rules)
+        self.opts = self._optimizers()
+        self.tok = tokenizer_for([exp.model(r) for r in exp.roles])
+        self.program = program_for(exp, self.tok, task.data)
+        self.store = DataStore(plan.cluster.gpus_per_node, self.program.schema())
+        self.rule = reward_function(exp.reward_function) if exp.reward_function else None
+        self.order = [node.mfc for node in unrolled(exp.algorithm, 1)]  # the global order
+        self.out_dir = Path(task.out_dir)
+        if env.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_plan(plan, self.out_dir / "plan.json")  # what ran, next to its metrics
+        self.start = self._resume() if task.resume else 0
+        self.evaluation, self.eval_alloc = None, None
+        if exp.evaluation is not None:  # in the generation layout (the actor's home without one)
+            max_pos = exp.model("actor").max_position_embeddings
+            self.evaluation = Evaluation(exp.evaluation, self.tok, max_pos)
+            self.eval_alloc = plan.allocations.get("actor_gen", self.roles["actor"].home)
+        self.display = RunDisplay(self.start, task.iterations) if env.rank == 0 else None
+        self.board = MetricsBoard(env.store, env.rank, env.world, env.timeout)
+        self.sent: list[tuple[int, Pending]] = []  # outputs handed over, by iteration
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimizer of every role this rank trains (home shards only)."""
+        opts = {}
+        for role, rm in self.roles.items():
+            if rm.model is None or not any(
+                m.role == role and m.kind == "train" for m in self.exp.mfcs()
+            ):
+                continue
+            o = self.exp.optimizer(role)
+            # Clipping is train_step's argument (the role's grad_clip), not the optimizer's.
+            cfg = OptimConfig(lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
+            opts[role] = make_optimizer(rm.model, cfg, rm.home_ctx, zero1=rm.home.strategy.zero1)
+        return opts
+
+    def _resume(self) -> int:
+        path = checkpoints.latest(self.out_dir, self.env.world)
+        if path is None:
+            where = self.out_dir / "checkpoints"
+            raise PlanError(f"no complete checkpoint in {where}", field="--resume")
+        done = checkpoints.load(path, self.env.rank, self.plan, self.roles, self.opts)
+        if self.env.rank == 0:
+            metrics.truncate(self.out_dir, done)
+        return done
+
+    # ---- one iteration ----------------------------------------------------------------------
+    def iteration(self, it: int) -> None:
+        rec = Iteration(time.time(), inbox={m.name: [] for m in self.exp.mfcs()})
+        dataset = self.program.dataset(it)
+        for m in self.order:
+            self.call(m, it, dataset, rec)
+        # Sends of the last iteration have long been received; waiting for them here frees
+        # their buffers and keeps any rank at most one iteration ahead.
+        while self.sent and self.sent[0][0] < it:
+            self.sent.pop(0)[1].wait()
+        end = time.time()
+        self._evaluate(it, rec)
+        self.board.post(it, rec.row(end, _peak_memory_mib(self.env.device)))
+        every = self.task.checkpoint_every
+        if every and (it + 1) % every == 0:
+            checkpoints.save(
+                self.out_dir, it + 1, self.env.rank, self.plan, self.roles, self.opts, self.tok
+            )
+        if self.display is not None:
+            for row in self.board.merged(self.plan, block=it == self.task.iterations - 1):
+                metrics.append_row(self.out_dir, row)
+                self.display.update(row)
+
+    def call(self, m: MFC, it: int, dataset: dict, rec: Iteration) -> None:
+        """The four steps of one call on this rank (most do nothing off the call's mesh)."""
+        alloc = self.plan.allocations[m.name]
+        ctx = self.ctxs[layout_key(alloc)]
+        model = self._model_for(m, rec)
+        t1 = time.time()
+        data = self._inputs(m, dataset, rec)
+        t2 = time.time()
+        out = None
+        if ctx.in_mesh:
+            env = CallEnv(
+                self.exp,
+                self.tok,
+                self.rule,
+                it,
+                alloc.strategy.micro_batches,
+                self.opts.get(m.role),
+            )
+            out = self.program.run(m, model, ctx, data, env)
+            rec.stats.update(env.stats)
+        t3 = time.time()
+        self._hand_over(m, it, out, rec)
+        if ctx.in_mesh:
+            rec.calls[m.name] = {
+                "wait_s": t2 - t1,
+                "data_s": time.time() - t3,
+                "start": t2,
+                "end": t3,
+            }
+
+    def _model_for(self, m: MFC, rec: Iteration):
+        """Step 1: the role's model in the call's layout (a move where the view is not held)."""
+        rm = self.roles[m.role]
+        model = rm.view(self.plan.allocations[m.name])
+        if rm.last_move is not None:
+            rec.moves[m.name] = rm.last_move
+        return model
+
+    def _inputs(self, m: MFC, dataset: dict, rec: Iteration) -> dict[str, torch.Tensor]:
+        """Step 2: the call's data: what its producers posted to it, and the dataset's rows
+        (every rank has the dataset's whole batch)."""
+        data: dict[str, torch.Tensor] = {}
+        for part, pending in rec.inbox.pop(m.name):
+            pending.wait()
+            data.update(part)
+        for key in m.inputs:
+            if key in DATASET_KEYS:
+                data.update({t: dataset[t] for t in self.program.tensors[key]})
+        return data
+
+    def _hand_over(self, m: MFC, it: int, out, rec: Iteration) -> None:
+        """Step 4: post the outputs to every consumer, not waiting. A fetch by the consumer
+        would wait for this call's ranks, which may by then be busy with another call, and
+        calls on disjoint meshes would no longer overlap."""
+        alloc = self.plan.allocations[m.name]
+        if m.outputs:
+            keys = tuple(t for key in m.outputs for t in self.program.tensors[key])
+            self.store.put(m.name, alloc, self.program.rows(), keys, out)
+        if m.kind == "train":
+            self.roles[m.role].drop_view()  # its other layouts hold the old weights now
+        for c in self.rules.consumers[m.name]:
+            part, pending = self.store.post(m.name, self.plan.allocations[c])
+            rec.inbox[c].append((part, pending))
+            self.sent.append((it, pending))
+
+    def _evaluate(self, it: int, rec: Iteration) -> None:
+        if self.evaluation is None or not self.evaluation.due(it, self.task.iterations):
+            return
+        t0 = time.perf_counter()
+        model = self.roles["actor"].view(self.eval_alloc)
+        ctx = self.ctxs[layout_key(self.eval_alloc)]
+        if ctx.in_mesh:
+            rec.stats.update(self.evaluation.run(model, ctx))
+            rec.stats["eval_s"] = time.perf_counter() - t0
+
+    # ---- the end ------------------------------------------------------------------------------
+    def drain(self) -> None:
+        for _, pending in self.sent:
+            pending.wait()
+
+    def close(self) -> None:
+        if self.display is not None:
+            self.display.close()
+
+    def save_final(self) -> None:
+        for role in self.opts:
+            checkpoints.save_hf(self.roles[role], self.out_dir / "final" / role, self.tok)
 
 
 def _peak_memory_mib(device: torch.device) -> float:

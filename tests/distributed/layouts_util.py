@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from executor import forward, train
+from executor.compute import forward, train
 from executor.model import Transformer
-from executor.parallel import ParallelContext
-from executor.weights import random_init_
+from executor.model.weights import random_init_
+from executor.parallel.context import ParallelContext
 from plans.allocation import Allocation, DeviceMesh, ParallelStrategy
 from plans.model import ModelSpec, preset
 

@@ -170,10 +170,10 @@ def test_trained_reward_model_serves_a_ppo_run(tmp_path):
 
 
 def test_models_with_their_own_hf_tokenizer(tmp_path):
-    from executor.checkpoint import save_checkpoint
     from executor.model import Transformer
-    from executor.parallel import ParallelContext
-    from executor.weights import random_init_
+    from executor.model.hf_checkpoint import save_checkpoint
+    from executor.model.weights import random_init_
+    from executor.parallel.context import ParallelContext
     from plans import preset
     from tests.unit.test_executor_checkpoint import save_word_tokenizer
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from estimator.collective_bench import time_collectives
 from estimator.lookup import ProfileLookup
 from estimator.profile import Profile, Roofline
+from executor.profiling.collectives import time_collectives
 
 pytestmark = pytest.mark.distributed
 

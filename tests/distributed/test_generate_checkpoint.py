@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from executor import forward, train
-from executor.checkpoint import load_checkpoint_, save_checkpoint
-from executor.generate import GenerationConfig, generate
-from executor.hf_config import transformers_model
+from executor.compute import forward, train
+from executor.compute.generate import GenerationConfig, generate
 from executor.model import Transformer
-from executor.parallel import ParallelContext
-from executor.weights import random_init_
+from executor.model.hf_checkpoint import load_checkpoint_, save_checkpoint
+from executor.model.hf_config import transformers_model
+from executor.model.weights import random_init_
+from executor.parallel.context import ParallelContext
 from plans.allocation import Allocation, DeviceMesh, ParallelStrategy
 from plans.model import preset
 from plans.slicing import split_range

@@ -8,11 +8,11 @@ import functools
 import pytest
 import torch
 
-from executor import forward, train
-from executor.batching import dp_share
+from executor.compute import forward, train
+from executor.data.batching import dp_share
 from executor.model import Transformer
-from executor.parallel import ParallelContext
-from executor.weights import random_init_
+from executor.model.weights import random_init_
+from executor.parallel.context import ParallelContext
 from tests.distributed.layouts_util import (
     GPUS_PER_NODE,
     SEED,

@@ -12,13 +12,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from executor import forward
-from executor.batching import dp_share
+from executor.compute import forward
+from executor.data.batching import dp_share
 from executor.model import Transformer
-from executor.model_shards import adopt_shards_, model_shards
-from executor.parallel import ParallelContext
-from executor.realloc import batch_schema, move_batch, reallocate
-from executor.weights import random_init_
+from executor.model.weights import random_init_
+from executor.parallel.context import ParallelContext
+from executor.realloc.batches import batch_schema, move_batch
+from executor.realloc.model_shards import adopt_shards_, model_shards
+from executor.realloc.move import reallocate
 from plans.allocation import Allocation, DeviceMesh, ParallelStrategy
 from plans.transfer import SAMPLES, param_layout, plan_batch, plan_params
 from tests.distributed.pool import WorkerPool
@@ -38,7 +39,7 @@ from tests.distributed.realloc_cases import (
 pytestmark = pytest.mark.distributed
 TIMEOUT = timedelta(seconds=20)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-# Framing (chunk bytes, direct bytes), see executor.wire: None = one op per message; -1 = the
+# Framing (chunk bytes, direct bytes), see executor.realloc.wire: None = one op per message; -1 = the
 # default; small chunks cut messages and tensors into many frames; direct 0 sends every
 # tensor in frames of its own, 10**9 none.
 FRAMINGS = [(None, 0), (-1, 64 * 2**10), (64, 32), (1000, 256), (500, 10**9), (4096, 0)]

@@ -1,4 +1,4 @@
-"""Reallocation into reused destination memory (executor.realloc.Buffers) on 4 gloo ranks, and
+"""Reallocation into reused destination memory (executor.realloc.move.Buffers) on 4 gloo ranks, and
 a role's generation view rebuilt each iteration (executor.runtime.roles.RoleModel): the
 result is bitwise the reference and the single-process model's logits, the memory of the
 previous move is what gets filled, and releasing the kept memory frees it."""
@@ -10,13 +10,14 @@ from datetime import timedelta
 import pytest
 import torch
 
-from executor import forward
-from executor.batching import dp_share
+from executor.compute import forward
+from executor.data.batching import dp_share
 from executor.model import Transformer
-from executor.parallel import ParallelContext
-from executor.realloc import Buffers, added, host_regions, reallocate
+from executor.model.weights import random_init_
+from executor.parallel.context import ParallelContext
+from executor.realloc.buffers import Buffers, added
+from executor.realloc.move import host_regions, reallocate
 from executor.runtime.roles import RoleModel, layout_key
-from executor.weights import random_init_
 from plans.allocation import Allocation
 from plans.transfer import plan_params
 from tests.distributed.pool import WorkerPool

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from executor import train
+from executor.compute import train
 from executor.model import Transformer
-from executor.parallel import ParallelContext
-from executor.weights import random_init_
+from executor.model.weights import random_init_
+from executor.parallel.context import ParallelContext
 from tests.distributed.layouts_util import GPUS_PER_NODE, SEED, allocation, ragged_batch, spec_for
 from tests.distributed.pool import WorkerPool
 

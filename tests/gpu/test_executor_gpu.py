@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from executor import forward, train
-from executor.generate import GenerationConfig, generate
+from executor.compute import forward, train
+from executor.compute.generate import GenerationConfig, generate
 from executor.model import Transformer
-from executor.parallel import ParallelContext
-from executor.weights import random_init_
+from executor.model.weights import random_init_
+from executor.parallel.context import ParallelContext
 from plans.model import preset
 
 pytestmark = [

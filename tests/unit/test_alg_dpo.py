@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from executor.algorithms.adpo import (
+from executor.losses.adpo import (
     adpo_listwise_loss,
     adpo_pairwise_loss,
     anchored_logits,
     reward_targets,
 )
-from executor.algorithms.dpo import dpo_loss, ipo_loss, log_ratio_margin, sequence_logprobs
+from executor.losses.dpo import dpo_loss, ipo_loss, log_ratio_margin, sequence_logprobs
 
 T = torch.tensor
 

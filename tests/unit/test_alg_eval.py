@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from executor.algorithms.evaluation import (
+from executor.losses.evaluation import (
     QA,
     accuracy,
     exact_match,

@@ -8,7 +8,7 @@ import statistics
 import pytest
 import torch
 
-from executor.algorithms.grpo import (
+from executor.losses.grpo import (
     aggregate,
     group_advantages,
     grpo_loss,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from executor.algorithms.macro import (
+from executor.losses.macro import (
     WEIGHTINGS,
     fixed_ngram_starts,
     macro_gae,
@@ -13,7 +13,7 @@ from executor.algorithms.macro import (
     macro_reduce,
     ppl_starts,
 )
-from executor.algorithms.ppo import gae
+from executor.losses.ppo import gae
 
 T = torch.tensor
 

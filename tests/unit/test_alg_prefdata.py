@@ -7,20 +7,20 @@ import string
 
 import pytest
 
-from executor.algorithms.reward_model import (
-    PreferenceTree,
-    TreeNode,
-    complete_responses,
-    tree_pairs,
-)
-from executor.data import digit_reward, synthetic_prompts
-from executor.prefdata import (
+from executor.data.preferences import (
     CandidateList,
     load_candidate_lists,
     load_trees,
     synthetic_candidate_lists,
     synthetic_pairs,
     synthetic_trees,
+)
+from executor.data.sources import digit_reward, synthetic_prompts
+from executor.losses.reward_model import (
+    PreferenceTree,
+    TreeNode,
+    complete_responses,
+    tree_pairs,
 )
 from plans import PlanError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from executor.algorithms.remax import kl_penalised_advantages, remax_advantages, remax_loss
+from executor.losses.remax import kl_penalised_advantages, remax_advantages, remax_loss
 
 T = torch.tensor
 MASK = T([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from executor.algorithms.reward_model import (
+from executor.data.sources import Pair
+from executor.losses.reward_model import (
     PreferenceTree,
     TreeNode,
     bradley_terry_loss,
     complete_responses,
     tree_pairs,
 )
-from executor.data import Pair
 
 T = torch.tensor
 

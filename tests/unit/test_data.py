@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from executor.data import digit_reward, load_pairs, load_prompts, reward_function, synthetic_prompts
+from executor.data.sources import (
+    digit_reward,
+    load_pairs,
+    load_prompts,
+    reward_function,
+    synthetic_prompts,
+)
 from plans import PlanError
 
 
@@ -43,7 +49,7 @@ def test_synthetic_task():
 
 def test_reward_function_resolution():
     assert reward_function("builtin:digits") is digit_reward
-    assert reward_function("executor.data:digit_reward") is digit_reward
-    for bad in ("nocolon", "no.such.module:f", "executor.data:missing"):
+    assert reward_function("executor.data.sources:digit_reward") is digit_reward
+    for bad in ("nocolon", "no.such.module:f", "executor.data.sources:missing"):
         with pytest.raises(PlanError):
             reward_function(bad)

@@ -27,6 +27,7 @@ from estimator.calibrate import (
 from estimator.cost import COMPUTE_PARTS, RULE_REWARD_S_PER_SEQ
 from plans import Allocation, DeviceMesh, ParallelStrategy, Plan, PlanError, save_plan
 from plans.io import cluster_from_dict, experiment_from_dict
+from plans.metrics import CallMetrics, MetricsRow
 
 SHIPPED = Path(__file__).parents[2] / "estimator" / "profiles" / "cpu-epyc-2core-1thread.json"
 EXE = shutil.which("rlhf-plan") or f"{sys.executable} -m cli.plan_app"
@@ -147,10 +148,21 @@ def _write_run(
     for it in range(4):
         slow = 5.0 if it == 0 else 1.0 + 0.01 * (it - 2)  # medians land on the truth
         calls = {
-            n: {"realloc_s": 0.0, "compute_s": t * slow, "data_s": 0.001, "estimate_s": 0.1}
+            n: CallMetrics(
+                start=0.0,
+                end=t * slow,
+                compute_s=t * slow,
+                wait_s=0.0,
+                data_s=0.001,
+                realloc_s=0.0,
+                estimate_s=0.1,
+            )
             for n, t in want.items()
         }
-        lines.append(json.dumps({"iteration": it, "iteration_s": 3.0, "calls": calls}))
+        row = MetricsRow(
+            iteration=it, iteration_s=3.0, realloc_s=0.0, peak_memory_mib=1.0, calls=calls
+        )
+        lines.append(row.to_line())
     (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     save_plan(plan, folder / "plan.json")
     return want
@@ -161,7 +173,7 @@ def test_calibrate_recovers_factors_and_records_provenance(tmp_path):
     want = _write_run(tmp_path / "run", plan)
     base = load_profile(SHIPPED)
     run = load_run(tmp_path / "run")
-    assert len(run.rows) == 3 and all(r["iteration"] >= 1 for r in run.rows)
+    assert len(run.rows) == 3 and all(r.iteration >= 1 for r in run.rows)
     prof, fit = calibrate(base, [run], command="test")
     cal = prof.calibration
     assert cal is not None and set(cal.kinds) == {"generate", "inference", "train"}
@@ -219,7 +231,10 @@ def test_kinds_without_measurements_are_left_alone(tmp_path):
     run = load_run(tmp_path / "run")
     only_train = RunData(
         run.plan,
-        [{**r, "calls": {k: v for k, v in r["calls"].items() if "train" in k}} for r in run.rows],
+        [
+            r.model_copy(update={"calls": {k: v for k, v in r.calls.items() if "train" in k}})
+            for r in run.rows
+        ],
     )
     prof, fit = calibrate(load_profile(SHIPPED), [only_train])
     assert set(prof.calibration.kinds) == {"train"}

@@ -12,8 +12,8 @@ import pytest
 
 from estimator.lookup import ProfileLookup
 from estimator.profile import Profile, Roofline, load_profile
-from estimator.profiler import main as patch_profiles
 from estimator.transfer import copy_rate, realloc_transfer
+from executor.profiling.profiler import main as patch_profiles
 from plans import Allocation, DeviceMesh, ParallelStrategy, preset
 
 SHIPPED = Path(__file__).parents[2] / "estimator" / "profiles"
@@ -81,16 +81,18 @@ def test_sends_and_receives_add_up_on_a_cpu_not_on_a_gpu():
     assert gpu == pytest.approx(half / LINK + _o_down_bytes() / COPY, rel=0.01)
 
 
-def test_under_zero1_the_home_half_is_copied():
-    """ZeRO-1 keeps views of the parameters' memory, so the home does not move into the view:
-    the whole own half is copied."""
+def test_without_hosting_the_home_half_is_copied():
+    """A role that does not host (plans.residency: a ZeRO-1 home, whose optimizer keeps views
+    of the parameters' memory, or a second view layout): the whole own half is copied."""
     home = Allocation(
         mesh=DeviceMesh(gpu_start=0, n_gpus=2),
         strategy=ParallelStrategy(dp=1, tp=2, zero1=True),
     )
     half = SPEC.num_params() * 4 / 2
-    gpu = price(home, alloc(0, 2, dp=2), lookup("h100"))
-    assert gpu == pytest.approx(half / LINK + half / COPY + _o_down_bytes() / 2 / COPY, rel=0.01)
+    gpu = realloc_transfer(SPEC, 4, home, alloc(0, 2, dp=2), 4, lookup("h100"), hosting=False)
+    assert gpu.time_s == pytest.approx(
+        half / LINK + half / COPY + _o_down_bytes() / 2 / COPY, rel=0.01
+    )
 
 
 def test_copies_are_priced_at_the_copy_rate():

@@ -8,12 +8,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from executor.checkpoint import load_checkpoint_, save_checkpoint
-from executor.hf_config import spec_from_folder, transformers_model
+from executor.data.tokenizer import ByteTokenizer, HFTokenizer, left_pad
 from executor.model import Transformer
-from executor.parallel import ParallelContext
-from executor.tokenizer import ByteTokenizer, HFTokenizer, left_pad
-from executor.weights import random_init_
+from executor.model.hf_checkpoint import load_checkpoint_, save_checkpoint
+from executor.model.hf_config import spec_from_folder, transformers_model
+from executor.model.weights import random_init_
+from executor.parallel.context import ParallelContext
 from plans.model import preset
 
 CTX = ParallelContext.single()
@@ -152,7 +152,7 @@ def save_word_tokenizer(folder, vocab: dict[str, int], by_character: bool) -> No
 
 
 def test_run_tokenizer_comes_from_a_model_folder_that_has_one(tmp_path):
-    from executor.tokenizer import tokenizer_for
+    from executor.data.tokenizer import tokenizer_for
     from plans import PlanError
 
     spec = preset("tiny")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from executor.generate import GenerationConfig, generate
-from executor.hf_config import transformers_model
+from executor.compute.generate import GenerationConfig, generate
+from executor.compute.sampling import choose, top_p_pick
+from executor.data.tokenizer import ByteTokenizer, left_pad
 from executor.model import Transformer
-from executor.parallel import ParallelContext
-from executor.sampling import choose, top_p_pick
-from executor.tokenizer import ByteTokenizer, left_pad
-from executor.weights import random_init_
+from executor.model.hf_config import transformers_model
+from executor.model.weights import random_init_
+from executor.parallel.context import ParallelContext
 from plans.model import preset
 
 CTX = ParallelContext.single()

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from executor.parallel import ParallelContext
-from executor.slicing import shard
+from executor.parallel.context import ParallelContext
+from executor.parallel.slicing import shard
 from plans.allocation import Allocation, DeviceMesh, ParallelStrategy
 from plans.layout import check_tp, head_split, param_slices, stage_layers
 from plans.model import ModelSpec, preset

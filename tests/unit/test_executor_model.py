@@ -6,14 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from executor import forward, train
-from executor.batching import model_inputs
-from executor.hf_config import transformers_model
-from executor.logprobs import token_logprobs
+from executor.compute import forward, train
+from executor.compute.logprobs import token_logprobs
+from executor.data.batching import model_inputs
 from executor.model import Transformer
+from executor.model.hf_config import transformers_model
 from executor.model.rope import inv_frequencies
-from executor.parallel import ParallelContext
-from executor.weights import random_init_
+from executor.model.weights import random_init_
+from executor.parallel.context import ParallelContext
 from plans.model import preset
 
 LLAMA3 = {

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from executor.algorithms.ppo import gae, policy_loss, shaped_rewards, value_loss, whiten
+from executor.losses.ppo import gae, policy_loss, shaped_rewards, value_loss, whiten
 
 T = torch.tensor
 

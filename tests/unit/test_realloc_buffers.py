@@ -1,4 +1,4 @@
-"""executor.realloc.Buffers: kept destination memory is handed out again only for the same
+"""executor.realloc.move.Buffers: kept destination memory is handed out again only for the same
 shape, dtype and device, and release() lets it go."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import weakref
 
 import torch
 
-from executor.realloc import Buffers, added
+from executor.realloc.buffers import Buffers, added
 
 
 def test_a_given_tensor_comes_back_for_the_same_shape_and_dtype_only():

@@ -36,18 +36,18 @@ def test_rank_zero_merges_complete_iterations_only(tmp_path):
     assert zero.merged(plan) == []  # rank 1 is still in iteration 0
     one.post(0, row(0.5, 2.5, 1.5, 0.3, move=(0.4, 0.45)))
     first = zero.merged(plan)
-    assert [r["iteration"] for r in first] == [0]
-    assert first[0]["iteration_s"] == 2.0  # the first iteration: the longest span of a rank
-    call = first[0]["calls"]["actor_gen"]
+    assert [r.iteration for r in first] == [0]
+    assert first[0].iteration_s == 2.0  # the first iteration: the longest span of a rank
+    call = first[0].calls["actor_gen"]
     # From the last rank's start (rank 0 waited for rank 1 inside the call) to the last end.
-    assert (call["start"], call["end"], call["compute_s"]) == (0.5, 1.5, 1.0)
+    assert (call.start, call.end, call.compute_s) == (0.5, 1.5, 1.0)
     # The move from the sender's arrival: rank 0's wait for it is not reallocation.
-    assert call["realloc_s"] == pytest.approx(0.05)
-    assert first[0]["realloc_s"] == pytest.approx(0.05)
-    assert first[0]["peak_memory_mib"] == 25.0
+    assert call.realloc_s == pytest.approx(0.05)
+    assert first[0].realloc_s == pytest.approx(0.05)
+    assert first[0].peak_memory_mib == 25.0
     one.post(1, row(2.5, 4.5, 3.0, 0.4))
     second = zero.merged(plan, block=True)
-    assert [r["iteration"] for r in second] == [1]
-    assert second[0]["calls"]["actor_gen"]["realloc_s"] == 0.0  # nothing moved
-    assert second[0]["iteration_s"] == 4.5 - 2.5  # end to end of the slowest rank
+    assert [r.iteration for r in second] == [1]
+    assert second[0].calls["actor_gen"].realloc_s == 0.0  # nothing moved
+    assert second[0].iteration_s == 4.5 - 2.5  # end to end of the slowest rank
     assert not store.check(["metrics/0/0", "metrics/1/1"])  # merged rows leave the store

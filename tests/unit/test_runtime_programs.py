@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from executor.algorithms.evaluation import exact_match
-from executor.runtime.algorithms import program_for
-from executor.runtime.evaluate import arithmetic_questions
-from executor.runtime.program import prompt_response_rows
-from executor.tokenizer import ByteTokenizer
+from executor.data.tokenizer import ByteTokenizer
+from executor.losses.evaluation import exact_match
+from executor.programs.evaluate import arithmetic_questions
+from executor.programs.program import prompt_response_rows
+from executor.programs.registry import program_for
 from plans import PlanError, experiment_from_dict, load_experiment
 
 TOK = ByteTokenizer()

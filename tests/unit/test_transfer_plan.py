@@ -15,15 +15,12 @@ from plans.model import preset
 from plans.transfer import (
     SAMPLES,
     Piece,
-    batch_transfer_bytes,
     box_numel,
     intersect,
-    link_of,
     param_layout,
     plan_batch,
     plan_params,
     plan_transfers,
-    transfer_bytes,
 )
 from tests.distributed.realloc_cases import TOPOLOGIES, allocations, relation, specs
 
@@ -85,12 +82,11 @@ def test_identical_layouts_move_nothing():
         for nodes, gpn in TOPOLOGIES:
             for a in allocations(nodes, gpn, spec):
                 plan = plan_params(a, a, spec, gpn)
-                assert plan.is_local() and plan.bytes_per_pair(2) == {}, (name, a)
+                assert all(t.src == t.dst for t in plan.transfers), (name, a)
                 # and every local transfer is a whole piece: the executor keeps the tensor
                 for t in plan.transfers:
                     assert plan.dst_layout[t.dst][t.dst_name].box == t.box
-                assert transfer_bytes(a, a, spec, gpn) == {}
-                assert batch_transfer_bytes(a, a, 8, 100, gpn) == {}
+                assert plan_batch(a, a, 8, gpn).bytes_per_pair(100) == {}
 
 
 def test_disjoint_move_carries_each_destination_copy_once():
@@ -104,14 +100,14 @@ def test_disjoint_move_carries_each_destination_copy_once():
         _alloc(DeviceMesh(gpu_start=4, n_gpus=4), dp=2, pp=2),
         _alloc(DeviceMesh(gpu_start=4, n_gpus=4), dp=4),
     ]:
-        b = transfer_bytes(src, dst, spec, gpn, dtype_bytes=2)
+        b = plan_params(src, dst, spec, gpn).bytes_per_pair(2)
         norms = (2 * spec.num_hidden_layers + 1) * spec.hidden_size
         per_copy = spec.num_params() + (dst.strategy.tp - 1) * norms
         assert sum(b.values()) == dst.strategy.dp * per_copy * 2
         assert all(s < 4 <= d for s, d in b)
     # batches: every consumer rank gets its dp share, whatever its tp/pp position
     dst = _alloc(DeviceMesh(gpu_start=4, n_gpus=4), dp=2, tp=2)
-    b = batch_transfer_bytes(src, dst, 10, 36, gpn)
+    b = plan_batch(src, dst, 10, gpn).bytes_per_pair(36)
     assert sum(b.values()) == 10 * 36 * dst.strategy.tp
 
 
@@ -121,13 +117,13 @@ def test_load_spread_over_replicas():
     src = _alloc(DeviceMesh(node_start=0, n_gpus=4), dp=4)
     dst = _alloc(DeviceMesh(node_start=1, n_gpus=4), tp=4)
     sent = defaultdict(int)
-    for (s, _), n in transfer_bytes(src, dst, spec, 4).items():
+    for (s, _), n in plan_params(src, dst, spec, 4).bytes_per_pair(2).items():
         sent[s] += n
     assert sorted(sent) == [0, 1, 2, 3]
     total = sum(sent.values())
     assert max(sent.values()) <= 1.05 * total / 4
     # one replica only: the same bytes, all from it
-    one = transfer_bytes(_alloc(DeviceMesh(n_gpus=1)), dst, spec, 4)
+    one = plan_params(_alloc(DeviceMesh(n_gpus=1)), dst, spec, 4).bytes_per_pair(2)
     assert sum(one.values()) == total and {s for s, _ in one} == {0}
 
 
@@ -136,8 +132,8 @@ def test_replicas_on_the_destination_node_preferred():
     spec = preset("tiny")
     src = _alloc(DeviceMesh.whole(2, 4), dp=2, tp=4)
     dst = _alloc(DeviceMesh(node_start=1, gpu_start=2, n_gpus=2), tp=2)
-    b = transfer_bytes(src, dst, spec, 4)
-    assert b and all(link_of(s, d, 4) == "intra" for s, d in b)
+    b = plan_params(src, dst, spec, 4).bytes_per_pair(2)
+    assert b and all(s // 4 == d // 4 for s, d in b)  # same node
     # without the topology the choice may cross nodes, but the bytes stay the same
     plan = plan_transfers(param_layout(src, spec, 4), param_layout(dst, spec, 4))
     assert sum(plan.bytes_per_pair(2).values()) == sum(b.values())
@@ -148,7 +144,7 @@ def test_local_pieces_are_not_sent():
     spec = preset("tiny")
     src = _alloc(DeviceMesh(n_gpus=2), tp=2)
     dst = _alloc(DeviceMesh(n_gpus=1))
-    b = transfer_bytes(src, dst, spec, 4, dtype_bytes=4)
+    b = plan_params(src, dst, spec, 4).bytes_per_pair(4)
     assert list(b) == [(1, 0)]
     # rank 1 holds half of every split tensor; replicated ones (norms, kv at tp > kv) are local
     plan = plan_params(src, dst, spec, 4)
@@ -207,12 +203,12 @@ def test_planner_starts_without_torch():
 
     code = (
         "import sys\n"
-        "from plans.transfer import transfer_bytes\n"
+        "from plans.transfer import plan_params\n"
         "from plans.allocation import Allocation, DeviceMesh, ParallelStrategy\n"
         "from plans.model import preset\n"
         "a = Allocation(mesh=DeviceMesh(n_gpus=2), strategy=ParallelStrategy(tp=2))\n"
         "b = Allocation(mesh=DeviceMesh(n_gpus=2), strategy=ParallelStrategy(pp=2))\n"
-        "assert transfer_bytes(a, b, preset('tiny'), 2)\n"
+        "assert plan_params(a, b, preset('tiny'), 2).bytes_per_pair(2)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     root = Path(__file__).parents[2]

@@ -1,4 +1,4 @@
-"""Message layout and framing of executor.wire, without processes."""
+"""Message layout and framing of executor.realloc.wire, without processes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from executor.wire import frames, offsets
+from executor.realloc.wire import frames, offsets
 
 DTYPES = [torch.float32, torch.bfloat16, torch.int64, torch.bool]
 

@@ -1,1 +1,0 @@
-"""Loss functions and advantage estimators of the RLHF algorithms (pure tensor math)."""

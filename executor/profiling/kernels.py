@@ -1,0 +1,251 @@
+"""What `rlhf-plan profile` times on one device: the executor's own block, head, decode step and
+optimizer step on one rank's shard (a tp=k entry holds 1/k of the heads and MLP columns, built
+by executor.model.Transformer with no tp group, so no communication is timed with it).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
+
+from estimator.profile import OpTiming, ShardShape
+from estimator.shapes import shard_shape
+from plans import preset
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What to time: model shards, batch sizes, lengths and optimizer sizes."""
+
+    models: tuple[str, ...]
+    tps: tuple[int, ...]
+    batches: tuple[int, ...]
+    seqs: tuple[int, ...]
+    caches: tuple[int, ...]
+    opt_layers: tuple[int, ...]
+    min_time_s: float
+    min_reps: int
+    rounds: int = 1
+
+
+GRIDS = {
+    ("cpu", True): Grid(("tiny", "small"), (1, 2), (1, 8), (16, 128), (16, 128),
+                        (1, 4), 0.05, 2),
+    ("cpu", False): Grid(("tiny", "small"), (1, 2, 4), (1, 2, 8), (16, 64, 256), (16, 64, 256),
+                         (1, 4, 12), 0.2, 3, 3),
+    ("cuda", True): Grid(("llama2-7b",), (1, 2, 8), (1, 8, 32), (128, 1024), (128, 1024),
+                         (1, 2), 0.05, 3),
+    ("cuda", False): Grid(("llama2-7b", "llama2-70b"), (1, 2, 4, 8), (1, 4, 16, 64),
+                          (128, 512, 2048), (128, 512, 2048), (1, 4),
+                          0.2, 5),
+}  # fmt: skip
+ADAM_SHAPE = ShardShape(
+    model="adamw", hidden_size=1, intermediate_size=1, num_heads=1, num_kv_heads=1,
+    head_dim=1, vocab_size=1,
+)  # fmt: skip
+
+
+def timer(
+    sync: Callable[[], None], grid: Grid, clock: Callable[[], float]
+) -> Callable[[Callable[[], object]], float]:
+    def run(fn: Callable[[], object]) -> float:
+        fn()
+        sync()
+        times: list[float] = []
+        while len(times) < grid.min_reps or (sum(times) < grid.min_time_s and len(times) < 200):
+            t0 = clock()
+            fn()
+            sync()
+            times.append(clock() - t0)
+        # On a shared CPU other jobs only ever add time, so the fastest run is the estimate
+        # of an idle machine; a GPU's runs are steady and the median is kept.
+        return min(times) if clock is time.process_time else statistics.median(times)
+
+    return run
+
+
+def shard_pieces(name: str, tp: int, dtype, device):
+    """Embedding, one block, final norm and head of tp rank 0 of a one-layer copy of `name`."""
+    import torch
+
+    from executor.model import Transformer
+    from executor.model.weights import random_init_
+
+    spec = preset(name).model_copy(update={"num_hidden_layers": 1})
+    model = Transformer(spec, tp=tp, tp_rank=0, dtype=dtype).to(device)
+    with torch.no_grad():
+        random_init_(model, seed=0)
+    return model
+
+
+def op_points(grid: Grid, model, name, tp, dt, device, dtype, timed) -> list[OpTiming]:
+    import torch
+
+    from executor.compute.generate import FUSE_MAX_HIDDEN
+    from executor.compute.logprobs import token_logprobs
+    from executor.model.fusion import fused_inference
+    from executor.model.layers import LayerCache
+
+    spec = model.spec
+    shape = shard_shape(spec, tp, dt)
+    blk, emb = model.model.layers["0"], model.model.embed_tokens
+    norm, lm = model.model.norm, model.lm_head
+    h, v_local = spec.hidden_size, lm.weight.shape[0]
+    out: list[OpTiming] = []
+
+    def rec(op: str, b: int, s: int, fn: Callable[..., object], *args: object) -> None:
+        out.append(
+            OpTiming(op=op, shape=shape, batch=b, seq_len=s, time_s=timed(partial(fn, *args)))
+        )
+
+    def rope(b: int, s: int, start: int = 0):
+        pos = torch.arange(start, start + s, device=device).expand(b, -1)
+        return model.rotary(pos, dtype, start + s)
+
+    def embed(ids, pos, bound):  # what body() does before the blocks: lookup and RoPE tables
+        return emb(ids), model.rotary(pos, dtype, bound)
+
+    def head(x, ids):  # what inference and the loss do after the last block
+        return token_logprobs(lm(norm(x))[:, :-1], ids[:, 1:], 0, None)
+
+    def block_fb(x, cos, sin, gy):
+        blk(x, cos, sin, None).backward(gy)
+
+    def emb_fb(ids, pos, bound, gy):
+        embed(ids, pos, bound)[0].backward(gy)
+
+    def head_fb(x, ids):
+        head(x, ids).sum().backward()
+
+    for b in grid.batches:
+        for s in grid.seqs:
+            x = torch.randn(b, s, h, dtype=dtype, device=device)
+            cos, sin = rope(b, s)
+            ids = torch.randint(0, v_local, (b, s), device=device)
+            pos = torch.arange(s, device=device).expand(b, -1)
+            with torch.no_grad():
+                rec("block_fwd", b, s, blk, x, cos, sin, None)
+                rec("embedding_fwd", b, s, embed, ids, pos, s)
+                rec("head_fwd", b, s, head, x, ids)
+            xg = x.clone().requires_grad_(True)
+            gy = torch.randn_like(x)
+            rec("block_fwd_bwd", b, s, block_fb, xg, cos, sin, gy)
+            rec("embedding_fwd_bwd", b, s, emb_fb, ids, pos, s, gy)
+            rec("head_fwd_bwd", b, s, head_fb, xg, ids)
+        for c in grid.caches:
+            attn = blk.self_attn
+            # executor.compute.generate preallocates the cache for prompt + new tokens and attends a
+            # slice of it; a cache twice the attended length mimics that mid-generation.
+            kv = (b, attn.heads.n_kv, 2 * c + 1, attn.hd)
+            cache = LayerCache(
+                torch.zeros(kv, dtype=dtype, device=device),
+                torch.zeros(kv, dtype=dtype, device=device),
+            )
+            x1 = torch.randn(b, 1, h, dtype=dtype, device=device)
+            cos, sin = rope(b, 1, c)
+            # Fused q/k/v and gate/up weights exactly when executor.compute.generate fuses them.
+            fuse = fused_inference(model) if spec.hidden_size <= FUSE_MAX_HIDDEN else nullcontext()
+            with torch.no_grad(), fuse:
+                rec("decode", b, c, blk, x1, cos, sin, None, cache, c)
+        if tp == 1:
+            rec(
+                "sample",
+                b,
+                1,
+                _sample_step,
+                torch.randn(b, spec.vocab_size, dtype=dtype, device=device),
+            )
+            for c in grid.caches:
+                out.append(_generate_step(model, b, c, shape, timed, device))
+    return out  # fmt: skip
+
+
+def optimizer_points(name: str, tp: int, layers: tuple[int, ...], dtype, device, timed):
+    """The executor's optimizer work per step (zero the grads, global-norm clip in float64,
+    AdamW) on the parameters of real model shards with `layers` blocks: `batch` parameters
+    in `seq_len` tensors (per-tensor overhead dominates small models)."""
+    import torch
+
+    from executor.model import Transformer
+
+    out = []
+    for n in layers:
+        spec = preset(name)
+        if n > spec.num_hidden_layers:
+            continue
+        model = Transformer(spec.model_copy(update={"num_hidden_layers": n}), tp=tp, dtype=dtype)
+        params = list(model.to(device).parameters())
+        with torch.no_grad():
+            for p in params:
+                p.normal_(0, 0.02)
+                p.grad = torch.zeros_like(p)
+        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+        # One forward/backward first, as in a training process: on CPU the allocator then
+        # serves the norm's float64 temporaries without page faults (2-3x faster).
+        ids = torch.randint(0, model.vocab_rows[1] - model.vocab_rows[0], (8, 64), device=device)
+        model(ids, torch.arange(64, device=device).expand(8, -1)).float().sum().backward()
+        t = timed(partial(_clip_and_step, params, opt))
+        count = sum(p.numel() for p in params)
+        out.append(
+            OpTiming(op="optimizer", shape=ADAM_SHAPE, batch=count, seq_len=len(params), time_s=t)
+        )
+        del model, params, opt
+    return out
+
+
+GEN_STEPS = 16
+
+
+def _generate_step(model, b: int, c: int, shape: ShardShape, timed, device) -> OpTiming:
+    """Per-token time of executor.compute.generate itself on the one-block shard model: the
+    difference of two runs with 2 and 2 + GEN_STEPS new tokens from prompts of length c, so
+    the prefill cancels. It holds one block's decode plus embedding, head, sampling and the
+    loop's bookkeeping; the cost model adds the other blocks' decode steps to it."""
+    import torch
+
+    from executor.compute.generate import GenerationConfig, generate
+    from executor.parallel.context import ParallelContext
+
+    ctx = ParallelContext.single()
+    prompts = torch.randint(0, model.spec.vocab_size, (b, c), device=device)
+
+    def run(n: int) -> None:
+        cfg = GenerationConfig(max_new_tokens=n, greedy=False, seed=0)
+        generate(model, ctx, prompts, None, cfg)
+
+    short, long = timed(partial(run, 2)), timed(partial(run, 2 + GEN_STEPS))
+    per_step = max((long - short) / GEN_STEPS, 1e-9)
+    return OpTiming(
+        op="generate_step", shape=shape, batch=b, seq_len=c + GEN_STEPS // 2, time_s=per_step
+    )
+
+
+def _sample_step(logits) -> None:
+    """executor.compute.generate's per-token work after the logits: sample, log-prob, bookkeeping."""
+    import torch
+
+    from executor.compute.sampling import choose
+
+    b = logits.shape[0]
+    tok, lp = choose(logits, False, 1.0, 1.0, torch.rand(b, device=logits.device))
+    pair = torch.empty(2, b, dtype=torch.float64, device=logits.device)
+    pair[0], pair[1] = tok, lp
+    done = torch.zeros(b, dtype=torch.bool, device=logits.device)
+    tok = torch.where(done, 0, pair[0].long())
+    lp = torch.where(done, 0.0, pair[1].float())
+    bool(done.all())
+
+
+def _clip_and_step(params, opt) -> None:
+    """zero_grad(set_to_none=False), then the post-backward work: global grad norm (in
+    float64), clip, AdamW -- what executor.compute.train.train_step does besides the passes."""
+    opt.zero_grad(set_to_none=False)
+    sq = sum(p.grad.double().pow(2).sum() for p in params)
+    coef = 1.0 / (float(sq) ** 0.5 + 1e-6)
+    for p in params:  # always scaled: early RL steps usually clip
+        p.grad.mul_(min(coef, 1.0))
+    opt.step()

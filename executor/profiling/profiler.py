@@ -1,0 +1,240 @@
+"""`rlhf-plan profile`: time the executor's own modules on the local device (imports torch).
+
+Compute ops are timed on one rank's shard of a block (a tp=k entry holds 1/k of the heads and
+MLP columns, built by executor.model.Transformer with no tp group, so no communication is
+timed with it). Collectives are timed only when launched under torchrun with several processes
+(gloo on CPU, NCCL on CUDA); rank 0 then goes on to the compute grid and writes the profile.
+CPU profiles run one torch thread, as every CPU worker of the executor does.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from datetime import UTC, datetime
+
+from estimator.fitting import fit_roofline, link_rates
+from estimator.profile import (
+    CollectiveTiming,
+    OpTiming,
+    Profile,
+)
+from estimator.shapes import DTYPE_BYTES
+from executor.profiling.collectives import CONTEXTS, time_collectives
+from executor.profiling.kernels import GRIDS, op_points, optimizer_points, shard_pieces, timer
+from plans import preset
+
+
+def fresh_memory_rate(device: str = "cpu", nbytes: int = 256 * 2**20, reps: int = 3) -> float:
+    """Bytes/s of filling a newly allocated buffer (on a CPU mostly page faults), best of
+    `reps`: what a reallocation's new shards and the DP all-reduce's flat buffer cost here."""
+    import torch
+
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        buf = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+        buf.fill_(1.0)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+        del buf
+    return nbytes / best
+
+
+def copy_memory_rate(device: str = "cpu", nbytes: int = 256 * 2**20, reps: int = 5) -> float:
+    """Bytes/s of copying between two buffers already in use, best of `reps`: what the local
+    copies, packing and unpacking of a reallocation into reused memory cost here."""
+    import torch
+
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.zeros_like(src)  # touched, so no page faults are timed
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best
+
+
+def memory_rates(device: str) -> dict[str, float]:
+    """The roofline's measured memory rates (fields of estimator.profile.Roofline)."""
+    return {
+        "fresh_memory_bytes_per_s": fresh_memory_rate(device),
+        "copy_memory_bytes_per_s": copy_memory_rate(device),
+    }
+
+
+def with_memory_rates(base: Profile, rates: dict[str, float], command: str) -> Profile:
+    """`base` with measured memory rates (fields of Roofline, as `memory_rates` gives them),
+    the change recorded in `refinements`; everything else is kept."""
+    import torch
+
+    stamp = datetime.now(UTC)
+    note = ", ".join(f"{k} {v / 1e9:.2f} GB/s" for k, v in rates.items())
+    return base.refined(
+        {"roofline": base.roofline.model_copy(update=rates)},
+        "memory",
+        stamp,
+        command,
+        f"measured with one torch thread (torch {torch.__version__}): {note}",
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure this CPU's memory-copy rate (one torch thread) and write it into the profiles
+    named on the command line, in place: how a profile made before the rate was part of it
+    gets a measured value without timing everything again (its other figures are kept)."""
+    import sys
+
+    import torch
+
+    from estimator.profile import load_profile, save_profile
+
+    paths = sys.argv[1:] if argv is None else argv
+    torch.set_num_threads(1)
+    rates = {"copy_memory_bytes_per_s": copy_memory_rate("cpu")}
+    command = "python -m executor.profiling.profiler " + " ".join(paths)
+    for path in paths:
+        save_profile(with_memory_rates(load_profile(path), rates, command), path)
+        print(f"{path}: " + ", ".join(f"{k} {v / 1e9:.2f} GB/s" for k, v in rates.items()))
+
+
+def run_profile(device: str, quick: bool, command: str, progress=None) -> Profile | None:
+    """Measure; returns None on ranks other than 0 of a torchrun launch."""
+    import torch
+
+    dev_type = "cuda" if device == "cuda" else "cpu"
+    if dev_type == "cpu":
+        torch.set_num_threads(1)
+    grid = GRIDS[(dev_type, quick)]
+    dtype = torch.float32 if dev_type == "cpu" else torch.bfloat16
+    dtype_name = "float32" if dev_type == "cpu" else "bfloat16"
+    dt = DTYPE_BYTES[dtype_name]
+    torch_dev = torch.device(dev_type)
+    sync = torch.cuda.synchronize if dev_type == "cuda" else (lambda: None)
+    colls: list[CollectiveTiming] = []
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        colls = time_collectives(dev_type, quick, progress)
+        if colls is None:
+            return None
+    # On CPU (one thread) the process's CPU time is the wall time of an idle machine, and
+    # stays so when other jobs share the cores; a GPU is timed by the wall clock.
+    clock = time.process_time if dev_type == "cpu" else time.perf_counter
+    timed = timer(sync, grid, clock)
+    jobs = [
+        (m, tp) for m in grid.models for tp in grid.tps if preset(m).num_key_value_heads % tp == 0
+    ]
+    rounds = grid.rounds
+    task = progress.add_task("compute ops", total=rounds * (len(jobs) + 1)) if progress else None
+    best: dict[tuple, OpTiming] = {}
+    # Several passes over the whole grid, keeping each point's fastest: a burst of other
+    # work on a shared machine then spoils at most one pass of a point.
+    for r in range(rounds):
+        ops: list[OpTiming] = []
+        for name, tp in jobs:
+            if progress:
+                progress.update(task, description=f"{name} tp={tp} ({r + 1}/{rounds})")
+            model = shard_pieces(name, tp, dtype, torch_dev)
+            ops += op_points(grid, model, name, tp, dt, torch_dev, dtype, timed)
+            del model
+            ops += optimizer_points(name, tp, grid.opt_layers, dtype, torch_dev, timed)
+            if progress:
+                progress.advance(task)
+        for t in ops:
+            key = (t.op, t.shape, t.batch, t.seq_len)
+            if key not in best or t.time_s < best[key].time_s:
+                best[key] = t
+        if progress:
+            progress.advance(task)
+    ops = list(best.values())
+    if dev_type == "cuda":
+        dev_name = torch.cuda.get_device_name()
+        dev_kind = _device_kind(dev_name)
+    else:
+        dev_name, dev_kind = platform.processor() or _cpu_name(), "cpu"
+    stamp = datetime.now(UTC)
+    return Profile(
+        kind="measured",
+        id=f"{dev_kind}-{stamp:%Y%m%d-%H%M%S}{'-quick' if quick else ''}",
+        device=dev_kind,
+        device_name=dev_name,
+        dtype=dtype_name,
+        threads=torch.get_num_threads() if dev_type == "cpu" else None,
+        model_code="executor.model.Transformer",
+        clock="process_time" if dev_type == "cpu" else "perf_counter",
+        created=stamp.isoformat(timespec="seconds"),
+        command=command,
+        torch_version=torch.__version__,
+        roofline=fit_roofline(ops, *link_rates(colls)).model_copy(update=memory_rates(dev_type)),
+        ops=ops,
+        collectives=colls,
+    )
+
+
+def run_collectives_into(
+    base: Profile, device: str, quick: bool, command: str, progress=None
+) -> Profile | None:
+    """Time the collectives only (under torchrun) and return `base` with them: its compute
+    timings are kept, its collective tables and link rates replaced, and the change recorded
+    in `refinements`. None on ranks other than 0."""
+    import torch
+
+    dev_type = "cuda" if device == "cuda" else "cpu"
+    if dev_type == "cpu":
+        torch.set_num_threads(1)
+    colls = time_collectives(dev_type, quick, progress)
+    if colls is None:
+        return None
+    intra, inter = link_rates(colls)
+    stamp = datetime.now(UTC)
+    sizes = sorted({c.group_size for c in colls})
+    context = (
+        "; group collectives timed in context, back to back after compute "
+        f"bursts of {', '.join(f'{c * 1e3:g}' for c in CONTEXTS[quick])} ms"
+        if dev_type == "cpu"
+        else ""
+    )
+    note = (
+        f"{len(colls)} collective timings over group sizes {', '.join(map(str, sizes))} "
+        f"({'gloo' if dev_type == 'cpu' else 'nccl'}, torch {torch.__version__}{context}); "
+        f"fresh-memory and memory-copy rates measured; compute timings of {base.id} kept"
+    )
+    rates = {"intra_node_bytes_per_s": intra, "inter_node_bytes_per_s": inter}
+    return base.refined(
+        {
+            "id": f"{base.id.split('+')[0]}+coll-{stamp:%Y%m%d-%H%M%S}",
+            "collectives": colls,
+            "roofline": base.roofline.model_copy(update={**rates, **memory_rates(dev_type)}),
+        },
+        "collectives",
+        stamp,
+        command,
+        note,
+    )
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
+
+
+def _device_kind(name: str) -> str:
+    low = name.lower()
+    for kind in ("h200", "h100", "a100", "l40s"):
+        if kind in low:
+            return kind
+    return "cuda"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""What an algorithm's calls do on one rank, behind one small interface the worker walks.
+
+A `Program` names the tensors its calls exchange (per MFC data key), produces the dataset rows
+of an iteration (the keys no call produces: prompts, preference pairs, candidate lists; the
+same whole batch on every rank), and runs one call on its mesh. The worker does the rest:
+order, reallocation, moving outputs to consumers, metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from executor.data.batching import Batch
+from executor.data.sources import RewardFn, load_prompts, synthetic_prompts
+from executor.data.tokenizer import Tokenizer, left_pad
+from executor.model import Transformer
+from executor.parallel.context import ParallelContext
+from executor.programs.calls import shaped
+from plans import MFC, ExperimentSpec
+
+
+@dataclass
+class CallEnv:
+    """Everything a call needs besides its model and data."""
+
+    exp: ExperimentSpec
+    tok: Tokenizer
+    rule: RewardFn | None
+    iteration: int
+    n_micro: int
+    opt: object | None = None
+    stats: dict = field(default_factory=dict)
+
+
+class Program:
+    unit = 1
+    """Consecutive rows that belong together in a loss (a preference pair: 2)."""
+    tensors: dict[str, tuple[str, ...]] = {}
+    """MFC data key -> the tensors that carry it."""
+    named_schema: dict[str, tuple[str, torch.dtype]] = {}
+    """Tensor -> (per-row shape in symbols T, G or '', dtype); see calls.shaped."""
+
+    def __init__(self, exp: ExperimentSpec, tok: Tokenizer, data: str | None):
+        self.exp, self.tok = exp, tok
+        self.data_path = data or exp.dataset
+
+    def schema(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        return shaped(self.exp, self.named_schema)
+
+    def rows(self) -> int:
+        """Rows of every call's data in an iteration."""
+        return self.exp.batch_size
+
+    def dataset(self, it: int) -> Batch:
+        """The dataset keys of iteration `it` (whole batch, identical on every rank)."""
+        raise NotImplementedError
+
+    def run(
+        self, m: MFC, model: Transformer | None, ctx: ParallelContext, data: Batch, env: CallEnv
+    ) -> Batch | None:
+        """Run call `m` on this rank of its mesh; return this rank's share of its outputs
+        (None off the last stage) and put what the metrics should show into env.stats."""
+        raise NotImplementedError
+
+
+class PromptSource:
+    """The prompts of an iteration, tokenized and left-padded to exactly prompt_len: from a
+    JSONL file, else the built-in synthetic task. Each prompt is repeated `repeat` times in
+    consecutive rows (a GRPO group)."""
+
+    def __init__(self, exp: ExperimentSpec, tok: Tokenizer, path: str | None, repeat: int = 1):
+        self.exp, self.tok, self.repeat = exp, tok, repeat
+        self.rows = load_prompts(path) if path else None
+
+    def texts(self, it: int) -> list[str]:
+        n = self.exp.batch_size
+        if self.rows is None:
+            return synthetic_prompts(n, seed=self.exp.seed * 100_003 + it)
+        return [self.rows[(it * n + i) % len(self.rows)] for i in range(n)]
+
+    def batch(self, it: int) -> Batch:
+        p = self.exp.prompt_len
+        texts = [t for t in self.texts(it) for _ in range(self.repeat)]
+        ids, mask = pad_prompts([self.tok.encode(t) for t in texts], p, self.tok.pad_token_id)
+        return {"prompt_ids": ids, "prompt_mask": mask}
+
+
+def pad_prompts(ids: list[list[int]], p: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad (keeping the end of a long prompt) to exactly `p` columns."""
+    ids = [x[-p:] for x in ids]
+    out, mask = left_pad(ids, pad)
+    if out.shape[1] < p:
+        extra = p - out.shape[1]
+        out = torch.cat([torch.full((len(ids), extra), pad), out], dim=1)
+        mask = torch.cat([torch.zeros(len(ids), extra, dtype=mask.dtype), mask], dim=1)
+    return out, mask.long()
+
+
+def prompt_response_rows(
+    tok: Tokenizer, exp: ExperimentSpec, prompts: list[str], responses: list[str]
+) -> Batch:
+    """Fixed (prompt, response) texts as rows shaped like a rollout: the prompt left-padded to
+    P, the response (ended by EOS when it fits) right-padded to G."""
+    p, g = exp.prompt_len, exp.gen_len
+    pid, pmask = pad_prompts([tok.encode(t) for t in prompts], p, tok.pad_token_id)
+    resp = torch.full((len(responses), g), tok.pad_token_id, dtype=torch.long)
+    rmask = torch.zeros(len(responses), g)
+    for i, text in enumerate(responses):
+        ids = tok.encode(text, add_bos=False)
+        if tok.eos_token_id is not None:
+            ids = [*ids, tok.eos_token_id]
+        ids = ids[:g]
+        resp[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        rmask[i, : len(ids)] = 1.0
+    return {
+        "input_ids": torch.cat([pid, resp], dim=1),
+        "attention_mask": torch.cat([pmask, rmask.long()], dim=1),
+        "response_mask": rmask,
+    }
