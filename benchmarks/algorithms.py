@@ -28,6 +28,10 @@ import time
 import tomllib
 from pathlib import Path
 
+from plans import plan_from_dict
+from plans.metrics import FILE, MetricsRow, read_metrics
+from plans.residency import layout_key
+
 ROOT = Path(__file__).parents[1]
 PROFILE = ROOT / "estimator" / "profiles" / "cpu-epyc-2core-1thread.json"
 RL = ("ppo-tiny", "grpo-tiny", "remax-tiny")
@@ -50,15 +54,11 @@ def plan_and_run(experiment: str, workers: int, iterations: int, tmp: Path) -> t
         [_bin("rlhf-run"), str(plan), "--iterations", str(iterations), "--out", str(run_dir)],
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
-    return json.loads(plan.read_text()), rows
+    return json.loads(plan.read_text()), read_metrics(run_dir / FILE)
 
 
 def moves(plan: dict) -> str:
     """Models the plan uses in more than one layout (so they are reallocated every iteration)."""
-    from executor.runtime.roles import layout_key
-    from plans import plan_from_dict
-
     p = plan_from_dict(plan)
     by_role: dict[str, set] = {}
     for m in p.experiment.mfcs():
@@ -69,11 +69,11 @@ def moves(plan: dict) -> str:
 LAST = 10
 
 
-def headline(rows: list[dict]) -> str:
+def headline(rows: list[MetricsRow]) -> str:
     """First iteration -> mean of the last LAST iterations (each iteration's pairs or rollouts
     are only 32, so one iteration's figure moves by several points)."""
-    key = next(k for k in ("reward_mean", "true_accuracy") if k in rows[0])
-    vals = [r[key] for r in rows]
+    key = next(k for k in ("reward_mean", "true_accuracy") if rows[0].stat(k) is not None)
+    vals = [r.stat(key) for r in rows]
     start, end = vals[0], statistics.mean(vals[-LAST:])
     text = f"{key} {start:.3f} -> {end:.3f}"
     if key == "reward_mean":

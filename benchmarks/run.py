@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from plans.metrics import FILE, read_metrics
+
 PROFILE = next(
     iter(sorted((Path(__file__).parents[1] / "estimator" / "profiles").glob("cpu-*.json"))), None
 )
@@ -68,12 +70,12 @@ def main() -> None:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        rows = read_metrics(run_dir / FILE)
         doc = json.loads(plan.read_text())
     steady = rows[1:] if len(rows) > 1 else rows  # the first iteration builds groups and plans
     exp = doc["experiment"]
-    it_s = statistics.median(r["iteration_s"] for r in steady)
-    tokens = statistics.median(r["response_len"] for r in steady) * exp["batch_size"]
+    it_s = statistics.median(r.iteration_s for r in steady)
+    tokens = statistics.median(r.stat("response_len") for r in steady) * exp["batch_size"]
     est = (doc.get("estimate") or {}).get("iteration_time_s")
     print(
         f"plan: {args.plan or args.experiment} on {args.workers} CPU workers; profile: "
@@ -84,14 +86,14 @@ def main() -> None:
         f"generated tokens/s {tokens / it_s:.0f}; trained tokens/s {tokens * exp['ppo_epochs'] * 2 / it_s:.0f}"
     )
     print("call           measured s  estimate s  ratio   realloc s")
-    for name in steady[0]["calls"]:
-        m = statistics.median(r["calls"][name]["compute_s"] for r in steady)
-        r_s = statistics.median(r["calls"][name]["realloc_s"] for r in steady)
-        e = steady[0]["calls"][name].get("estimate_s")
+    for name in steady[0].calls:
+        m = statistics.median(r.calls[name].compute_s for r in steady)
+        r_s = statistics.median(r.calls[name].realloc_s for r in steady)
+        e = steady[0].calls[name].estimate_s
         ratio = f"{m / e:5.2f}" if e else "    -"
         print(f"{name:<14} {m:10.3f}  {e if e is None else f'{e:10.3f}'}  {ratio}  {r_s:9.3f}")
     print(
-        f"reward: {rows[0]['reward_mean']:.3f} -> {rows[-1]['reward_mean']:.3f} over {len(rows)} iterations"
+        f"reward: {rows[0].stat('reward_mean'):.3f} -> {rows[-1].stat('reward_mean'):.3f} over {len(rows)} iterations"
     )
 
 

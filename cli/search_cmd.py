@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -32,9 +31,9 @@ def run_search(
     as_json: bool,
 ) -> None:
     from estimator import load_profile
-    from estimator.report import estimate_plan
+    from estimator.report import estimated_plan
     from planner.search import search
-    from plans import Plan, Provenance, load_experiment, save_plan
+    from plans import load_experiment, save_plan
     from plans.io import cluster_from_dict
 
     exp = load_experiment(experiment)
@@ -65,19 +64,16 @@ def run_search(
             seed=seed,
             progress=progress,
         )
-    plan = Plan(
-        cluster=cluster,
-        experiment=exp,
-        allocations=outcome.allocations,
-        provenance=Provenance(
-            method=outcome.method,
-            seed=seed,
-            search_time_s=round(outcome.search_time_s, 3),
-            tool_version=_tool_version(),
-            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        ),
+    plan = estimated_plan(
+        cluster,
+        exp,
+        outcome.allocations,
+        profile,
+        method=outcome.method,
+        seed=seed,
+        search_time_s=round(outcome.search_time_s, 3),
+        tool_version=_tool_version(),
     )
-    plan = plan.model_copy(update={"estimate": estimate_plan(plan, profile)})
     path = out_path or Path(f"{exp.name}-{nodes}x{gpus_per_node}{cluster.device}.plan.json")
     save_plan(plan, path)
     best_base = min(outcome.baselines.values())

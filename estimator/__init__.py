@@ -1,7 +1,7 @@
 """Cost model of RLHF plans: profiles, per-call time and memory, moves, and a simulator.
 
-Never imports torch (only `executor.profiling.profiler`, used by `rlhf-plan profile`, does) nor the
-planner. The API the search calls:
+Never imports torch, the executor or the planner (tests/unit/test_architecture.py checks it):
+measuring a profile is executor.profiling's job. The API the search calls:
 
     from estimator import CostModel, estimate_allocations, load_profile, analytic_profile
 
@@ -26,10 +26,11 @@ planner. The API the search calls:
 
 Build one CostModel per (cluster, experiment, profile) and reuse it: call and move costs are
 cached per (call, allocation), keyed first by object identity, so reusing the same Allocation
-objects across proposals is the fastest path. Memory of a plan counts, on every device, the
-largest weight shard of every model placed there by any call, optimizer states of trained
-models, and the running call's gradients, activations and KV cache (see estimator.memory).
-"""
+objects across proposals is the fastest path. Memory of a plan counts, on every device, each
+role's home shards (plus optimizer states of a trained role) and its copy in another layout
+less what the two share there (plans.residency says where copies exist and which roles host
+their home rows inside them), plus the running call's gradients, activations and KV cache
+(see estimator.memory)."""
 
 from estimator.cost import CallCost, CostModel
 from estimator.memory import CallMemory

@@ -133,7 +133,7 @@ def shared_weight_bytes(
     hosting: bool = True,
 ) -> dict[int, float]:
     """Device -> bytes of a role's copy in layout `copy` that are memory of its home layout
-    `home` on that device, as rlhf-run builds views (executor.realloc.move, executor.runtime.roles):
+    `home` on that device, as rlhf-run builds views (executor.realloc.move, plans.residency):
     a piece equal to a home piece is that very tensor; where one tp slice holds the other,
     the rows (q, k, v, gate, up, embedding, LM head) are shared too -- views into the home
     when the copy's slice is narrower, the home's rows living inside the copy when it is

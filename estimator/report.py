@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 
 from pydantic import BaseModel, Field
@@ -9,7 +10,16 @@ from pydantic import BaseModel, Field
 from estimator.cost import CostModel
 from estimator.profile import Profile
 from estimator.simulate import DEFAULT_ITERATIONS, SimResult, simulate
-from plans import CallEstimate, Plan, PlanError, PlanEstimate
+from plans import (
+    Allocation,
+    CallEstimate,
+    ClusterSpec,
+    ExperimentSpec,
+    Plan,
+    PlanError,
+    PlanEstimate,
+    Provenance,
+)
 
 GIB = 2**30
 
@@ -88,6 +98,24 @@ def estimate_plan(plan: Plan, profile: Profile | None = None) -> PlanEstimate:
     if not res.feasible:
         raise PlanError(f"the plan does not fit: {res.reason}", field="allocations")
     return _to_estimate(cm, res)
+
+
+def estimated_plan(
+    cluster: ClusterSpec,
+    experiment: ExperimentSpec,
+    allocations: dict[str, Allocation],
+    profile: Profile | None,
+    **provenance,
+) -> Plan:
+    """A plan of these allocations with its estimate and provenance (`created`: now)."""
+    created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    plan = Plan(
+        cluster=cluster,
+        experiment=experiment,
+        allocations=allocations,
+        provenance=Provenance(created=created, **provenance),
+    )
+    return plan.model_copy(update={"estimate": estimate_plan(plan, profile)})
 
 
 def _to_estimate(cm: CostModel, res: SimResult) -> PlanEstimate:

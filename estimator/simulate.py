@@ -1,10 +1,9 @@
 """Replay the unrolled call graph of a plan on its devices, as rlhf-run executes it.
 
 Every rank of rlhf-run walks the same global order of calls (plans.dataflow) and, for each call:
-1. brings the call's model into the call's layout: a role lives in a *home* layout (that of its
-   train call, or of its first call when frozen) and a call in another layout gets a copy
-   reallocated from home, kept until the layout changes again or the weights change (after the
-   train call); ranks of the home and target meshes take part and wait for each other;
+1. brings the call's model into the call's layout by the rules of plans.residency (a role's
+   home layout, views reallocated from it and kept until the layout changes again or the
+   weights change); ranks of the home and target meshes take part and wait for each other;
 2. waits for its inputs, then runs the call on the call's mesh;
 3. posts the outputs to every consumer's mesh (the whole batch to each of its ranks) without
    waiting: the transfer starts once the consumer's ranks have reached that point of the order
@@ -234,7 +233,7 @@ def _memory(cm, rules: Residency, calls, allocations, atoms, costs, bounds, res:
     """Plan-level memory: on each atom, every role's home shards (plus optimizer states of a
     trained role) and its largest copy in another layout, plus the running call's transient
     memory. rlhf-run keeps a role's home while a copy in another layout exists, and keeps the
-    copy's memory for the next one after the weights change (executor.runtime.roles), so on
+    copy's memory for the next one after the weights change (plans.residency), so on
     devices holding both it needs both -- less what the copy shares with the home there
     (estimator.memory.shared_weight_bytes; the least over the atom's devices)."""
     home = rules.home

@@ -118,7 +118,7 @@ def realloc_transfer(
                     # rows of column-parallel weights, embedding and head are views of it and
                     # only the column blocks of o/down are copied. Around a narrower slice
                     # (tp shrinks), the home shard's rows live inside the view's tensors
-                    # after the first view (executor.runtime.roles; with `hosting`), so
+                    # after the first view (plans.residency; with `hosting`), so
                     # again only o/down are copied. Else all is copied.
                     inside = interval[0] >= s_int[0] and interval[1] <= s_int[1]
                     around = s_int[0] >= interval[0] and s_int[1] <= interval[1]

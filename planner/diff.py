@@ -6,12 +6,7 @@ from typing import Any
 
 from planner.graph import build_graph, global_order
 from plans import Allocation, Plan
-
-
-def layout_key(alloc: Allocation) -> tuple:
-    """What decides where a model's parameter shards live (micro-batches and ZeRO-1 do not)."""
-    s = alloc.strategy
-    return alloc.mesh, s.dp, s.tp, s.pp
+from plans.residency import layout_key
 
 
 def reallocations(plan: Plan) -> set[tuple[str, str, str]]:

@@ -106,16 +106,11 @@ def generate(
     if fuse is None:
         fuse = model.spec.hidden_size <= FUSE_MAX_HIDDEN
     with fused_inference(model) if fuse else nullcontext(model):
-        return _generate(model, ctx, prompts, attention_mask, cfg)
+        return _decode(model, ctx, prompts, attention_mask, cfg)
 
 
-def _generate(
-    model: Transformer,
-    ctx: ParallelContext,
-    prompts: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    cfg: GenerationConfig,
-) -> GenerationOutput:
+def _decode(model, ctx, prompts, attention_mask, cfg) -> GenerationOutput:
+    """`generate` with the model's weights as decoding uses them."""
     big_b, p_len = prompts.shape
     lo, hi = split_range(big_b, ctx.dp_size, ctx.dp_rank)
     ids = prompts[lo:hi]

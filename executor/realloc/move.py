@@ -111,12 +111,12 @@ def post(
     if not (sends or recvs):
         _copy_all(local)
         return Pending([], [], None, timeout)
-    alloc = wire.fresh if buffers is None else _scratch_from(buffers)
-    ops, unpack, scratch = [], [], []
+    how = wire.Framing(
+        chunk, direct_bytes, wire.fresh if buffers is None else _scratch_from(buffers)
+    )
+    ops, unpack = [], []
     for peer, ts in sorted(recvs.items()):
-        peer_ops, peer_unpack = wire.recv(
-            [v for t in ts for v in write(t)], peer, chunk, direct_bytes, alloc, scratch
-        )
+        peer_ops, peer_unpack = wire.recv([v for t in ts for v in write(t)], peer, how)
         ops.extend(peer_ops)
         unpack.extend(peer_unpack)
     works: list = dist.batch_isend_irecv(ops) if ops and chunk else []
@@ -129,13 +129,11 @@ def post(
         copied = pool.submit(_copy_all, local)
         pool.shutdown(wait=False)  # the thread ends with its one task
     for peer, ts in sorted(sends.items()):
-        posted = wire.send(
-            [v for t in ts for v in read(t)], peer, chunk, direct_bytes, alloc, scratch
-        )
+        posted = wire.send([v for t in ts for v in read(t)], peer, how)
         (works if chunk else batch).extend(posted)
     if batch:
         works.extend(dist.batch_isend_irecv(batch))
-    return Pending(works, unpack, copied, timeout, scratch, buffers)
+    return Pending(works, unpack, copied, timeout, how.scratch, buffers)
 
 
 def _scratch_from(buffers: Buffers) -> wire.Alloc:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -29,6 +29,19 @@ contiguous copy of a strided source. The caller owns them again once the ops com
 
 def fresh(nbytes: int, device: torch.device) -> torch.Tensor:
     return torch.empty(nbytes, dtype=torch.uint8, device=device)
+
+
+@dataclass
+class Framing:
+    """How one move cuts its messages into ops, and where its scratch memory comes from."""
+
+    chunk: int | None
+    """Frame size in bytes; None: one op per message."""
+    direct: int
+    """Tensors from this many bytes on get frames of their own (with a chunk size)."""
+    alloc: Alloc = fresh
+    scratch: list[torch.Tensor] = field(default_factory=list)
+    """Every scratch tensor the move took from `alloc` (the caller gives them back)."""
 
 
 def offsets(like: Like) -> tuple[list[int], int]:
@@ -94,18 +107,11 @@ def _like(views: Sequence[torch.Tensor]) -> list[tuple[tuple[int, ...], torch.dt
     return [(tuple(v.shape), v.dtype) for v in views]
 
 
-def send(
-    views: Sequence[torch.Tensor],
-    peer: int,
-    chunk: int | None,
-    direct: int,
-    alloc: Alloc = fresh,
-    scratch: list[torch.Tensor] | None = None,
-) -> list[dist.P2POp] | list[dist.Work]:
+def send(views: Sequence[torch.Tensor], peer: int, how: Framing) -> list:
     """Send one message. With a chunk size each frame is posted (dist.isend) as soon as it is
-    ready and the works are returned; without, the ops are returned for one batch. Scratch
-    memory comes from `alloc` and is appended to `scratch`."""
-    scratch = [] if scratch is None else scratch
+    ready and the works are returned; without, the ops (dist.P2POp) are returned for one
+    batch."""
+    chunk, direct, alloc, scratch = how.chunk, how.direct, how.alloc, how.scratch
     like = _like(views)
     offs = offsets(like)[0]
     posted: list = []
@@ -141,18 +147,12 @@ def _contiguous_bytes(v: torch.Tensor, alloc: Alloc, scratch: list[torch.Tensor]
 
 
 def recv(
-    views: Sequence[torch.Tensor],
-    peer: int,
-    chunk: int | None,
-    direct: int,
-    alloc: Alloc = fresh,
-    scratch: list[torch.Tensor] | None = None,
+    views: Sequence[torch.Tensor], peer: int, how: Framing
 ) -> tuple[list[dist.P2POp], list[tuple[torch.Tensor, torch.Tensor]]]:
     """Receive one message into `views` (destination regions): ops to post, and (buffer
     region, destination) pairs to copy once they completed. Direct frames land in their
-    destination when it is contiguous; the rest share one compact buffer (from `alloc`,
-    appended to `scratch`)."""
-    scratch = [] if scratch is None else scratch
+    destination when it is contiguous; the rest share one compact buffer."""
+    chunk, direct, alloc, scratch = how.chunk, how.direct, how.alloc, how.scratch
     like = _like(views)
     offs = offsets(like)[0]
     fs = frames(like, chunk, direct)

@@ -1,19 +1,18 @@
-"""The models of a run, each with a home layout and temporary views in other layouts.
+"""The models of a run on this rank: each in its home layout, with a temporary view in another.
 
-A trained model lives in the layout of its train call, together with its optimizer; a frozen
-one in the layout of its first call. A call that wants the model in another layout gets a
-*view*: a copy built by reallocating the home shards (executor.realloc.move), kept until the model
-is needed in yet another layout or its weights change, then dropped. A dropped view's memory
-is kept (executor.realloc.move.Buffers) for the next view in the same layout -- every iteration
-rebuilds the generation view after the train step, and on a CPU filling fresh memory costs as
-much as the transfer -- so a role holds at most one view's memory outside its home, alive or
-kept, until `release_buffers()` or a view in another layout. On a CPU the kept memory also
-holds the move's scratch (receive buffers for o/down column blocks, packing frames).
-Where the view holds more of a tensor than the home does (tp shrinks: the view's whole q
-contains the home's rows), the home shard moves into the view's tensor at the first view
-and stays there: later views do not copy it, and the home's own copy is freed.
-Every rank of the world takes part in every reallocation call (ranks not concerned return at
-once), in the one global order of calls, which is what keeps point-to-point moves deadlock-free.
+Which layout is a role's home, when a call needs a view, when a view is dropped and whether
+the home rows may live inside the view are the rules of plans.residency (the simulator replays
+the same ones); this module carries them out. A view is built by reallocating the home shards
+(executor.realloc.move). A dropped view's memory is kept (executor.realloc.buffers.Buffers)
+for the next view in the same layout -- every iteration rebuilds the generation view after the
+train step, and on a CPU filling fresh memory costs as much as the transfer -- so a role holds
+at most one view's memory outside its home, alive or kept, until `release_buffers()` or a view
+in another layout. On a CPU the kept memory also holds the move's scratch (receive buffers for
+o/down column blocks, packing frames). A hosting role's home shard moves into the view's tensor
+at the first view and stays there: later views do not copy it, and the home's own copy is
+freed. Every rank of the world takes part in every reallocation call (ranks not concerned
+return at once), in the one global order of calls, which keeps point-to-point moves
+deadlock-free.
 """
 
 from __future__ import annotations
