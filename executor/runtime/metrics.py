@@ -14,9 +14,11 @@ run's rate when iterations overlap.
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch.distributed as dist
 
@@ -107,9 +109,23 @@ def _last_start_to_end(spans: list[tuple[float, float]]) -> float:
     return max(0.0, max(e for _, e in spans) - max(s for s, _ in spans))
 
 
+def strict_json(value: Any) -> Any:
+    """`value` with every non-finite float (a diverged loss, an inf ratio) as None: Python's
+    json would write NaN and Infinity, which strict readers (jq, JSON.parse, pandas with
+    the C parser) reject, losing the whole run's metrics over one bad number."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def append_row(out_dir: Path, row: dict) -> None:
+    line = json.dumps(strict_json(row), allow_nan=False)
     with open(out_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write(line + "\n")
 
 
 def truncate(out_dir: Path, done: int) -> None:
