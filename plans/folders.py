@@ -172,14 +172,12 @@ def _weight_files(folder: Path) -> dict[Path, set[str] | None]:
         wmap = doc.get("weight_map") if isinstance(doc, dict) else None
         if not isinstance(wmap, dict) or not all(isinstance(f, str) for f in wmap.values()):
             raise PlanError(f"{index}: no weight_map object of tensor -> file name")
-        files: dict[Path, set[str] | None] = {}
+        shards: dict[Path, set[str]] = {}
         for key, name in wmap.items():
             if Path(name).name != name:  # a shard must lie in the folder itself
                 raise PlanError(f"{index}: shard {name!r} is not a file name in the folder")
-            keys = files.setdefault(folder / name, set())
-            assert keys is not None
-            keys.add(key)
-        return files
+            shards.setdefault(folder / name, set()).add(key)
+        return dict(shards.items())
     return {f: None for f in sorted(folder.glob("*.safetensors"))}
 
 
@@ -296,8 +294,7 @@ def check_model_folders(specs: Mapping[str, ModelSpec]) -> None:
                 )
         except PlanError as e:
             raise PlanError(e.reason, field=f"roles.{role}.model") from None
-    folders = [s for s in specs.values() if s.checkpoint]
-    if not folders:
+    if not any(s.checkpoint for s in specs.values()):
         return  # presets and inline specs: tokenizer_for checks the byte tokenizer at run time
     source = tokenizer_folder(list(specs.values()))
     if source is None:

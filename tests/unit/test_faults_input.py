@@ -54,10 +54,9 @@ def ppo_doc() -> dict:
 
 
 def write(path: Path, doc: dict | str) -> Path:
+    """Text as given; a dict as JSON, with NaN and Infinity as Python writes them."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        doc if isinstance(doc, str) else json.dumps(doc)
-    )  # NaN/Infinity as Python writes them
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
     return path
 
 
@@ -257,17 +256,11 @@ def test_broken_model_folder_refused(tmp_path, hf, source, corrupt, names):
 # ---- paths relative to the experiment file -----------------------------------------------------
 def test_dataset_resolves_against_the_experiment_not_the_cwd(tmp_path):
     write(tmp_path / "prompts.jsonl", '{"prompt": "ab"}\n')  # in the cwd only
-    r = cli(
-        "plan_app",
-        "validate",
-        write(tmp_path / "exp" / "exp.json", {**ppo_doc(), "dataset": "prompts.jsonl"}),
-        cwd=tmp_path,
-    )
-    refused(r, "dataset", str(tmp_path / "exp" / "prompts.jsonl"))
-    write(tmp_path / "exp" / "prompts.jsonl", '{"prompt": "ab"}\n')
-    assert load_experiment(tmp_path / "exp" / "exp.json").dataset == str(
-        tmp_path / "exp" / "prompts.jsonl"
-    )
+    exp = write(tmp_path / "exp" / "exp.json", {**ppo_doc(), "dataset": "prompts.jsonl"})
+    beside = tmp_path / "exp" / "prompts.jsonl"
+    refused(cli("plan_app", "validate", exp, cwd=tmp_path), "dataset", str(beside))
+    write(beside, '{"prompt": "ab"}\n')
+    assert load_experiment(exp).dataset == str(beside)
 
 
 def test_missing_evaluation_data_refused(tmp_path):
@@ -341,48 +334,19 @@ def test_run_refuses_a_read_only_out(tmp_path):
 
 # ---- profiles ------------------------------------------------------------------------------------
 def test_search_refuses_a_cpu_profile_for_h100(tmp_path):
-    r = cli(
-        "plan_app",
-        "search",
-        "ppo-tiny",
-        "--device",
-        "h100",
-        "--profile",
-        CPU_PROFILE,
-        "--out",
-        tmp_path / "p.json",
-    )
+    args = "search ppo-tiny --device h100 --profile".split()
+    r = cli("plan_app", *args, CPU_PROFILE, "--out", tmp_path / "p.json")
     refused(r, "--profile", "'cpu'", "'h100'")
     assert not (tmp_path / "p.json").exists()
 
 
 def test_search_with_a_matching_or_overridden_profile(tmp_path):
-    common = ["--method", "symmetric", "--json", "--profile", CPU_PROFILE]
-    r = cli(
-        "plan_app",
-        "search",
-        "rm-tiny",
-        "--gpus-per-node",
-        "4",
-        "--device",
-        "cpu",
-        *common,
-        "--out",
-        tmp_path / "a.json",
-    )
-    assert r.returncode == 0, r.stderr
-    r = cli(
-        "plan_app",
-        "search",
-        "rm-tiny",
-        "--device",
-        "h100",
-        "--any-profile-device",
-        *common,
-        "--out",
-        tmp_path / "b.json",
-    )
-    assert r.returncode == 0, r.stderr
+    """The demo's way (a cpu profile, --device cpu) and an explicit override still plan."""
+    common = ["--method", "symmetric", "--json", "--profile", CPU_PROFILE, "--out"]
+    cpu = "search rm-tiny --gpus-per-node 4 --device cpu".split()
+    assert cli("plan_app", *cpu, *common, tmp_path / "a.json").returncode == 0
+    h100 = "search rm-tiny --device h100 --any-profile-device".split()
+    assert cli("plan_app", *h100, *common, tmp_path / "b.json").returncode == 0
 
 
 # ---- metrics -----------------------------------------------------------------------------------
@@ -403,3 +367,16 @@ def test_metrics_rows_are_strict_json(tmp_path):
     assert rows[1]["reward_mean"] is None and rows[1]["loss"] == [None, 1.0]
     assert load_metrics(tmp_path) == rows
     assert "1 iterations" in reward_curve(rows)
+
+
+# ---- the tokenizer fallback --------------------------------------------------------------------
+def test_byte_tokenizer_never_stands_in_for_a_large_vocabulary(hf):
+    from executor.hf_config import spec_from_folder
+    from executor.tokenizer import ByteTokenizer, tokenizer_for
+    from plans import PlanError
+    from plans.folders import BYTE_TOKENIZER_IDS
+
+    assert ByteTokenizer.vocab_size == BYTE_TOKENIZER_IDS
+    assert isinstance(tokenizer_for([spec_from_folder(hf / "one")]), ByteTokenizer)  # vocab 264
+    with pytest.raises(PlanError, match=r"vocab32k: no tokenizer files .* 32000"):
+        tokenizer_for([spec_from_folder(hf / "vocab32k")])
