@@ -41,7 +41,8 @@ class RoleSpec(_Section):
     """One model of the experiment."""
 
     model: ModelSpec | str = Field(
-        description="A preset name (tiny, small, llama2-7b, ...), a local HF folder, or an inline spec."
+        description="A preset name (tiny, small, llama2-7b, ...), a local HF folder (relative to "
+        "the experiment file), or an inline spec."
     )
     trainable: bool | None = Field(
         None, description="Whether the role trains; implied by the algorithm."
@@ -149,8 +150,8 @@ class EvalSpec(_Section):
     chain-of-thought prompts, scored by exact match of the extracted number."""
 
     dataset: str = Field(
-        description='JSONL with one {"question", "answer"} per line (answer: reasoning, then '
-        '"#### <number>"); `builtin:arithmetic` = generated word problems.'
+        description='JSONL (relative to the experiment file) with one {"question", "answer"} per '
+        'line (answer: reasoning, then "#### <number>"); `builtin:arithmetic` = generated word problems.'
     )
     every: int = Field(10, ge=1, description="Evaluate every N iterations (and after the last).")
     shots: int = Field(4, ge=0, le=64, description="Few-shot exemplars taken from the same file.")
@@ -194,8 +195,8 @@ class ExperimentSpec(BaseModel):
     )
     dataset: str | None = Field(
         None,
-        description="JSONL file of prompts, preference pairs, candidate lists or preference "
-        "trees (as the algorithm reads); None = the built-in synthetic task; `builtin:trees` = "
+        description="JSONL file (relative to the experiment file) of prompts, preference pairs, "
+        "candidate lists or preference trees (as the algorithm reads); None = the built-in synthetic task; `builtin:trees` = "
         "its tree-structured preference sets (reward-model training).",
     )
     reward_function: str | None = Field(
