@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from plans.errors import PlanError, from_validation_error
+from plans.strict import STRICT
 
 Head = Literal["lm", "value"]
 
@@ -18,7 +19,7 @@ class ModelSpec(BaseModel):
     plus the output head. Weights come from `checkpoint` (a local HF folder) or a seeded random
     initialisation when it is unset."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, **STRICT)
 
     name: str = Field(
         "custom", description="Label shown in tables: a preset name or a folder name."
@@ -248,10 +249,10 @@ def from_hf_folder(folder: str | Path, head: Head = "lm") -> ModelSpec:
         raise from_validation_error(e, prefix="model").with_source(str(cfg_path)) from None
 
 
-def resolve_model(
-    ref: str | ModelSpec | dict[str, Any], head: Head, base_dir: Path | None = None
-) -> ModelSpec:
-    """A preset name, a local HF folder, or an inline spec -> a ModelSpec with the given head."""
+def resolve_model(ref: str | ModelSpec | dict[str, Any], head: Head) -> ModelSpec:
+    """A preset name, a local HF folder, or an inline spec -> a ModelSpec with the given head.
+    A relative folder is taken as given: experiments resolve theirs against the experiment
+    file's folder first (plans.folders.resolve_experiment_paths)."""
     if isinstance(ref, ModelSpec):
         return ref if ref.head == head else ref.model_copy(update={"head": head})
     if isinstance(ref, dict):
@@ -259,8 +260,6 @@ def resolve_model(
     if ref in PRESETS:
         return preset(ref, head)
     path = Path(ref)
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
     if path.is_dir():
         return from_hf_folder(path, head)
     raise PlanError(
