@@ -61,6 +61,12 @@ def optimizer_bytes_per_param(dtype: str) -> int:
     return (0 if dtype == "float32" else 4) + 8
 
 
+GRAD_BYTES = 4
+"""Gradients accumulate and are reduced in fp32 whatever the weights' dtype
+(executor.parallel.grads.attach_main_grads for bf16), in one buffer that lives as long as
+the trained model."""
+
+
 @dataclass(frozen=True, slots=True)
 class CallMemory:
     """Bytes on the busiest device of one call's mesh, by kind."""
@@ -72,13 +78,19 @@ class CallMemory:
     kv_cache: float
 
     @property
+    def resident(self) -> float:
+        """Kept after the call: the weights, and a trained model's gradient buffer and
+        optimizer states (master weights and moments)."""
+        return self.weights + self.grads + self.optimizer
+
+    @property
     def transient(self) -> float:
         """Freed when the call ends."""
-        return self.grads + self.activations + self.kv_cache
+        return self.activations + self.kv_cache
 
     @property
     def total(self) -> float:
-        return self.weights + self.optimizer + self.transient
+        return self.resident + self.transient
 
     def breakdown(self) -> dict[str, float]:
         return {
@@ -106,12 +118,16 @@ def call_memory(mfc: MFC, alloc: Allocation, exp: ExperimentSpec) -> CallMemory:
     micro = -(-per_rank // s.micro_batches)
     grads = optimizer = activations = kv = 0.0
     if mfc.kind == "train":
-        grads = params * dt
+        grads = params * GRAD_BYTES
         optimizer = params * optimizer_bytes_per_param(exp.dtype) / (s.dp if s.zero1 else 1)
         # Saved tensors per token per block: norms/residuals (6h), q/k/v/attention out, MLP.
         per_token = (6 * h + 2 * qw + 2 * kvw + 4 * i_tp) * dt
+        # 1F1B (executor.parallel.pipeline): the first stage holds pp micro-batches at most.
         in_flight = min(s.micro_batches, s.pp)
-        activations = layers * micro * seq * per_token * in_flight
+        if s.recompute:  # block inputs of every micro-batch in flight, one block recomputed
+            activations = layers * micro * seq * h * dt * in_flight + micro * seq * per_token
+        else:
+            activations = layers * micro * seq * per_token * in_flight
         activations += micro * seq * vocab * 4 * 2  # fp32 logits and their gradient
     elif mfc.kind == "inference":
         activations = micro * seq * ((4 * h + 3 * i_tp + qw + 2 * kvw) * dt + vocab * 4)

@@ -171,6 +171,7 @@ class Worker:
         t2 = time.time()
         out = None
         if ctx.in_mesh:
+            model.recompute = m.kind == "train" and alloc.strategy.recompute
             env = CallEnv(
                 self.exp,
                 self.tok,
