@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from executor.data.batching import Batch
-from executor.data.sources import RewardFn, load_prompts, synthetic_prompts
+from executor.data.sources import RewardFn, epoch_order, load_prompts, synthetic_prompts
 from executor.data.tokenizer import Tokenizer, left_pad
 from executor.model import Transformer
 from executor.parallel.context import ParallelContext
@@ -67,8 +67,9 @@ class Program:
 
 class PromptSource:
     """The prompts of an iteration, tokenized and left-padded to exactly prompt_len: from a
-    JSONL file, else the built-in synthetic task. Each prompt is repeated `repeat` times in
-    consecutive rows (a GRPO group)."""
+    JSONL file (shuffled anew every epoch: executor.data.sources.epoch_order), else the
+    built-in synthetic task. Either way the prompts of an iteration are a function of (seed,
+    iteration). Each prompt is repeated `repeat` times in consecutive rows (a GRPO group)."""
 
     def __init__(self, exp: ExperimentSpec, tok: Tokenizer, path: str | None, repeat: int = 1):
         self.exp, self.tok, self.repeat = exp, tok, repeat
@@ -78,7 +79,7 @@ class PromptSource:
         n = self.exp.batch_size
         if self.rows is None:
             return synthetic_prompts(n, seed=self.exp.seed * 100_003 + it)
-        return [self.rows[(it * n + i) % len(self.rows)] for i in range(n)]
+        return [self.rows[i] for i in epoch_order(len(self.rows), self.exp.seed, it * n, n)]
 
     def batch(self, it: int) -> Batch:
         p = self.exp.prompt_len

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from executor.compute.schedule import scheduled
 from executor.compute.train import OptimConfig, make_optimizer
 from executor.data.sources import reward_function
 from executor.data.tokenizer import tokenizer_for
@@ -125,7 +126,8 @@ class Worker:
             o = self.exp.optimizer(role)
             # Clipping is train_step's argument (the role's grad_clip), not the optimizer's.
             cfg = OptimConfig(lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
-            opts[role] = make_optimizer(rm.model, cfg, rm.home_ctx, zero1=rm.home.strategy.zero1)
+            opt = make_optimizer(rm.model, cfg, rm.home_ctx, zero1=rm.home.strategy.zero1)
+            opts[role] = scheduled(opt, o)  # the schedule's position is in opt's state_dict
         return opts
 
     def _resume(self) -> int:
