@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from executor.parallel.zero import ZeroOneAdamW
+from executor.parallel.zero import MasterAdamW
 from plans import OptimizerSpec
 
 
@@ -19,9 +19,9 @@ class ScheduledOptimizer:
     `step` is the optimizer's step at the current rate, then the schedule's step to the next
     rate. With ZeRO-1 the schedule sets the rate of the AdamW over this rank's shares."""
 
-    def __init__(self, opt: torch.optim.Optimizer | ZeroOneAdamW, spec: OptimizerSpec):
+    def __init__(self, opt: torch.optim.Optimizer | MasterAdamW, spec: OptimizerSpec):
         self.opt = opt
-        inner = opt.inner if isinstance(opt, ZeroOneAdamW) else opt
+        inner = opt.inner if isinstance(opt, MasterAdamW) else opt
         assert all(g["lr"] == spec.lr for g in inner.param_groups), "built with spec.lr"
         # LambdaLR scales the optimizer's lr (spec.lr) by the factor of the step count.
         self.schedule = LambdaLR(inner, lambda step: spec.lr_at(step) / spec.lr)
@@ -46,8 +46,8 @@ class ScheduledOptimizer:
 
 
 def scheduled(
-    opt: torch.optim.Optimizer | ZeroOneAdamW, spec: OptimizerSpec
-) -> torch.optim.Optimizer | ZeroOneAdamW | ScheduledOptimizer:
+    opt: torch.optim.Optimizer | MasterAdamW, spec: OptimizerSpec
+) -> torch.optim.Optimizer | MasterAdamW | ScheduledOptimizer:
     """`opt` under the spec's schedule; a constant rate without warmup leaves it as it is
     (the same steps and the same checkpoint contents as before schedules existed)."""
     return ScheduledOptimizer(opt, spec) if spec.scheduled else opt

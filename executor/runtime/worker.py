@@ -173,7 +173,8 @@ class Worker:
         t2 = time.time()
         out = None
         if ctx.in_mesh:
-            model.recompute = m.kind == "train" and alloc.strategy.recompute
+            if model is not None:  # (a rule reward has no model)
+                model.recompute = m.kind == "train" and alloc.strategy.recompute
             env = CallEnv(
                 self.exp,
                 self.tok,

@@ -39,9 +39,11 @@ def _train(tp: int, dp: int, zero1: bool):
         train.train_step(model, ctx, opt, ragged_batch(), loss_fn, count_fn, n_micro=2).loss
         for _ in range(STEPS)
     ]
+    saved = opt.state_dict()
+    saved = saved.get("inner", saved)  # MasterAdamW: its AdamW's state next to the masters
     state_bytes = sum(
         t.numel() * t.element_size()
-        for s in opt.state_dict()["state"].values()
+        for s in saved["state"].values()
         for t in s.values()
         if torch.is_tensor(t) and t.dim() > 0
     )
