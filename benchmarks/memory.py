@@ -52,7 +52,7 @@ LAYOUTS = [
     (2, 1, 1, 1, True, False, "bfloat16"),
     (1, 1, 2, 4, False, False, "bfloat16"),
     (1, 1, 4, 4, False, True, "bfloat16"),
-    (1, 2, 1, 2, False, False, "bfloat16"),
+    (1, 2, 1, 2, False, False, "float32"),
 ]
 QUICK = [LAYOUTS[0], LAYOUTS[3], LAYOUTS[6], LAYOUTS[8]]
 

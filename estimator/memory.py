@@ -128,15 +128,21 @@ def train_activations(model: ModelSpec, s, tokens: float, vocab: float, dt: int)
     per_token = block_bytes_per_token(model, s.tp, dt)
     h, best = model.hidden_size, 0.0
     head = tokens * (vocab * 4 * 3 + 2 * h * dt + 4 * h)
-    # Backward through one block also holds its output's gradient and two MLP-wide ones.
-    rebuilt = tokens * (per_token + (2 * model.intermediate_size / s.tp + h) * dt)
+    # Backward through one block also holds its output's gradient and two MLP-wide ones (and
+    # a bf16 RMSNorm's fp32 gradient).
+    norm32 = 4 * h if dt != 4 else 0
+    backward = tokens * ((2 * model.intermediate_size / s.tp + h) * dt + norm32)
+    rebuilt = tokens * per_token + backward
     for p, n in enumerate(split_layers(model.num_hidden_layers, s.pp)):
         in_flight = min(s.micro_batches, s.pp - p)
         last = p == s.pp - 1
+        # A stage that sends on keeps each in-flight micro-batch's output for its backward
+        # and receives the gradient of one.
+        a = 0.0 if last else (in_flight + 1) * tokens * h * dt
         if s.recompute:  # the head's tensors are gone before the last block is rebuilt
-            a = n * tokens * h * dt * in_flight + max(rebuilt if n else 0.0, head if last else 0.0)
-        else:
-            a = n * tokens * per_token * in_flight + (head if last else 0.0)
+            a += n * tokens * h * dt * in_flight + max(rebuilt if n else 0.0, head if last else 0.0)
+        else:  # the head's tensors are gone before the first block's backward
+            a += n * tokens * per_token * in_flight + max(backward, head if last else 0.0)
         best = max(best, a)
     return best
 
