@@ -129,7 +129,7 @@ def run(
             out.print(reward_curve(rows), highlight=False)
             last = rows[-1]
             out.print(
-                f"last iteration: {last['iteration_s']:.2f} s, reallocation {last['realloc_s']:.3f} s; "
+                f"last iteration: {last.iteration_s:.2f} s, reallocation {last.realloc_s:.3f} s; "
                 f"metrics in {out_dir}/metrics.jsonl",
                 highlight=False,
             )
