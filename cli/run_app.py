@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +26,13 @@ def run(
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the last complete checkpoint in --out.")
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace the run already in --out (its metrics, checkpoints, final models).",
+        ),
     ] = False,
     checkpoint_every: Annotated[
         int, typer.Option(min=0, help="Save a checkpoint every N iterations (0: never).")
@@ -69,15 +78,8 @@ def run(
             f"rlhf-run runs {', '.join(PROGRAMS)} plans so far, not {p.experiment.algorithm}",
             field="experiment.algorithm",
         )
-    if resume:
-        from executor.runtime.checkpoints import latest
-
-        if out_dir is None:
-            raise PlanError("--resume needs the run folder given with --out", field="--resume")
-        if latest(out_dir, p.cluster.world_size) is None:
-            raise PlanError(
-                f"no complete checkpoint in {out_dir / 'checkpoints'}", field="--resume"
-            )
+    if resume and out_dir is None:
+        raise PlanError("--resume needs the run folder given with --out", field="--resume")
     estimate_plan(p)  # a plan that does not fit in memory stops here, naming the call
     # A bad dataset line is reported before any worker starts: the program reads its data.
     from executor.data.tokenizer import tokenizer_for
@@ -88,6 +90,13 @@ def run(
     if out_dir is None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out_dir = Path("runs") / f"{plan.stem}-{stamp}"
+    folder = None
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 keeps the folder
+        from executor.runtime.run_folder import open_run_folder
+
+        folder = open_run_folder(out_dir, p, str(data) if data else None, resume, overwrite)
+        for note in folder.notes:
+            err.print(f"rlhf-run: {note}", highlight=False)
     if not under_torchrun():
         err.print(
             f"rlhf-run: {p.cluster.world_size} workers, {iterations} iterations -> {out_dir}/metrics.jsonl",
@@ -103,10 +112,20 @@ def run(
             save_final=True,
             checkpoint_every=checkpoint_every,
             resume=resume,
+            resume_from=str(folder.resume_from) if folder and folder.resume_from else None,
         ),
         world=p.cluster.world_size,
         timeout_s=timeout,
     )
+    if code != 0:
+        from executor.runtime.run_folder import stopped_at, tidy
+
+        tidy(out_dir)  # a checkpoint the stop cut short
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        err.print(
+            f"rlhf-run: interrupted {stopped_at(out_dir, p.cluster.world_size)}", highlight=False
+        )
+        sys.exit(code)
     if code == 0 and not under_torchrun():
         from cli.common import out
         from cli.run_views import call_table, load_metrics, reward_curve
@@ -117,7 +136,7 @@ def run(
             out.print(reward_curve(rows), highlight=False)
             last = rows[-1]
             out.print(
-                f"last iteration: {last['iteration_s']:.2f} s, reallocation {last['realloc_s']:.3f} s; "
+                f"last iteration: {last.iteration_s:.2f} s, reallocation {last.realloc_s:.3f} s; "
                 f"metrics in {out_dir}/metrics.jsonl",
                 highlight=False,
             )
