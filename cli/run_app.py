@@ -47,7 +47,8 @@ def run(
     timeout: Annotated[
         float,
         typer.Option(
-            min=1, help="Collective timeout, seconds: a lost worker is reported within it."
+            min=1,
+            help="Seconds any wait may take: a lost or stopped worker is named within it (plus about 1 s).",
         ),
     ] = 120.0,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
@@ -121,6 +122,8 @@ def run(
         from executor.runtime.run_folder import stopped_at, tidy
 
         tidy(out_dir)  # a checkpoint the stop cut short
+        if sys.stdout.isatty():  # rank 0's live table may have gone with its cursor hidden
+            sys.stdout.write("\x1b[?25h\n")
     if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
         err.print(
             f"rlhf-run: interrupted {stopped_at(out_dir, p.cluster.world_size)}", highlight=False

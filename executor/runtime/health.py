@@ -14,13 +14,18 @@ peer that is gone. Counters, not timestamps, so clocks of different nodes never 
 
 from __future__ import annotations
 
+import linecache
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch.distributed as dist
 
 PREFIX = "health/"
+WAITS = ("torch/distributed/", "executor/runtime/health.py", "executor/runtime/launch.py")
+"""Code in which a worker's main thread waits for the others (or for news of them)."""
 
 
 class Health:
@@ -36,6 +41,7 @@ class Health:
         self.rank, self.world, self.interval = rank, world, interval
         self.on_abort = on_abort
         self._stop = threading.Event()
+        self._main = threading.get_ident()  # the thread that runs the worker
         self._beats = 0
         self._beat()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
@@ -43,7 +49,20 @@ class Health:
 
     def _beat(self) -> None:
         self._beats += 1
-        self.store.set(f"hb/{self.rank}", str(self._beats))
+        self.store.set(f"hb/{self.rank}", f"{self._beats} {self._where()}")
+
+    def _where(self) -> str:
+        """Whether the main thread waits (inside torch.distributed, or on a line calling a
+        wait) or is busy, and where: `wait|busy file:line function`."""
+        frame = sys._current_frames().get(self._main)
+        if frame is None:
+            return "gone"
+        code = frame.f_code
+        line = linecache.getline(code.co_filename, frame.f_lineno)
+        path = code.co_filename.replace("\\", "/")
+        waiting = any(p in path for p in WAITS) or "wait(" in line
+        state = "wait" if waiting else "busy"
+        return f"{state} {Path(code.co_filename).name}:{frame.f_lineno} in {code.co_name}"
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -82,7 +101,40 @@ class Health:
         if lost:
             return f"lost contact with rank(s) {', '.join(map(str, lost))}; stopping"
         failed = self.first_failed()
-        return "" if failed is None else f"stopped because rank {failed} failed"
+        if failed is not None:
+            return f"stopped because rank {failed} failed"
+        try:
+            if self.store.check(["stuck"]):
+                stuck = self.store.get("stuck").decode()
+                if str(self.rank) in stuck.split(", "):
+                    return "stopped: the other ranks gave up waiting for this one"
+                return f"stopped because rank(s) {stuck} did not answer in time"
+        except Exception:
+            pass
+        return ""
+
+    def stuck(self) -> dict[int, str]:
+        """Other ranks whose main thread was last seen outside a wait (so they are what the
+        others wait for: stuck, or much slower): rank -> where ("file:line in function")."""
+        out = {}
+        try:
+            for r in range(self.world):
+                key = f"hb/{r}"
+                if r != self.rank and self.store.check([key]):
+                    _, state, where = (self.store.get(key).decode().split(" ", 2) + ["", ""])[:3]
+                    if state == "busy":
+                        out[r] = where
+        except Exception:
+            pass
+        return out
+
+    def give_up(self, stuck: list[int]) -> None:
+        """This rank's wait ran out: stop every rank, naming the ones it waited for."""
+        try:
+            self.store.compare_set("stuck", "", ", ".join(map(str, stuck)) or "?")
+            self.store.set("abort", "1")
+        except Exception:
+            pass
 
     def said(self) -> None:
         """Record that this rank has said why it stops (the launcher need not name it)."""
@@ -122,8 +174,8 @@ class Health:
             deadline = time.monotonic() + wait
             while True:
                 dead = [r for r in range(self.world) if self.store.check([f"dead/{r}"])]
-                if dead or self.store.check(["first"]):
-                    return dead
+                if dead or self.store.check(["first"]) or wait <= 0:
+                    return dead  # no time to watch counters: only the marks count
                 if time.monotonic() >= deadline:
                     break
                 time.sleep(self.interval / 2)

@@ -120,7 +120,7 @@ def _aborted(rank: int, health: Health) -> None:
         os._exit(EXIT_LOST_PEER)
 
 
-def _failed(rank: int, health: Health, e: BaseException) -> int:
+def _failed(rank: int, health: Health, e: BaseException, timeout: timedelta) -> int:
     """This worker's one line about why it stops; returns its exit code."""
     if health.stopping():  # the launcher is stopping every worker: nothing to say
         return EXIT_LOST_PEER
@@ -135,6 +135,16 @@ def _failed(rank: int, health: Health, e: BaseException) -> int:
         why = health.cause()
         if why:
             _say(health, f"rank {rank}: {why}")
+            return EXIT_LOST_PEER
+        if "timeout" in str(e).lower() or "timed out" in str(e).lower():
+            stuck = health.stuck()
+            health.give_up(sorted(stuck))
+            t = f"{timeout.total_seconds():g} s"
+            if stuck:
+                who = "; ".join(f"rank {r} is at {where}" for r, where in sorted(stuck.items()))
+                _say(health, f"rank {rank}: waited {t} for rank(s) that did not answer ({who})")
+            else:
+                _say(health, f"rank {rank}: a wait for the other ranks timed out after {t}")
             return EXIT_LOST_PEER
     health.fail()  # a bug of ours: its traceback, once
     if _said.acquire(blocking=False):
@@ -165,7 +175,9 @@ def _run_worker(
         fn(WorkerEnv(rank, world, dev, store, health, timeout), task)
         dist.barrier()
     except BaseException as e:
-        return _failed(rank, health, e)  # no destroy_process_group: a broken group can hang it
+        return _failed(
+            rank, health, e, timeout
+        )  # no destroy_process_group: a broken group can hang it
     health.stop()
     try:
         dist.destroy_process_group()

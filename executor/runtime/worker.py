@@ -163,7 +163,15 @@ class Worker:
         self._evaluate(it, rec)
         self.board.post(it, rec.row(end, _peak_memory_mib(self.env.device)))
         every = self.task.checkpoint_every
-        if every and (it + 1) % every == 0:
+        save = bool(every and (it + 1) % every == 0)
+        if self.display is not None:
+            # Before a checkpoint, every row up to it is on disk (waiting here costs nothing:
+            # the save starts with a barrier), so a resume from it has all earlier rows.
+            last = it == self.task.iterations - 1
+            for row in self.board.merged(self.plan, block=save or last):
+                metrics.append_row(self.out_dir, row)
+                self.display.update(row)
+        if save:
             checkpoints.save(
                 self.out_dir,
                 it + 1,
@@ -174,10 +182,6 @@ class Worker:
                 self.tok,
                 self.data,
             )
-        if self.display is not None:
-            for row in self.board.merged(self.plan, block=it == self.task.iterations - 1):
-                metrics.append_row(self.out_dir, row)
-                self.display.update(row)
 
     def call(self, m: MFC, it: int, dataset: dict, rec: Iteration) -> None:
         """The four steps of one call on this rank (most do nothing off the call's mesh)."""
