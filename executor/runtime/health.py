@@ -49,7 +49,11 @@ class Health:
 
     def _beat(self) -> None:
         self._beats += 1
-        self.store.set(f"hb/{self.rank}", f"{self._beats} {self._where()}")
+        try:
+            where = self._where()
+        except Exception:  # never let a look at the main thread stop the heartbeat
+            where = "unknown ?"
+        self.store.set(f"hb/{self.rank}", f"{self._beats} {where}")
 
     def _where(self) -> str:
         """Whether the main thread waits (inside torch.distributed, or on a line calling a
@@ -57,12 +61,12 @@ class Health:
         frame = sys._current_frames().get(self._main)
         if frame is None:
             return "gone"
-        code = frame.f_code
-        line = linecache.getline(code.co_filename, frame.f_lineno)
+        code, lineno = frame.f_code, frame.f_lineno or 0  # None between some instructions
+        line = linecache.getline(code.co_filename, lineno)
         path = code.co_filename.replace("\\", "/")
         waiting = any(p in path for p in WAITS) or "wait(" in line
         state = "wait" if waiting else "busy"
-        return f"{state} {Path(code.co_filename).name}:{frame.f_lineno} in {code.co_name}"
+        return f"{state} {Path(code.co_filename).name}:{lineno} in {code.co_name}"
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
