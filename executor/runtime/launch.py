@@ -11,8 +11,8 @@ How a run ends (executor.runtime.health keeps the marks):
   a heartbeat, saying which rank failed. A worker that dies, or whose heartbeat stops for the
   timeout (a stopped or wedged process), is named by the launcher, which kills it and stops
   the others the same way. Every store operation and wait is bounded by the timeout.
-- Workers live only as long as the launcher: the kernel kills them when it exits (Linux
-  PR_SET_PDEATHSIG), and a watchdog thread checks the parent pid elsewhere.
+- Workers live only as long as the launcher (executor.runtime.lifeline): the kernel kills them
+  when it exits (Linux PR_SET_PDEATHSIG), and a watchdog thread checks the parent pid.
 - SIGINT and SIGTERM are the launcher's: workers ignore SIGINT (a terminal's Ctrl-C reaches the
   whole process group), the launcher stops them (SIGTERM, then SIGKILL after STOP_GRACE_S) and
   returns 130 or 143.
@@ -20,15 +20,13 @@ How a run ends (executor.runtime.health keeps the marks):
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -38,14 +36,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from executor.runtime.health import Health, Watch
+from executor.runtime.lifeline import STOP_GRACE_S, Signals, bind_to_parent, stop_workers
 from plans import PlanError
 
 WorkerFn = Callable[["WorkerEnv", Any], None]
 
 EXIT_LOST_PEER = 3
 EXIT_ERROR = 1
-STOP_GRACE_S = 5.0
-"""How long workers get to exit after SIGTERM before they are killed."""
 HEARTBEAT_S = 0.5
 
 
@@ -186,25 +183,6 @@ def _run_worker(
     return 0
 
 
-def _bind_to_parent(parent: int) -> None:
-    """Die with the launcher: the kernel sends SIGKILL when it exits (Linux), and a watchdog
-    thread checks the parent pid (everywhere, and for a launcher gone before the prctl)."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(HEARTBEAT_S)
-        os._exit(EXIT_LOST_PEER)
-
-    if os.getppid() != parent:
-        os._exit(EXIT_LOST_PEER)
-    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
-
-
 def _client(host: str, port: int, world: int, timeout: timedelta) -> dist.TCPStore:
     return dist.TCPStore(host, port, world, is_master=False, timeout=timeout)
 
@@ -219,7 +197,7 @@ def _spawned(
     device: str,
     parent: int,
 ) -> None:
-    _bind_to_parent(parent)
+    bind_to_parent(parent)
     timeout = timedelta(seconds=timeout_s)
     try:
         stores = (
@@ -258,78 +236,20 @@ def launch(
     ctx = mp.get_context("spawn")
     args = (world, store.port, fn, task, timeout_s, device, os.getpid())
     procs = [ctx.Process(target=_spawned, args=(r, *args)) for r in range(world)]
-    signals = _Signals()
+    signals = Signals()
     try:
         with signals.children_ignore_sigint():
             for p in procs:
                 p.start()
         return _supervise(procs, Watch(store, world, timeout_s), timeout_s, signals)
     finally:
-        _stop([p for p in procs if p.pid is not None], 0.0, signals)
+        stop_workers([p for p in procs if p.pid is not None], 0.0, signals)
         # A run stopped by a signal stays stopped: more Ctrl-C while the command says where
         # it stopped and exits are ignored (handled once).
         signals.restore(ignore=signals.signum is not None)
 
 
-class _Signals:
-    """SIGINT and SIGTERM while workers run: noted here, acted on by the supervising loop."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.count = 0
-        self._old: dict[int, Any] = {}
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for s in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(s) is not signal.SIG_IGN:  # e.g. a background job's SIGINT
-                self._old[s] = signal.signal(s, self._note)
-
-    def _note(self, signum: int, frame: Any) -> None:
-        self.signum = self.signum or signum
-        self.count += 1
-
-    @contextmanager
-    def children_ignore_sigint(self) -> Iterator[None]:
-        """Processes started inside are born ignoring SIGINT (an ignored signal stays ignored
-        across exec; a handler does not)."""
-        if signal.SIGINT not in self._old:
-            yield
-            return
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, self._note)
-
-    def restore(self, ignore: bool = False) -> None:
-        for s, handler in self._old.items():
-            signal.signal(s, signal.SIG_IGN if ignore else handler)
-        self._old.clear()
-
-
-def _stop(procs: list, grace: float, signals: _Signals) -> None:
-    """SIGTERM every live worker (and SIGCONT a stopped one), SIGKILL what is left after
-    `grace` seconds (at once on a second signal), and reap them all."""
-    for p in procs:
-        if p.is_alive():
-            for s in (signal.SIGTERM, signal.SIGCONT):
-                try:
-                    os.kill(p.pid, s)
-                except ProcessLookupError:
-                    pass
-    count = signals.count
-    deadline = time.monotonic() + grace
-    while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
-        if signals.count > count:
-            break
-        time.sleep(0.05)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-        p.join(timeout=10)
-
-
-def _supervise(procs: list, watch: Watch, timeout_s: float, signals: _Signals) -> int:
+def _supervise(procs: list, watch: Watch, timeout_s: float, signals: Signals) -> int:
     """Wait for the workers; name a dead or silent one and stop the others; on SIGINT or
     SIGTERM stop them all. Never waits forever."""
     blamed: dict[int, str] = {}  # rank -> why the launcher stopped the run because of it
@@ -340,7 +260,7 @@ def _supervise(procs: list, watch: Watch, timeout_s: float, signals: _Signals) -
     while any(p.is_alive() for p in procs):
         if signals.signum is not None:
             watch.stopping()
-            _stop(procs, STOP_GRACE_S, signals)
+            stop_workers(procs, STOP_GRACE_S, signals)
             return 128 + signals.signum
         now = time.monotonic()
         for r, p in enumerate(procs):
@@ -363,12 +283,12 @@ def _supervise(procs: list, watch: Watch, timeout_s: float, signals: _Signals) -
                     done.add(r)
                     first_failure = first_failure or now
                     watch.mark_dead(r)
-                    _stop([procs[r]], 0.0, signals)
+                    stop_workers([procs[r]], 0.0, signals)
         if first_failure and now - first_failure > timeout_s + 10:
             for r, p in enumerate(procs):
                 if p.is_alive():
                     blamed.setdefault(r, "did not stop after the others failed; killed")
-            _stop(procs, 0.0, signals)
+            stop_workers(procs, 0.0, signals)
         time.sleep(0.1)
     codes = [p.exitcode for p in procs]
     if not any(codes):

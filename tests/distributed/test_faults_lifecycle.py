@@ -262,14 +262,18 @@ def test_a_damaged_newest_checkpoint_is_skipped(tmp_path, plan, reference):
     assert f"skipped checkpoint {newest}: rank00001.pt is damaged" in err
 
 
-def test_out_that_is_a_file_is_refused(tmp_path, plan):
+def test_out_that_is_a_file_or_under_one_is_refused(tmp_path, plan):
+    """Found before any worker starts (a read-only folder is refused the same way, when the
+    lock file cannot be created: not testable as root, who may write anywhere)."""
     out = tmp_path / "run"
     out.write_text("not a folder")
-    run = Run(tmp_path, plan, "--iterations", "1", "--out", str(out))
-    code, _, err = run.finish()
-    assert code == 1
-    _clean(run, err)
-    assert "--out" in err and "is a file" in err
+    for target, words in ((out, "is a file"), (out / "sub", "Not a directory")):
+        run = Run(tmp_path, plan, "--iterations", "1", "--out", str(target))
+        code, _, err = run.finish()
+        assert code == 1
+        _clean(run, err)
+        (line,) = messages(err)
+        assert "--out" in line and words in line, line
     assert out.read_text() == "not a folder"
 
 
