@@ -103,7 +103,8 @@ class Worker:
         self.rule = reward_function(exp.reward_function) if exp.reward_function else None
         self.order = [node.mfc for node in unrolled(exp.algorithm, 1)]  # the global order
         self.out_dir = Path(task.out_dir)
-        self.data = checkpoints.data_source(self.program.data_path)
+        keeps = task.resume or task.checkpoint_every  # what checkpoints record: the data
+        self.data = checkpoints.data_source(self.program.data_path) if keeps else {}
         self.start = self._resume() if task.resume else 0  # before anything is written
         if env.rank == 0:
             try:
