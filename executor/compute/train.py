@@ -7,6 +7,7 @@ optimises exactly the same quantity and gets the same gradients."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +43,17 @@ class StepStats:
     """Global loss (sum over the batch / normaliser), the same on every rank of the mesh."""
     grad_norm: float
     """Global gradient norm before clipping."""
+
+
+class NonFiniteError(ArithmeticError):
+    """The loss or the gradient norm of a step is not finite; raised before the optimizer
+    step, so the weights (and every checkpoint) keep their last finite values. The same on
+    every rank of the mesh: the loss and the norm are global."""
+
+    def __init__(self, loss: float, grad_norm: float):
+        self.loss, self.grad_norm = loss, grad_norm
+        what = "the loss" if not math.isfinite(loss) else "the gradient norm"
+        super().__init__(f"{what} is not finite (loss {loss}, gradient norm {grad_norm})")
 
 
 def make_optimizer(
@@ -110,10 +122,13 @@ def train_step(
     grads.sync_tied_(model, ctx)
     grads.sum_dp_(model, ctx)
     norm = grads.global_grad_norm(model, ctx)
+    loss = global_loss(ctx, loss_sum)
+    if not (math.isfinite(loss) and math.isfinite(norm)):
+        raise NonFiniteError(loss, norm)
     if max_grad_norm is not None:
         grads.clip_(model, norm, max_grad_norm)
     optimizer.step()
-    return StepStats(loss=global_loss(ctx, loss_sum), grad_norm=norm)
+    return StepStats(loss=loss, grad_norm=norm)
 
 
 def global_loss(ctx: ParallelContext, loss_sum: torch.Tensor) -> float:
