@@ -1,6 +1,7 @@
-"""rlhf-run with learning-rate schedules: a run stopped and resumed mid-schedule ends bitwise
-where an uninterrupted one does (the schedule's position travels in the checkpoint), also for
-a ZeRO-1 home. Structured like test_runtime's resume test."""
+"""rlhf-run with learning-rate schedules and shuffled prompts: a run stopped and resumed
+mid-schedule ends bitwise where an uninterrupted one does (the schedule's position travels in
+the checkpoint; the data order is a function of seed and iteration), also for a ZeRO-1 home.
+Structured like test_runtime's resume test."""
 
 from __future__ import annotations
 
@@ -41,6 +42,18 @@ def test_resume_mid_schedule_matches_uninterrupted_run(tmp_path):
     for role, schedule in SCHEDULES.items():
         doc["experiment"]["roles"][role]["optimizer"].update(schedule)
     doc["allocations"]["critic_train"]["strategy"]["zero1"] = True  # the critic's home, dp 2
+    # Prompts from a file of 1.5 batches: every iteration's rows come from a new shuffled
+    # epoch order, and the resumed run must draw the same ones.
+    n = doc["experiment"]["batch_size"] * 3 // 2
+    prompts = tmp_path / "prompts.jsonl"
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt": letters[i % 26] * (1 + i % 5) + letters[(3 * i) % 26]}) + "\n"
+            for i in range(n)
+        )
+    )
+    doc["experiment"]["dataset"] = str(prompts)
     plan = plan_from_dict(doc)
     path = tmp_path / "plan.json"
     save_plan(plan, path)
