@@ -113,6 +113,14 @@ def search(
     profile_path: Annotated[
         Path | None, typer.Option("--profile", help="Measured profile JSON.")
     ] = None,
+    any_profile_device: Annotated[
+        bool,
+        typer.Option(
+            "--any-profile-device",
+            help="Accept a --profile measured on another device type than --device (its "
+            "timings then say little about the cluster).",
+        ),
+    ] = False,
     method: Annotated[
         Method, typer.Option(help="Search method or heuristic baseline.")
     ] = Method.mcmc,
@@ -133,6 +141,7 @@ def search(
         gpus_per_node,
         device,
         profile_path,
+        any_profile_device,
         method.value,
         time_limit,
         seed,
@@ -247,7 +256,10 @@ def validate(
         )
         kind = DocKind.plan if is_plan else DocKind.experiment
     if kind is DocKind.plan:
+        from plans.folders import check_plan_folders
+
         p = load_plan(path)
+        check_plan_folders(p, source=str(path))  # validate: can the plan run here?
         out.print(
             f"ok: {path}: {p.experiment.algorithm} plan, {len(p.allocations)} calls on "
             f"{p.cluster.label()}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -53,6 +54,7 @@ def run(
     from executor.runtime.worker import RunTask
     from executor.runtime.worker import run as worker
     from plans import PlanError, load_plan
+    from plans.folders import check_plan_folders
 
     p = load_plan(plan)
     if p.cluster.device != "cpu":
@@ -79,15 +81,25 @@ def run(
                 f"no complete checkpoint in {out_dir / 'checkpoints'}", field="--resume"
             )
     estimate_plan(p)  # a plan that does not fit in memory stops here, naming the call
-    # A bad dataset line is reported before any worker starts: the program reads its data.
+    # Everything the workers would read is read here first, so a broken input is one line
+    # before any worker starts, not a traceback in each of them.
+    exp = p.experiment
+    check_plan_folders(p, source=str(plan))
+    from executor.data.sources import reward_function
     from executor.data.tokenizer import tokenizer_for
+    from executor.programs.evaluate import Evaluation
     from executor.programs.registry import program_for
 
-    tok = tokenizer_for([p.experiment.model(r) for r in p.experiment.roles])
-    program_for(p.experiment, tok, str(data) if data else None).dataset(0)
+    tok = tokenizer_for([exp.model(r) for r in exp.roles])
+    program_for(exp, tok, str(data) if data else None).dataset(0)  # a bad dataset line
+    if exp.evaluation is not None:
+        Evaluation(exp.evaluation, tok, exp.model("actor").max_position_embeddings)
+    if exp.reward_function:
+        reward_function(exp.reward_function)
     if out_dir is None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out_dir = Path("runs") / f"{plan.stem}-{stamp}"
+    check_run_folder(out_dir)
     if not under_torchrun():
         err.print(
             f"rlhf-run: {p.cluster.world_size} workers, {iterations} iterations -> {out_dir}/metrics.jsonl",
@@ -122,6 +134,22 @@ def run(
                 highlight=False,
             )
     sys.exit(code)
+
+
+def check_run_folder(out: Path) -> None:
+    """The run folder can be created and written: found here rather than by rank 0 after
+    every worker has started and loaded its models."""
+    from plans import PlanError
+
+    if out.exists() and not out.is_dir():
+        raise PlanError(f"{out} is a file, not a folder", field="--out")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PlanError(f"{existing} is a file, so {out} cannot be created", field="--out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PlanError(f"{existing} is not writable", field="--out")
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ Scope = Literal["intra", "inter"]
 
 
 class _Doc(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ShardShape(_Doc):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from plans.strict import STRICT
+
 
 def is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
@@ -20,7 +22,7 @@ class DeviceMesh(BaseModel):
     `n_nodes` nodes starting at `node_start`. Inside one node the size is a power of two and
     the block is aligned to its size; a mesh spanning several nodes takes them whole."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, **STRICT)
 
     node_start: int = Field(0, ge=0, description="First node of the mesh.")
     n_nodes: int = Field(1, ge=1, description="Number of consecutive nodes.")
@@ -78,7 +80,7 @@ class DeviceMesh(BaseModel):
 class ParallelStrategy(BaseModel):
     """How a call's work is split over its mesh: dp x tp x pp == mesh size."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, **STRICT)
 
     dp: int = Field(
         1, ge=1, description="Data-parallel replicas; each takes a share of the sequences."
@@ -109,7 +111,7 @@ class ParallelStrategy(BaseModel):
 class Allocation(BaseModel):
     """The placement of one model function call."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, **STRICT)
 
     mesh: DeviceMesh = Field(description="Devices the call runs on.")
     strategy: ParallelStrategy = Field(description="Parallel strategy on that mesh.")

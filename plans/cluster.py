@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from plans.strict import STRICT
+
 
 class DeviceInfo(BaseModel):
     """Datasheet figures of one device type."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, **STRICT)
 
     peak_tflops: float = Field(description="Dense bf16 peak, TFLOP/s.")
     hbm_gbps: float = Field(description="Memory bandwidth, GB/s.")
@@ -58,7 +60,7 @@ class ClusterSpec(BaseModel):
     """Nodes of identical devices. Unset device figures are filled from the device table, so a
     saved plan always carries the numbers it was planned with."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, **STRICT)
 
     nodes: int = Field(1, ge=1, le=4096, description="Number of nodes.")
     gpus_per_node: int = Field(8, ge=1, le=64, description="Devices per node.")

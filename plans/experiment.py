@@ -6,18 +6,23 @@ ALGORITHMS.md in the design notes for the formulas.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from plans.algorithms import ALGORITHM_MFCS, MFC, ROLE_HEAD, Algorithm, mfcs, roles, trained_roles
 from plans.errors import PlanError
+from plans.folders import check_data_files, check_model_folders, resolve_experiment_paths
 from plans.model import ModelSpec, resolve_model
+from plans.strict import SEED_LIMIT, STRICT, FloatPair
+
+_NAME = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9._+\-]{0,99}")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, **STRICT)
 
 
 class OptimizerSpec(_Section):
@@ -26,7 +31,7 @@ class OptimizerSpec(_Section):
     lr: float = Field(
         1e-6, gt=0, description="Learning rate (OpenRLHF actor default 1e-6; critic 9e-6)."
     )
-    betas: tuple[float, float] = Field((0.9, 0.95), description="Adam betas (OpenRLHF default).")
+    betas: FloatPair = Field((0.9, 0.95), description="Adam betas (OpenRLHF default).")
     eps: float = Field(1e-8, gt=0, description="Adam epsilon.")
     weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
     grad_clip: float = Field(1.0, ge=0, description="Global gradient-norm clip; 0 disables it.")
@@ -36,7 +41,8 @@ class RoleSpec(_Section):
     """One model of the experiment."""
 
     model: ModelSpec | str = Field(
-        description="A preset name (tiny, small, llama2-7b, ...), a local HF folder, or an inline spec."
+        description="A preset name (tiny, small, llama2-7b, ...), a local HF folder (relative to "
+        "the experiment file), or an inline spec."
     )
     trainable: bool | None = Field(
         None, description="Whether the role trains; implied by the algorithm."
@@ -144,8 +150,8 @@ class EvalSpec(_Section):
     chain-of-thought prompts, scored by exact match of the extracted number."""
 
     dataset: str = Field(
-        description='JSONL with one {"question", "answer"} per line (answer: reasoning, then '
-        '"#### <number>"); `builtin:arithmetic` = generated word problems.'
+        description='JSONL (relative to the experiment file) with one {"question", "answer"} per '
+        'line (answer: reasoning, then "#### <number>"); `builtin:arithmetic` = generated word problems.'
     )
     every: int = Field(10, ge=1, description="Evaluate every N iterations (and after the last).")
     shots: int = Field(4, ge=0, le=64, description="Few-shot exemplars taken from the same file.")
@@ -156,9 +162,13 @@ class EvalSpec(_Section):
 class ExperimentSpec(BaseModel):
     """An RLHF experiment: everything but the placement."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, **STRICT)
 
-    name: str = Field("experiment", description="Label used in plans and run folders.")
+    name: str = Field(
+        "experiment",
+        description="Label used in plans and run folders, and in the default plan file name: "
+        "letters, digits and `._+-`, not starting with a dot.",
+    )
     algorithm: Algorithm = Field(description="ppo, grpo, remax, dpo, adpo or rm.")
     roles: dict[str, RoleSpec] = Field(
         description="Models by role: actor, critic, ref, reward as the algorithm needs."
@@ -171,14 +181,22 @@ class ExperimentSpec(BaseModel):
     group_size: int = Field(1, ge=1, le=4096, description="Samples per prompt (GRPO).")
     ppo_epochs: int = Field(1, ge=1, le=1000, description="Passes over each rollout batch.")
     mini_batches: int = Field(1, ge=1, le=1 << 20, description="Optimizer steps per pass.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "bfloat16", description="Weights and activations."
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "bfloat16",
+        description="Weights and activations (float16 needs loss scaling, which the trainer "
+        "does not have).",
     )
-    seed: int = Field(1, description="Seed of initialisation, data order and sampling.")
+    seed: int = Field(
+        1,
+        ge=0,
+        lt=SEED_LIMIT,
+        description="Seed of initialisation, data order and sampling (0 <= seed < 2**32: "
+        "derived seeds go to torch.Generator.manual_seed, which takes 64 bits).",
+    )
     dataset: str | None = Field(
         None,
-        description="JSONL file of prompts, preference pairs, candidate lists or preference "
-        "trees (as the algorithm reads); None = the built-in synthetic task; `builtin:trees` = "
+        description="JSONL file (relative to the experiment file) of prompts, preference pairs, "
+        "candidate lists or preference trees (as the algorithm reads); None = the built-in synthetic task; `builtin:trees` = "
         "its tree-structured preference sets (reward-model training).",
     )
     reward_function: str | None = Field(
@@ -203,12 +221,39 @@ class ExperimentSpec(BaseModel):
         None, description="Held-out exact-match evaluation of the actor every N iterations."
     )
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        # The name becomes a file name (rlhf-plan search's default plan path): `../../x`
+        # must not write outside the folder, and a leading dot would hide the file.
+        if not _NAME.fullmatch(name):
+            raise PlanError(
+                f"{name!r} is not a file-name-safe label (1-100 letters, digits and ._+-, "
+                "not starting with a dot)"
+            )
+        return name
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _no_float16(cls, dtype: Any) -> Any:
+        if dtype == "float16":  # said in words; the Literal alone would only list the others
+            raise PlanError(
+                "float16 needs loss scaling, which the trainer does not have; use bfloat16 "
+                "(same memory) or float32"
+            )
+        return dtype
+
     @model_validator(mode="before")
     @classmethod
     def _resolve_models(cls, data: Any, info: ValidationInfo) -> Any:
-        if not isinstance(data, dict) or not isinstance(data.get("roles"), dict):
+        if not isinstance(data, dict):
             return data
-        base = (info.context or {}).get("base_dir")
+        context = info.context or {}
+        data = resolve_experiment_paths(data, context.get("base_dir"))
+        if context.get("check_folders"):
+            check_data_files(data)
+        if not isinstance(data.get("roles"), dict):
+            return data
         algorithm = data.get("algorithm")
         train = (
             trained_roles(algorithm)
@@ -232,12 +277,20 @@ class ExperimentSpec(BaseModel):
                     )
                 if isinstance(ref, str | dict | ModelSpec):
                     try:
-                        spec = {**spec, "model": resolve_model(ref, head, base)}
+                        spec = {**spec, "model": resolve_model(ref, head)}
                     except PlanError as e:
                         raise PlanError(e.reason, field=f"roles.{role}.model") from None
             if isinstance(spec, dict) and train is not None:
                 spec.setdefault("trainable", role in train)
             resolved[role] = spec
+        if context.get("check_folders"):  # experiment documents; plans: rlhf-run checks them
+            check_model_folders(
+                {
+                    r: s["model"]
+                    for r, s in resolved.items()
+                    if isinstance(s, dict) and isinstance(s.get("model"), ModelSpec)
+                }
+            )
         return {**data, "roles": resolved}
 
     @model_validator(mode="after")
@@ -317,5 +370,6 @@ class ExperimentSpec(BaseModel):
 
 
 def base_dir_context(path: str | Path | None) -> dict[str, Any]:
-    """Validation context that resolves relative model folders against a file's directory."""
-    return {"base_dir": Path(path).parent if path else None}
+    """Validation context of an experiment document: relative paths resolve against its
+    file's folder, and model folders are opened and checked (plans.folders)."""
+    return {"base_dir": Path(path).parent if path else None, "check_folders": True}

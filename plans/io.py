@@ -92,7 +92,9 @@ def write_json_atomic(doc: Any, path: Path) -> None:
 def experiment_from_dict(
     doc: Any, source: str | None = None, base_dir: Path | None = None
 ) -> ExperimentSpec:
-    return _validate(ExperimentSpec, doc, source, context={"base_dir": base_dir})
+    return _validate(
+        ExperimentSpec, doc, source, context={"base_dir": base_dir, "check_folders": True}
+    )
 
 
 def load_experiment(ref: str | Path) -> ExperimentSpec:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from plans.errors import PlanError, from_validation_error
 from plans.hf_folder import read_hf_config
 from plans.presets import PRESETS
+from plans.strict import STRICT
 
 Head = Literal["lm", "value"]
 Architecture = Literal["llama", "mistral", "qwen2", "qwen3"]
@@ -20,7 +21,7 @@ class RopeScaling(BaseModel):
     """A RoPE frequency rescaling (HF `rope_scaling` / `rope_parameters` without its theta).
     A frozen model, not a dict, so a ModelSpec stays hashable (the search caches on it)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, **STRICT)
 
     rope_type: Literal["linear", "llama3", "yarn"] = Field(
         description="`linear`: positions divided by `factor`; `llama3`: Llama 3.1's band-wise "
@@ -85,7 +86,7 @@ class ModelSpec(BaseModel):
     Hugging Face `config.json` that change its numerics, plus the output head. Weights come
     from `checkpoint` (a local HF folder) or a seeded random initialisation when it is unset."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, **STRICT)
 
     name: str = Field(
         "custom", description="Label shown in tables: a preset name or a folder name."
@@ -280,10 +281,10 @@ def from_hf_folder(folder: str | Path, head: Head = "lm") -> ModelSpec:
         ) from None
 
 
-def resolve_model(
-    ref: str | ModelSpec | dict[str, Any], head: Head, base_dir: Path | None = None
-) -> ModelSpec:
-    """A preset name, a local HF folder, or an inline spec -> a ModelSpec with the given head."""
+def resolve_model(ref: str | ModelSpec | dict[str, Any], head: Head) -> ModelSpec:
+    """A preset name, a local HF folder, or an inline spec -> a ModelSpec with the given head.
+    A relative folder is taken as given: experiments resolve theirs against the experiment
+    file's folder first (plans.folders.resolve_experiment_paths)."""
     if isinstance(ref, ModelSpec):
         return ref if ref.head == head else ref.model_copy(update={"head": head})
     if isinstance(ref, dict):
@@ -291,8 +292,6 @@ def resolve_model(
     if ref in PRESETS:
         return preset(ref, head)
     path = Path(ref)
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
     if path.is_dir():
         return from_hf_folder(path, head)
     raise PlanError(

@@ -9,6 +9,7 @@ from plans.allocation import Allocation
 from plans.cluster import ClusterSpec
 from plans.errors import PlanError
 from plans.experiment import ExperimentSpec
+from plans.strict import STRICT
 
 FORMAT_VERSION = 1
 
@@ -16,7 +17,7 @@ FORMAT_VERSION = 1
 class CallEstimate(BaseModel):
     """The cost model's figures for one call."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", **STRICT)
 
     time_s: float = Field(ge=0, description="Estimated wall time of the call, seconds.")
     peak_memory_gib: float = Field(
@@ -27,7 +28,7 @@ class CallEstimate(BaseModel):
 class PlanEstimate(BaseModel):
     """What the planner's cost model predicted when the plan was written."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", **STRICT)
 
     iteration_time_s: float = Field(
         ge=0, description="Steady-state time of one iteration, seconds."
@@ -47,7 +48,7 @@ class PlanEstimate(BaseModel):
 class Provenance(BaseModel):
     """How the plan was made."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", **STRICT)
 
     method: str = Field(
         "manual", description="mcmc, exhaustive, symmetric, separated, megatron or manual."
@@ -63,7 +64,7 @@ class Provenance(BaseModel):
 class Plan(BaseModel):
     """A self-contained, executable placement of one RLHF experiment on one cluster."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", **STRICT)
 
     format_version: int = Field(FORMAT_VERSION, description="Plan file format version.")
     cluster: ClusterSpec = Field(description="The target cluster.")

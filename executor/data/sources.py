@@ -95,11 +95,13 @@ def reward_function(ref: str) -> RewardFn:
         return digit_reward
     module, _, name = ref.partition(":")
     if not module or not name:
-        raise PlanError(f"{ref!r} is not of the form module:function", field="reward")
+        raise PlanError(f"{ref!r} is not of the form module:function", field="reward_function")
     try:
         fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
-        raise PlanError(f"cannot load reward function {ref!r}: {e}", field="reward") from None
+        raise PlanError(
+            f"cannot load reward function {ref!r}: {e}", field="reward_function"
+        ) from None
     if not callable(fn):
-        raise PlanError(f"{ref!r} is not callable", field="reward")
+        raise PlanError(f"{ref!r} is not callable", field="reward_function")
     return fn

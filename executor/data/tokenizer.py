@@ -8,6 +8,8 @@ from typing import Protocol
 
 import torch
 
+from plans.folders import byte_tokenizer_misfit, tokenizer_folder
+
 
 class Tokenizer(Protocol):
     bos_token_id: int | None
@@ -21,7 +23,7 @@ class Tokenizer(Protocol):
 
 
 class ByteTokenizer:
-    """UTF-8 bytes are ids 0-255; then bos, eos, pad."""
+    """UTF-8 bytes are ids 0-255; then bos, eos, pad (plans.folders.BYTE_TOKENIZER_IDS)."""
 
     bos_token_id = 256
     eos_token_id = 257
@@ -60,21 +62,29 @@ class HFTokenizer:
         return self.tok.decode(ids, skip_special_tokens=True)
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-
-
 def tokenizer_for(specs) -> Tokenizer:
     """The run's tokenizer: the HF tokenizer saved in the first model folder that has one (all
     roles must share a vocabulary), else the built-in byte tokenizer. Its ids must fit every
-    model's vocabulary."""
+    model's vocabulary, and the byte tokenizer never stands in for the tokenizer a model
+    folder's vocabulary says it was trained with (plans.folders.byte_tokenizer_misfit)."""
     from plans import PlanError
 
-    tok: Tokenizer = ByteTokenizer()
-    for spec in specs:
-        folder = Path(spec.checkpoint) if spec.checkpoint else None
-        if folder is not None and any((folder / f).exists() for f in TOKENIZER_FILES):
+    specs = list(specs)
+    folder = tokenizer_folder(specs)
+    tok: Tokenizer
+    if folder is not None:
+        try:
             tok = HFTokenizer(folder)
-            break
+        except Exception as e:  # transformers raises anything from OSError to TypeError
+            msg = " ".join(str(e).split())[:200]
+            raise PlanError(
+                f"{folder}: cannot load the tokenizer: {type(e).__name__}: {msg}", field="roles"
+            ) from None
+    else:
+        for spec in specs:
+            if (why := byte_tokenizer_misfit(spec)) is not None:
+                raise PlanError(why, field="roles")
+        tok = ByteTokenizer()
     for spec in specs:
         if tok.vocab_size > spec.vocab_size:
             raise PlanError(

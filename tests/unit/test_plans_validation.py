@@ -8,6 +8,8 @@ import json
 import pytest
 
 from plans import PlanError, example_path, experiment_from_dict, load_plan, plan_from_dict
+from plans.model import from_hf_folder
+from tests.folders_util import write_zero_weights
 
 BASE = json.loads(example_path("ppo-tiny-4cpu", "plan").read_text())
 
@@ -164,11 +166,13 @@ def test_hf_folder_as_model(tmp_path):
         "intermediate_size": 64,
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
-        "vocab_size": 100,
+        "vocab_size": 264,
         "max_position_embeddings": 128,
         "torch_dtype": "float32",
     }
     (folder / "config.json").write_text(json.dumps(cfg))
+    # A folder's weights are loaded and checked (plans.folders), so it needs some.
+    write_zero_weights(folder, from_hf_folder(folder))
     exp = copy.deepcopy(BASE["experiment"])
     exp["roles"]["actor"] = {"model": "my-model"}
     spec = experiment_from_dict(exp, base_dir=tmp_path).model("actor")
