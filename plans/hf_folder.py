@@ -160,6 +160,18 @@ class _Reader:
             raise self.refuse(
                 key, f"RoPE type {kind!r} is not implemented (default, linear, llama3, yarn are)"
             )
+        # Checked here, so the refusal names the key the file spells it under.
+        from pydantic import ValidationError
+
+        from plans.errors import from_validation_error
+        from plans.model import RopeScaling  # plans.model imports this module first
+
+        try:
+            RopeScaling.model_validate(scaling)
+        except ValidationError as e:
+            problem = from_validation_error(e)
+            where = f"{problem.field}: " if problem.field else ""
+            raise self.refuse(key, f"{where}{problem.reason}") from None
         return {"rope_theta": float(theta), "rope_scaling": scaling}
 
     def fields(self) -> dict[str, Any]:
@@ -171,8 +183,10 @@ class _Reader:
                 raise self.refuse(key, "required")
             out[key] = self.typed(key, int, cfg[key])
         defaults = {**_COMMON_DEFAULTS, **_DEFAULTS[family]}
-        if family == "qwen3" and "head_dim" in cfg and cfg["head_dim"] is None:
-            raise self.refuse("head_dim", "Qwen3 needs an explicit head width")
+        # null where the family's config class takes no None (transformers refuses it too)
+        for fam, key in (("qwen3", "head_dim"), ("mistral", "num_key_value_heads")):
+            if family == fam and key in cfg and cfg[key] is None:
+                raise self.refuse(key, f"{family} needs an integer here")
         for key in _OPTIONAL_INT:
             value = cfg.get(key, defaults.get(key))
             if key == "num_key_value_heads" and key not in cfg:
