@@ -52,6 +52,8 @@ def stage_params(model: ModelSpec, tp: int, pp: int) -> list[float]:
             params += model.embedding_params() / tp
         if p == pp - 1:
             head = model.head_params() - h  # the projection: LM head split over tp
+            if model.tie_word_embeddings and model.head == "lm" and pp > 1:
+                head = model.embedding_params()  # tied, the last stage keeps its own copy
             params += h + (head / tp if model.head == "lm" else head)
         out.append(params)
     return out
