@@ -90,7 +90,7 @@ def run(
     from executor.programs.evaluate import Evaluation
     from executor.programs.registry import program_for
 
-    tok = tokenizer_for([exp.model(r) for r in exp.roles])
+    tok = tokenizer_for([exp.model(r) for r in exp.roles], exp.tokenizer)
     program_for(exp, tok, str(data) if data else None).dataset(0)  # a bad dataset line
     if exp.evaluation is not None:
         Evaluation(exp.evaluation, tok, exp.model("actor").max_position_embeddings)
@@ -129,7 +129,7 @@ def run(
             out.print(reward_curve(rows), highlight=False)
             last = rows[-1]
             out.print(
-                f"last iteration: {last['iteration_s']:.2f} s, reallocation {last['realloc_s']:.3f} s; "
+                f"last iteration: {last.iteration_s:.2f} s, reallocation {last.realloc_s:.3f} s; "
                 f"metrics in {out_dir}/metrics.jsonl",
                 highlight=False,
             )

@@ -220,6 +220,11 @@ class ExperimentSpec(BaseModel):
     evaluation: EvalSpec | None = Field(
         None, description="Held-out exact-match evaluation of the actor every N iterations."
     )
+    tokenizer: str | None = Field(
+        None,
+        description="A Hugging Face tokenizer folder for every role; None = the tokenizer in the "
+        "model folders (they must agree), else the built-in byte tokenizer.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -289,7 +294,8 @@ class ExperimentSpec(BaseModel):
                     r: s["model"]
                     for r, s in resolved.items()
                     if isinstance(s, dict) and isinstance(s.get("model"), ModelSpec)
-                }
+                },
+                data.get("tokenizer") if isinstance(data.get("tokenizer"), str) else None,
             )
         return {**data, "roles": resolved}
 
