@@ -195,14 +195,16 @@ class ExperimentSpec(BaseModel):
     )
     dataset: str | None = Field(
         None,
-        description="JSONL file (relative to the experiment file) of prompts, preference pairs, "
+        description="JSONL file (relative to the experiment file) of prompts (JSONL or Parquet "
+        "rows with `prompt` text or chat `messages`, optional `answer`), preference pairs, "
         "candidate lists or preference trees (as the algorithm reads); None = the built-in synthetic task; `builtin:trees` = "
         "its tree-structured preference sets (reward-model training).",
     )
     reward_function: str | None = Field(
         None,
-        description="Rule reward `module:function` (prompt, response) -> float, or `builtin:digits` "
-        "(the synthetic task's rule), scored on the reward call's devices instead of the reward model.",
+        description="Rule reward `module:function` (prompt, response[, answer]) -> float, "
+        "`builtin:digits` (the synthetic task's rule) or `builtin:math` (the final `####` or "
+        "\\boxed{} answer against the row's `answer`), scored on the reward call's devices instead of the reward model.",
     )
     generation: GenerationSpec = Field(
         default_factory=GenerationSpec, description="Sampling settings."
