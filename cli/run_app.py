@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -26,6 +27,13 @@ def run(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the last complete checkpoint in --out.")
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace the run already in --out (its metrics, checkpoints, final models).",
+        ),
+    ] = False,
     checkpoint_every: Annotated[
         int, typer.Option(min=0, help="Save a checkpoint every N iterations (0: never).")
     ] = 10,
@@ -39,7 +47,8 @@ def run(
     timeout: Annotated[
         float,
         typer.Option(
-            min=1, help="Collective timeout, seconds: a lost worker is reported within it."
+            min=1,
+            help="Seconds any wait may take: a lost or stopped worker is named within it (plus about 1 s).",
         ),
     ] = 120.0,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
@@ -71,15 +80,8 @@ def run(
             f"rlhf-run runs {', '.join(PROGRAMS)} plans so far, not {p.experiment.algorithm}",
             field="experiment.algorithm",
         )
-    if resume:
-        from executor.runtime.checkpoints import latest
-
-        if out_dir is None:
-            raise PlanError("--resume needs the run folder given with --out", field="--resume")
-        if latest(out_dir, p.cluster.world_size) is None:
-            raise PlanError(
-                f"no complete checkpoint in {out_dir / 'checkpoints'}", field="--resume"
-            )
+    if resume and out_dir is None:
+        raise PlanError("--resume needs the run folder given with --out", field="--resume")
     estimate_plan(p)  # a plan that does not fit in memory stops here, naming the call
     # Everything the workers would read is read here first, so a broken input is one line
     # before any worker starts, not a traceback in each of them.
@@ -99,7 +101,13 @@ def run(
     if out_dir is None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out_dir = Path("runs") / f"{plan.stem}-{stamp}"
-    check_run_folder(out_dir)
+    folder = None
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 keeps the folder
+        from executor.runtime.run_folder import open_run_folder
+
+        folder = open_run_folder(out_dir, p, str(data) if data else None, resume, overwrite)
+        for note in folder.notes:
+            err.print(f"rlhf-run: {note}", highlight=False)
     if not under_torchrun():
         err.print(
             f"rlhf-run: {p.cluster.world_size} workers, {iterations} iterations -> {out_dir}/metrics.jsonl",
@@ -115,10 +123,22 @@ def run(
             save_final=True,
             checkpoint_every=checkpoint_every,
             resume=resume,
+            resume_from=str(folder.resume_from) if folder and folder.resume_from else None,
         ),
         world=p.cluster.world_size,
         timeout_s=timeout,
     )
+    if code != 0:
+        from executor.runtime.run_folder import stopped_at, tidy
+
+        tidy(out_dir)  # a checkpoint the stop cut short
+        if sys.stdout.isatty():  # rank 0's live table may have gone with its cursor hidden
+            sys.stdout.write("\x1b[?25h\n")
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        err.print(
+            f"rlhf-run: interrupted {stopped_at(out_dir, p.cluster.world_size)}", highlight=False
+        )
+        sys.exit(code)
     if code == 0 and not under_torchrun():
         from cli.common import out
         from cli.run_views import call_table, load_metrics, reward_curve
@@ -134,22 +154,6 @@ def run(
                 highlight=False,
             )
     sys.exit(code)
-
-
-def check_run_folder(out: Path) -> None:
-    """The run folder can be created and written: found here rather than by rank 0 after
-    every worker has started and loaded its models."""
-    from plans import PlanError
-
-    if out.exists() and not out.is_dir():
-        raise PlanError(f"{out} is a file, not a folder", field="--out")
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise PlanError(f"{existing} is a file, so {out} cannot be created", field="--out")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PlanError(f"{existing} is not writable", field="--out")
 
 
 def main() -> None:

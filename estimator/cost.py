@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 
 from estimator.lookup import ProfileLookup
-from estimator.memory import CallMemory, call_memory, split_layers, stage_params
+from estimator.memory import GRAD_BYTES, CallMemory, call_memory, split_layers, stage_params
 from estimator.profile import Profile, analytic_profile
 from estimator.shapes import DTYPE_BYTES, shard_shape
 from estimator.transfer import Transfer, data_transfer, realloc_transfer
@@ -220,7 +220,13 @@ class CostModel:
         stage = self._stage_ops(model, s, ops, micro, seq, seq)
         passes = 2 if train else 1
         layers = max(split_layers(model.num_hidden_layers, s.pp))
+        if train and s.recompute:  # every block's forward once more, all-reduces included
+            shape = shard_shape(model, s.tp, self.dt)
+            stage += layers * self.lookup.op_time("block_fwd", shape, micro, seq)
+            passes = 3
         tp, pp = self._comm(model, alloc, micro * seq, passes, stage / (2 * passes * layers))
+        if train and s.recompute:
+            pp *= 2 / 3  # the recomputed forward sends nothing between stages
         per_micro = stage + tp + pp
         steps = exp.ppo_epochs * exp.mini_batches if train else 1
         out = {
@@ -241,20 +247,22 @@ class CostModel:
         return out, n_passes
 
     def _dp_sync(self, model, alloc: Allocation, after_s: float) -> float:
-        """As executor.parallel.grads and executor.parallel.zero do it: the gradients are views of one flat
-        buffer kept across steps, all-reduced over dp in place; with ZeRO-1 each rank then
-        updates its share and every parameter tensor is all-gathered back (one call each)."""
+        """As executor.parallel.grads and executor.parallel.zero do it: the gradients are views
+        of one flat fp32 buffer kept across steps, all-reduced over dp in place; with ZeRO-1
+        each rank then updates its share and every parameter tensor is all-gathered back in
+        the weights' dtype (one call each)."""
         s = alloc.strategy
         if s.dp == 1:
             return 0.0
         _, dp_scope, _ = scopes(alloc, self.cluster.gpus_per_node)
-        grad_bytes = max(stage_params(model, s.tp, s.pp)) * self.dt
+        params = max(stage_params(model, s.tp, s.pp))
         lk = self.lookup
-        t = lk.collective_time("all_reduce", s.dp, dp_scope, grad_bytes, after_s)
+        t = lk.collective_time("all_reduce", s.dp, dp_scope, params * GRAD_BYTES, after_s)
         if s.zero1:
             tensors = 9 * max(split_layers(model.num_hidden_layers, s.pp)) + 3
-            gather = lk.collective_time("all_gather", s.dp, dp_scope, grad_bytes / tensors)
-            t += tensors * gather + 2 * grad_bytes / lk.mem_bw
+            weight_bytes = params * self.dt
+            gather = lk.collective_time("all_gather", s.dp, dp_scope, weight_bytes / tensors)
+            t += tensors * gather + 2 * weight_bytes / lk.mem_bw
         return t
 
     def _generate(self, mfc: MFC, alloc: Allocation) -> tuple[dict[str, float], int]:

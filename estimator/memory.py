@@ -64,6 +64,12 @@ def optimizer_bytes_per_param(dtype: str) -> int:
     return (0 if dtype == "float32" else 4) + 8
 
 
+GRAD_BYTES = 4
+"""Gradients accumulate and are reduced in fp32 whatever the weights' dtype
+(executor.parallel.grads.attach_main_grads for bf16), in one buffer that lives as long as
+the trained model."""
+
+
 @dataclass(frozen=True, slots=True)
 class CallMemory:
     """Bytes on the busiest device of one call's mesh, by kind."""
@@ -75,13 +81,19 @@ class CallMemory:
     kv_cache: float
 
     @property
+    def resident(self) -> float:
+        """Kept after the call: the weights, and a trained model's gradient buffer and
+        optimizer states (master weights and moments)."""
+        return self.weights + self.grads + self.optimizer
+
+    @property
     def transient(self) -> float:
         """Freed when the call ends."""
-        return self.grads + self.activations + self.kv_cache
+        return self.activations + self.kv_cache
 
     @property
     def total(self) -> float:
-        return self.weights + self.optimizer + self.transient
+        return self.resident + self.transient
 
     def breakdown(self) -> dict[str, float]:
         return {
@@ -91,6 +103,53 @@ class CallMemory:
             "activations": self.activations,
             "kv_cache": self.kv_cache,
         }
+
+
+def block_bytes_per_token(model: ModelSpec, tp: int, dt: int) -> float:
+    """Bytes one transformer block keeps for backward per token, as executor.model.layers
+    computes it (benchmarks/memory.py measures it): five hidden-size tensors (the two norms'
+    inputs and outputs and the residual), plus an fp32 copy in a bf16 RMSNorm; q, the
+    attention output and its transposed copy (3 x q width); k and v as attention reads them
+    (repeated to q's width with grouped-query heads); gate, up, silu(gate) and their product
+    (4 x MLP width). Head-sharded parts are 1/tp per rank, the hidden-size ones replicated."""
+    h = model.hidden_size
+    qw = model.num_attention_heads * model.head_dim / tp
+    kvw = model.num_key_value_heads * model.head_dim / tp
+    kv_read = qw if model.num_attention_heads > model.num_key_value_heads else kvw
+    norms = 5 * h * dt + (4 * h if dt != 4 else 0)
+    if model.qk_norm:  # Qwen3's q/k RMSNorms keep their inputs (and an fp32 copy in bf16)
+        norms += (qw + kvw) * (dt + (4 if dt != 4 else 0))
+    return norms + (3 * qw + 2 * kv_read + 4 * model.intermediate_size / tp) * dt
+
+
+def train_activations(model: ModelSpec, s, tokens: float, vocab: float, dt: int) -> float:
+    """Peak bytes a train call needs beyond weights, gradients and optimizer states, on its
+    busiest pipeline stage. 1F1B (executor.parallel.pipeline) keeps at most pp - p
+    micro-batches of `tokens` tokens in flight on stage p; with recompute a block keeps only
+    its input, and one block's activations are rebuilt at a time in backward. The last stage
+    adds the fp32 logits, their log-probs and gradient, and the final norm's and head
+    input's tensors. The constants come from executor.model.layers' structure and are
+    checked by benchmarks/memory.py."""
+    per_token = block_bytes_per_token(model, s.tp, dt)
+    h, best = model.hidden_size, 0.0
+    head = tokens * (vocab * 4 * 3 + 2 * h * dt + 4 * h)
+    # Backward through one block also holds its output's gradient and two MLP-wide ones (and
+    # a bf16 RMSNorm's fp32 gradient).
+    norm32 = 4 * h if dt != 4 else 0
+    backward = tokens * ((2 * model.intermediate_size / s.tp + h) * dt + norm32)
+    rebuilt = tokens * per_token + backward
+    for p, n in enumerate(split_layers(model.num_hidden_layers, s.pp)):
+        in_flight = min(s.micro_batches, s.pp - p)
+        last = p == s.pp - 1
+        # A stage that sends on keeps each in-flight micro-batch's output for its backward
+        # and receives the gradient of one.
+        a = 0.0 if last else (in_flight + 1) * tokens * h * dt
+        if s.recompute:  # the head's tensors are gone before the last block is rebuilt
+            a += n * tokens * h * dt * in_flight + max(rebuilt if n else 0.0, head if last else 0.0)
+        else:  # the head's tensors are gone before the first block's backward
+            a += n * tokens * per_token * in_flight + max(backward, head if last else 0.0)
+        best = max(best, a)
+    return best
 
 
 def call_memory(mfc: MFC, alloc: Allocation, exp: ExperimentSpec) -> CallMemory:
@@ -109,13 +168,9 @@ def call_memory(mfc: MFC, alloc: Allocation, exp: ExperimentSpec) -> CallMemory:
     micro = -(-per_rank // s.micro_batches)
     grads = optimizer = activations = kv = 0.0
     if mfc.kind == "train":
-        grads = params * dt
+        grads = params * GRAD_BYTES
         optimizer = params * optimizer_bytes_per_param(exp.dtype) / (s.dp if s.zero1 else 1)
-        # Saved tensors per token per block: norms/residuals (6h), q/k/v/attention out, MLP.
-        per_token = (6 * h + 2 * qw + 2 * kvw + 4 * i_tp) * dt
-        in_flight = min(s.micro_batches, s.pp)
-        activations = layers * micro * seq * per_token * in_flight
-        activations += micro * seq * vocab * 4 * 2  # fp32 logits and their gradient
+        activations = train_activations(model, s, micro * seq, vocab, dt)
     elif mfc.kind == "inference":
         activations = micro * seq * ((4 * h + 3 * i_tp + qw + 2 * kvw) * dt + vocab * 4)
     else:  # generate: cache for all sequences of the dp rank, at full length; executor.compute.generate

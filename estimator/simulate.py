@@ -245,7 +245,7 @@ def _memory(cm, rules: Residency, calls, allocations, atoms, costs, bounds, res:
         copy = rules.is_view(m)
         row = rows.setdefault((m.role, copy), [0.0] * n_atoms)
         c = costs[m.name]
-        keep = c.memory.weights + c.memory.optimizer
+        keep = c.memory.resident
         if not (copy and c.memory.weights > 0):
             for a in atoms[m.name]:
                 row[a] = max(row[a], keep)

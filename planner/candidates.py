@@ -3,6 +3,7 @@ minus those that do not fit and those another candidate on the same mesh dominat
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -87,8 +88,14 @@ def strategies(
         if pp > model.num_hidden_layers:
             continue
         for m in _micro_batch_choices(mfc, pp, dp, exp.sequences_per_step(mfc)):
-            for zero1 in (False, True) if mfc.kind == "train" and dp > 1 else (False,):
-                s = ParallelStrategy(dp=dp, tp=tp, pp=pp, micro_batches=m, zero1=zero1)
+            train = mfc.kind == "train"
+            for zero1, rc in itertools.product(
+                (False, True) if train and dp > 1 else (False,),
+                (False, True) if train else (False,),
+            ):
+                s = ParallelStrategy(
+                    dp=dp, tp=tp, pp=pp, micro_batches=m, zero1=zero1, recompute=rc
+                )
                 try:
                     check_allocation(
                         Allocation(mesh=mesh, strategy=s), mfc, exp, cluster, field=mfc.name

@@ -26,7 +26,7 @@ def _changes(a: Allocation, b: Allocation) -> list[str]:
     out = []
     if a.mesh != b.mesh:
         out.append(f"mesh {a.mesh.label()} -> {b.mesh.label()}")
-    for f in ("dp", "tp", "pp", "micro_batches", "zero1"):
+    for f in ("dp", "tp", "pp", "micro_batches", "zero1", "recompute"):
         va, vb = getattr(a.strategy, f), getattr(b.strategy, f)
         if va != vb:
             out.append(f"{f} {va} -> {vb}")

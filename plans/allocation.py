@@ -98,6 +98,12 @@ class ParallelStrategy(BaseModel):
         False,
         description="Train calls only: shard optimizer states (and the update) across dp ranks.",
     )
+    recompute: bool = Field(
+        False,
+        description="Train calls only: activation checkpointing. Keep each transformer block's "
+        "input and recompute its activations during backward (one more forward of every block, "
+        "activations of one block per micro-batch alive).",
+    )
 
     @property
     def world(self) -> int:
@@ -105,7 +111,8 @@ class ParallelStrategy(BaseModel):
 
     def label(self) -> str:
         z = "+z1" if self.zero1 else ""
-        return f"d{self.dp}t{self.tp}p{self.pp} m{self.micro_batches}{z}"
+        r = "+rc" if self.recompute else ""
+        return f"d{self.dp}t{self.tp}p{self.pp} m{self.micro_batches}{z}{r}"
 
 
 class Allocation(BaseModel):

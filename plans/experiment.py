@@ -16,25 +16,14 @@ from plans.algorithms import ALGORITHM_MFCS, MFC, ROLE_HEAD, Algorithm, mfcs, ro
 from plans.errors import PlanError
 from plans.folders import check_data_files, check_model_folders, resolve_experiment_paths
 from plans.model import ModelSpec, resolve_model
-from plans.strict import SEED_LIMIT, STRICT, FloatPair
+from plans.optimizer import OptimizerSpec
+from plans.strict import SEED_LIMIT, STRICT
 
 _NAME = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9._+\-]{0,99}")
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, **STRICT)
-
-
-class OptimizerSpec(_Section):
-    """AdamW settings of a trained role."""
-
-    lr: float = Field(
-        1e-6, gt=0, description="Learning rate (OpenRLHF actor default 1e-6; critic 9e-6)."
-    )
-    betas: FloatPair = Field((0.9, 0.95), description="Adam betas (OpenRLHF default).")
-    eps: float = Field(1e-8, gt=0, description="Adam epsilon.")
-    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
-    grad_clip: float = Field(1.0, ge=0, description="Global gradient-norm clip; 0 disables it.")
 
 
 class RoleSpec(_Section):

@@ -161,3 +161,8 @@ def check_allocation(
         raise PlanError(
             "optimizer sharding applies to train calls only", field=f"{field}.strategy.zero1"
         )
+    if s.recompute and mfc.kind != "train":
+        raise PlanError(
+            "activation checkpointing applies to train calls only",
+            field=f"{field}.strategy.recompute",
+        )

@@ -56,10 +56,13 @@ if __name__ == "__main__":
         "ppo-llama2-7b",
         dict(nodes=1, gpus_per_node=8, device="h100"),
         {
+            # Generation and the critic's scoring in the train layouts (no copy next to the
+            # homes, whose fp32 gradients and optimizer states stay resident); the frozen
+            # models sharded tp4 on half the node each.
             "actor_gen": alloc(n_gpus=8, dp=4, tp=2),
-            "ref_inf": alloc(n_gpus=4, dp=4, mb=4),
-            "rew_inf": alloc(gpu_start=4, n_gpus=4, dp=4, mb=4),
-            "critic_inf": alloc(gpu_start=4, n_gpus=4, dp=4, mb=4),
+            "ref_inf": alloc(n_gpus=4, tp=4, mb=4),
+            "rew_inf": alloc(gpu_start=4, n_gpus=4, tp=4, mb=4),
+            "critic_inf": alloc(n_gpus=8, dp=4, tp=2, mb=4),
             "actor_train": alloc(n_gpus=8, dp=4, tp=2, mb=4, zero1=True),
             "critic_train": alloc(n_gpus=8, dp=4, tp=2, mb=4, zero1=True),
         },

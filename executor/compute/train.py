@@ -7,6 +7,7 @@ optimises exactly the same quantity and gets the same gradients."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ from executor.parallel import grads
 from executor.parallel.collectives import all_reduce_, broadcast_
 from executor.parallel.context import ParallelContext
 from executor.parallel.pipeline import pipeline_train
-from executor.parallel.zero import ZeroOneAdamW
+from executor.parallel.zero import MasterAdamW
 
 LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
 """(head output of a micro-batch, the micro-batch) -> summed loss (a scalar)."""
@@ -44,15 +45,29 @@ class StepStats:
     """Global gradient norm before clipping."""
 
 
+class NonFiniteError(ArithmeticError):
+    """The loss or the gradient norm of a step is not finite; raised before the optimizer
+    step, so the weights (and every checkpoint) keep their last finite values. The same on
+    every rank of the mesh: the loss and the norm are global."""
+
+    def __init__(self, loss: float, grad_norm: float):
+        self.loss, self.grad_norm = loss, grad_norm
+        what = "the loss" if not math.isfinite(loss) else "the gradient norm"
+        super().__init__(f"{what} is not finite (loss {loss}, gradient norm {grad_norm})")
+
+
 def make_optimizer(
     model: Transformer, cfg: OptimConfig, ctx: ParallelContext | None = None, zero1: bool = False
-) -> torch.optim.AdamW | ZeroOneAdamW:
-    """AdamW over the model's shards; with `zero1` (and dp > 1) its states are sharded over dp.
-    AdamW is elementwise, so sharded parameters update exactly like the full ones."""
+) -> torch.optim.AdamW | MasterAdamW:
+    """AdamW over the model's shards. A bf16 model gets fp32 master weights, fp32 moments and
+    fp32 gradient accumulation; with `zero1` (and dp > 1) masters and moments are sharded over
+    dp (executor.parallel.zero). An fp32 model without ZeRO-1 uses torch's AdamW as it is."""
     kw = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
-    if zero1 and ctx is not None and ctx.dp_size > 1:
-        return ZeroOneAdamW(list(model.parameters()), ctx, **kw)
-    return torch.optim.AdamW(model.parameters(), **kw)
+    sharded = zero1 and ctx is not None and ctx.dp_size > 1
+    if model.dtype == torch.float32 and not sharded:
+        return torch.optim.AdamW(model.parameters(), **kw)
+    grads.attach_main_grads(model)
+    return MasterAdamW(list(model.parameters()), ctx, zero1, **kw)
 
 
 def next_token_loss(model: Transformer, ctx: ParallelContext) -> tuple[LossFn, CountFn]:
@@ -82,7 +97,7 @@ def next_token_loss(model: Transformer, ctx: ParallelContext) -> tuple[LossFn, C
 def train_step(
     model: Transformer,
     ctx: ParallelContext,
-    optimizer: torch.optim.Optimizer | ZeroOneAdamW,
+    optimizer: torch.optim.Optimizer | MasterAdamW,
     batch: Batch,
     loss_fn: LossFn,
     count_fn: CountFn,
@@ -107,10 +122,13 @@ def train_step(
     grads.sync_tied_(model, ctx)
     grads.sum_dp_(model, ctx)
     norm = grads.global_grad_norm(model, ctx)
+    loss = global_loss(ctx, loss_sum)
+    if not (math.isfinite(loss) and math.isfinite(norm)):
+        raise NonFiniteError(loss, norm)
     if max_grad_norm is not None:
         grads.clip_(model, norm, max_grad_norm)
     optimizer.step()
-    return StepStats(loss=global_loss(ctx, loss_sum), grad_norm=norm)
+    return StepStats(loss=loss, grad_norm=norm)
 
 
 def global_loss(ctx: ParallelContext, loss_sum: torch.Tensor) -> float:

@@ -7,6 +7,7 @@ reward is a rule, so a tiny model can visibly learn in a few minutes on a CPU.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
@@ -15,6 +16,8 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from plans import PlanError
 
@@ -68,6 +71,29 @@ def load_pairs(path: str | Path) -> list[Pair]:
         Pair(r["prompt"], r["chosen"], r["rejected"])
         for r in read_jsonl(path, ("prompt", "chosen", "rejected"))
     ]
+
+
+def epoch_order(n_rows: int, seed: int, first: int, count: int) -> list[int]:
+    """Which rows of a file of `n_rows` are the draws `first .. first + count - 1` of a run:
+    each pass over the file (an epoch) takes every row once, in a permutation drawn from
+    (seed, epoch). A batch that ends an epoch continues into the next one's permutation.
+
+    A pure function of its arguments, so the same on every rank and in every process: the
+    rows of iteration `it` are the draws from `it * batch_size` on, and the iteration count in
+    a run checkpoint is therefore the whole data position of a resumed run."""
+    out: list[int] = []
+    for epoch in range(first // n_rows, (first + count - 1) // n_rows + 1):
+        perm = _permutation(n_rows, seed, epoch)
+        lo, hi = max(first - epoch * n_rows, 0), min(first + count - epoch * n_rows, n_rows)
+        out += perm[lo:hi].tolist()
+    return out
+
+
+@functools.lru_cache(maxsize=4)  # consecutive iterations draw from the same epoch
+def _permutation(n_rows: int, seed: int, epoch: int) -> np.ndarray:
+    perm = np.random.default_rng([seed, epoch]).permutation(n_rows)
+    perm.flags.writeable = False
+    return perm
 
 
 # ---- the built-in synthetic task ----------------------------------------------------------------

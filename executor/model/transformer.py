@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from executor.model.layers import MLP, Attention, AttentionShape, Block, LayerCache, RMSNorm
 from executor.model.rope import Rotary
@@ -81,6 +82,8 @@ class Transformer(nn.Module):
     ):
         super().__init__()
         self.spec, self.dtype = spec, dtype
+        self.recompute = False
+        """Activation checkpointing per block in training (the call's strategy.recompute)."""
         self.tp, self.tp_rank, self.pp, self.pp_rank = tp, tp_rank, pp, pp_rank
         self.first, self.last = pp_rank == 0, pp_rank == pp - 1
         self.slices: dict[str, ParamSlice] = {
@@ -165,8 +168,12 @@ class Transformer(nn.Module):
         mask = self._windowed(mask, positions.shape[1], cache_pos, positions.device)
         # Position ids never exceed the token's index in the (cached) sequence.
         cos, sin = self.rotary(positions, x.dtype, cache_pos + positions.shape[1])
+        recompute = self.recompute and caches is None and torch.is_grad_enabled()
         for j, blk in enumerate(self.model.layers.values()):
-            x = blk(x, cos, sin, mask, caches[j] if caches is not None else None, cache_pos)
+            if recompute:  # keep the block's input only; backward runs the block again
+                x = checkpoint(blk, x, cos, sin, mask, None, cache_pos, use_reentrant=False)
+            else:
+                x = blk(x, cos, sin, mask, caches[j] if caches is not None else None, cache_pos)
         if self.last:
             x = self.model.norm(x)
         return x

@@ -1,5 +1,6 @@
-"""Gradient bookkeeping after backward: summing partial shares across tp, tying the
-embedding copies of the first and last stage, dp all-reduce, and the global norm.
+"""Gradient bookkeeping after backward: fp32 accumulation for bf16 models, summing partial
+shares across tp, tying the embedding copies of the first and last stage, dp all-reduce, and
+the global norm.
 
 All reductions go through one flat buffer per group: gloo pays a round trip per call, so
 one all-reduce of everything beats one per parameter by a wide margin."""
@@ -15,14 +16,42 @@ from executor.parallel.collectives import Group, all_reduce_
 from executor.parallel.context import ParallelContext
 
 
+def attach_main_grads(model: Transformer) -> None:
+    """Accumulate this model's gradients in fp32 (`p.main_grad`, views of one flat buffer)
+    instead of in the parameters' bf16: each backward's bf16 gradient is added into the fp32
+    accumulator as soon as it is complete and then dropped, so micro-batches accumulate and
+    the tp, dp and norm reductions below run in fp32. Nothing to do for fp32 models."""
+    params = list({id(p): p for p in model.parameters() if p.requires_grad}.values())
+    if all(p.dtype == torch.float32 for p in params) or hasattr(model, "_main_grad"):
+        return
+    buf = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=params[0].device)
+    offset = 0
+    for p in params:
+        p.main_grad = buf[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+        p.register_post_accumulate_grad_hook(_into_main_grad)
+    model._main_grad = buf
+
+
+def _into_main_grad(p: torch.Tensor) -> None:
+    p.main_grad.add_(p.grad)
+    p.grad = None
+
+
+def grad_of(p: torch.Tensor) -> torch.Tensor | None:
+    """The gradient the reductions and the optimizer use: the fp32 accumulator where there is
+    one (attach_main_grads), else the parameter's own."""
+    return getattr(p, "main_grad", p.grad)
+
+
 def _grads(model: Transformer, names: list[str]) -> list[torch.Tensor]:
     params = dict(model.named_parameters(remove_duplicate=False))
     out = []
     for n in names:
         p = params[n]
-        if p.grad is None:  # e.g. an unused parameter: make it take part with zeros
+        if grad_of(p) is None:  # e.g. an unused parameter: make it take part with zeros
             p.grad = torch.zeros_like(p)
-        out.append(p.grad)
+        out.append(grad_of(p))
     return out
 
 
@@ -69,6 +98,10 @@ def sum_dp_(model: Transformer, ctx: ParallelContext) -> None:
     (see executor.compute.train), so the sum is the gradient of the global token mean; this equals
     averaging per-rank means when the shares are equal, and stays exact when they are not."""
     if ctx.dp_group is None:
+        return
+    main = getattr(model, "_main_grad", None)
+    if main is not None:  # fp32 accumulators: already one buffer
+        all_reduce_(main, ctx.dp_group)
         return
     if len({p.dtype for p in model.parameters()}) > 1:  # one buffer holds one dtype
         _all_reduce_flat(_grads(model, list(model.slices)), ctx.dp_group)

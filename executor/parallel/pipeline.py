@@ -1,10 +1,10 @@
 """Running micro-batches through the pipeline stages of one (dp, tp) position.
 
-Inference streams micro-batches stage to stage. Training uses GPipe: every micro-batch goes
-forward (activations sent with send/recv), then every micro-batch goes backward (activation
-gradients sent back). Every stage walks the micro-batches in the same order, so each send
-meets its recv and the chain cannot deadlock. With one stage, each micro-batch runs its
-backward right after its forward, so only one micro-batch of activations is alive.
+Inference streams micro-batches stage to stage. Training runs the non-interleaved 1F1B
+schedule (`pipeline_train`): activations go forward and activation gradients back, each
+exchange with the neighbours posted as one batch. Every stage walks the micro-batches in the
+same order, so each send meets its recv. With one stage, each micro-batch runs its backward
+right after its forward, so only one micro-batch of activations is alive.
 """
 
 from __future__ import annotations
@@ -75,8 +75,13 @@ def pipeline_train(
     micro: list[Batch],
     loss_fn: Callable[[torch.Tensor, Batch], torch.Tensor],
 ) -> torch.Tensor:
-    """Accumulate gradients of sum(loss_fn(head_out, mb)) over micro-batches (GPipe when
-    pp > 1). Returns the detached loss sum on the last stage, zero elsewhere."""
+    """Accumulate gradients of sum(loss_fn(head_out, mb)) over micro-batches, in the 1F1B
+    schedule when pp > 1: stage s runs min(pp - s - 1, m) forwards ahead, then alternates one
+    forward and one backward, then drains the backwards. At most pp - s micro-batches of
+    activations are alive on stage s (pp on the first), whatever m is, which is what the
+    estimator's memory model counts. Backwards run in micro-batch order, as forwards do, so
+    the gradients accumulate in the same order on every schedule. Returns the detached loss
+    sum on the last stage, zero elsewhere."""
     # Kept on the model's device: NCCL reduces device tensors only, and no sync per step.
     total = torch.zeros((), dtype=torch.float32, device=next(model.parameters()).device)
     if ctx.pp_size == 1:
@@ -87,27 +92,87 @@ def pipeline_train(
             total += loss.detach().float()
         return total
 
-    saved: list[tuple[torch.Tensor, torch.Tensor]] = []  # (stage input, output or loss)
-    for mb in micro:
-        x = stage_input(model, ctx, mb)
+    m = len(micro)
+    ahead = min(ctx.pp_size - ctx.pp_rank - 1, m)
+    saved: list[
+        tuple[torch.Tensor, torch.Tensor]
+    ] = []  # (stage input, output or loss), oldest first
+    link = _Link(model, ctx, micro)
+
+    def forward(k: int, x: torch.Tensor) -> torch.Tensor | None:
+        nonlocal total
         if not ctx.is_first_stage:
             x.requires_grad_(True)
-        pos, mask = model_inputs(mb)
+        pos, mask = model_inputs(micro[k])
         out = model(x, pos, mask)
         if ctx.is_last_stage:
-            out = loss_fn(out, mb)
+            out = loss_fn(out, micro[k])
             total += out.detach().float()
-        else:
-            _send(out.detach(), ctx, ctx.next_stage_rank)  # type: ignore[arg-type]
         saved.append((x, out))
+        return None if ctx.is_last_stage else out.detach()
 
-    for (x, out), mb in zip(saved, micro, strict=True):
-        if ctx.is_last_stage:
-            out.backward()
-        else:
-            grad = _recv(model, ctx, _hidden_shape(model, mb), ctx.next_stage_rank)  # type: ignore[arg-type]
-            out.backward(grad)
-        if not ctx.is_first_stage:
-            assert x.grad is not None
-            _send(x.grad, ctx, ctx.prev_stage_rank)  # type: ignore[arg-type]
+    def backward(grad: torch.Tensor | None) -> torch.Tensor | None:
+        x, out = saved.pop(0)
+        out.backward() if ctx.is_last_stage else out.backward(grad)
+        return None if ctx.is_first_stage else x.grad
+
+    for k in range(ahead):  # warm-up: forwards only
+        link.exchange(fwd_out=(k, forward(k, link.exchange(fwd_in=k)[0])))
+    x = link.exchange(fwd_in=ahead)[0] if ahead < m else None
+    for k in range(ahead, m):  # steady state: one forward, one backward (of micro k - ahead)
+        out = forward(k, x)
+        b = k - ahead
+        grad = link.exchange(fwd_out=(k, out), bwd_in=b)[1]
+        gx = backward(grad)
+        nxt = k + 1 if k + 1 < m else None
+        x = link.exchange(bwd_out=(b, gx), fwd_in=nxt)[0]
+    for b in range(m - ahead, m):  # cool-down: the backwards left
+        gx = backward(link.exchange(bwd_in=b)[1])
+        link.exchange(bwd_out=(b, gx))
     return total
+
+
+class _Link:
+    """Point-to-point traffic of one stage with its neighbours, each exchange posted as one
+    batch (sends and receives together), so two neighbours that send to each other at the
+    same time cannot deadlock (gloo's and NCCL's blocking sends could)."""
+
+    def __init__(self, model: Transformer, ctx: ParallelContext, micro: list[Batch]):
+        self.model, self.ctx, self.micro = model, ctx, micro
+        self.device = next(model.parameters()).device
+
+    def _buf(self, k: int) -> torch.Tensor:
+        shape = _hidden_shape(self.model, self.micro[k])
+        return torch.empty(shape, dtype=self.model.dtype, device=self.device)
+
+    def exchange(
+        self,
+        fwd_in: int | None = None,
+        bwd_in: int | None = None,
+        fwd_out: tuple[int, torch.Tensor | None] | None = None,
+        bwd_out: tuple[int, torch.Tensor | None] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Receive micro-batch `fwd_in`'s stage input and `bwd_in`'s output gradient, send a
+        stage output forward and an input gradient back; returns (input, gradient). The
+        first stage's input is its token ids; the last stage has no one to send to."""
+        ctx, ops = self.ctx, []
+        x = g = None
+        if fwd_in is not None:
+            if ctx.is_first_stage:
+                x = self.micro[fwd_in]["input_ids"]
+            else:
+                x = self._buf(fwd_in)
+                ops.append(dist.P2POp(dist.irecv, x, ctx.prev_stage_rank, ctx.pp_group))
+        if bwd_in is not None and not ctx.is_last_stage:
+            g = self._buf(bwd_in)
+            ops.append(dist.P2POp(dist.irecv, g, ctx.next_stage_rank, ctx.pp_group))
+        if fwd_out is not None and not ctx.is_last_stage:
+            out = fwd_out[1].contiguous()
+            ops.append(dist.P2POp(dist.isend, out, ctx.next_stage_rank, ctx.pp_group))
+        if bwd_out is not None and not ctx.is_first_stage:
+            gx = bwd_out[1].contiguous()
+            ops.append(dist.P2POp(dist.isend, gx, ctx.prev_stage_rank, ctx.pp_group))
+        if ops:
+            for w in dist.batch_isend_irecv(ops):
+                w.wait()
+        return x, g

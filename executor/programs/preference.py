@@ -19,7 +19,7 @@ from executor.data.preferences import (
     synthetic_pairs,
     synthetic_trees,
 )
-from executor.data.sources import digit_reward, load_pairs
+from executor.data.sources import digit_reward, epoch_order, load_pairs
 from executor.losses.adpo import adpo_listwise_loss, adpo_pairwise_loss, reward_targets
 from executor.losses.dpo import dpo_loss, ipo_loss, sequence_logprobs
 from executor.losses.reward_model import bradley_terry_loss, tree_pairs
@@ -37,8 +37,9 @@ ROW_SCHEMA = {
 
 
 class PreferenceSource:
-    """`exp.batch_size` groups per iteration: from a file (cycled), else freshly drawn from the
-    built-in task with the iteration's seed (so each batch is unseen before its first step)."""
+    """`exp.batch_size` groups per iteration: from a file (shuffled anew every epoch:
+    executor.data.sources.epoch_order), else freshly drawn from the built-in task with the
+    iteration's seed (so each batch is unseen before its first step)."""
 
     def __init__(self, exp, tok, path: str | None, kind: str):
         self.exp, self.tok, self.kind = exp, tok, kind
@@ -83,7 +84,8 @@ class PreferenceSource:
             groups = self._draw(it)
         else:
             n = self.exp.batch_size
-            groups = [self.groups[(it * n + i) % len(self.groups)] for i in range(n)]
+            order = epoch_order(len(self.groups), self.exp.seed, it * n, n)
+            groups = [self.groups[i] for i in order]
         k = len(groups[0][1])
         if any(len(r) != k for _, r, _ in groups):
             raise PlanError(f"every candidate list must have {k} responses", source=self.path)

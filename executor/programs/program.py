@@ -14,7 +14,13 @@ import torch
 
 from executor.data.batching import Batch
 from executor.data.prompt_rows import PromptRow, check_rows, encode_row, read_prompt_rows
-from executor.data.sources import RewardFn, reward_function, synthetic_prompts, wants_answer
+from executor.data.sources import (
+    RewardFn,
+    epoch_order,
+    reward_function,
+    synthetic_prompts,
+    wants_answer,
+)
 from executor.data.tokenizer import Tokenizer, left_pad
 from executor.model import Transformer
 from executor.parallel.context import ParallelContext
@@ -68,9 +74,10 @@ class Program:
 
 class PromptSource:
     """The prompts of an iteration, tokenized and left-padded to exactly prompt_len: from a
-    JSONL or Parquet file (executor.data.prompt_rows: text or chat rows, with answers), else
-    the built-in synthetic task. Each prompt is repeated `repeat` times in consecutive rows (a
-    GRPO group)."""
+    JSONL or Parquet file (executor.data.prompt_rows: text or chat rows, with answers;
+    shuffled anew every epoch: executor.data.sources.epoch_order), else the built-in synthetic
+    task. Either way the prompts of an iteration are a function of (seed, iteration). Each
+    prompt is repeated `repeat` times in consecutive rows (a GRPO group)."""
 
     def __init__(self, exp: ExperimentSpec, tok: Tokenizer, path: str | None, repeat: int = 1):
         self.exp, self.tok, self.repeat = exp, tok, repeat
@@ -91,7 +98,7 @@ class PromptSource:
         if self.rows is None:
             return None
         n = self.exp.batch_size
-        return [self.rows[(it * n + i) % len(self.rows)] for i in range(n)]
+        return [self.rows[i] for i in epoch_order(len(self.rows), self.exp.seed, it * n, n)]
 
     def batch(self, it: int) -> Batch:
         p = self.exp.prompt_len

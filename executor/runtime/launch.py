@@ -1,36 +1,54 @@
-"""Starting the workers of a run: one process per device.
+"""Starting the workers of a run: one process per device, and stopping them again.
 
-On one node `rlhf-run` spawns the workers itself and joins them through a FileStore; under
-`torchrun` (RANK / WORLD_SIZE / MASTER_ADDR set) each process is already one worker. CPU
-workers use gloo with one thread each, whether or not the machine has GPUs; GPU workers
-(`device="cuda"`) use NCCL. A worker that dies makes every
-other worker exit non-zero, naming the lost rank, within the collective timeout.
+On one node `rlhf-run` spawns the workers itself and hosts their store (a TCPStore on
+127.0.0.1, in the launcher's process, so nothing on disk can vanish under a run); under
+`torchrun` (RANK / WORLD_SIZE / MASTER_ADDR set) each process is already one worker and rank 0
+hosts the store. CPU workers use gloo with one thread each, whether or not the machine has
+GPUs; GPU workers (`device="cuda"`) use NCCL.
+
+How a run ends (executor.runtime.health keeps the marks):
+- A worker that hits an error prints one line and records it; every other worker stops within
+  a heartbeat, saying which rank failed. A worker that dies, or whose heartbeat stops for the
+  timeout (a stopped or wedged process), is named by the launcher, which kills it and stops
+  the others the same way. Every store operation and wait is bounded by the timeout.
+- Workers live only as long as the launcher (executor.runtime.lifeline): the kernel kills them
+  when it exits (Linux PR_SET_PDEATHSIG), and a watchdog thread checks the parent pid.
+- SIGINT and SIGTERM are the launcher's: workers ignore SIGINT (a terminal's Ctrl-C reaches the
+  whole process group), the launcher stops them (SIGTERM, then SIGKILL after STOP_GRACE_S) and
+  returns 130 or 143.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
-import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from executor.runtime.health import Health, mark_dead
+from executor.runtime.health import Health, Watch
+from executor.runtime.lifeline import STOP_GRACE_S, Signals, bind_to_parent, stop_workers
 from plans import PlanError
 
 WorkerFn = Callable[["WorkerEnv", Any], None]
 
 EXIT_LOST_PEER = 3
 EXIT_ERROR = 1
+HEARTBEAT_S = 0.5
+
+
+class RunError(Exception):
+    """A problem of the run, not a bug (the disk is full, the loss stopped being finite): the
+    worker that hits it reports it in one line, without a traceback."""
 
 
 @dataclass
@@ -60,120 +78,225 @@ def _backend_and_device(rank: int, device: str) -> tuple[str, torch.device]:
     return "gloo", torch.device("cpu")
 
 
+_said = threading.Lock()
+
+
+def _say(health: Health, line: str) -> bool:
+    """Print this worker's one closing line; False if another thread already said one."""
+    if not _said.acquire(blocking=False):
+        return False
+    health.said()
+    print(line, file=sys.stderr, flush=True)
+    return True
+
+
+def describe(e: BaseException) -> str:
+    """A user-facing error in one line (an OSError with its file and the OS's words)."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return " ".join(str(e).splitlines()) or type(e).__name__
+
+
+def os_error_in(e: BaseException) -> OSError | None:
+    """The OSError behind `e` (itself, or what it was raised from or while handling)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _aborted(rank: int, health: Health) -> None:
+    """The heartbeat thread saw `abort` (or lost the store): stop this process now."""
+    why = health.cause(wait=0) or "lost contact with the run's store; stopping"
+    if health.stopping():
+        os._exit(EXIT_LOST_PEER)
+    if _say(health, f"rank {rank}: {why}"):
+        os._exit(EXIT_LOST_PEER)
+
+
+def _failed(rank: int, health: Health, e: BaseException, timeout: timedelta) -> int:
+    """This worker's one line about why it stops; returns its exit code."""
+    if health.stopping():  # the launcher is stopping every worker: nothing to say
+        return EXIT_LOST_PEER
+    if isinstance(e, PlanError | RunError | OSError):  # the user's or the run's problem
+        first = health.fail()
+        if first == rank:
+            _say(health, f"rank {rank}: error: {describe(e)}")
+        else:
+            _say(health, f"rank {rank}: stopped because rank {first} failed")
+        return EXIT_ERROR
+    if isinstance(e, RuntimeError | dist.DistError):  # a collective or the store failed
+        why = health.cause()
+        if why:
+            _say(health, f"rank {rank}: {why}")
+            return EXIT_LOST_PEER
+        if "timeout" in str(e).lower() or "timed out" in str(e).lower():
+            stuck = health.stuck()
+            health.give_up(sorted(stuck))
+            t = f"{timeout.total_seconds():g} s"
+            if stuck:
+                who = "; ".join(f"rank {r} is at {where}" for r, where in sorted(stuck.items()))
+                _say(health, f"rank {rank}: waited {t} for rank(s) that did not answer ({who})")
+            else:
+                _say(health, f"rank {rank}: a wait for the other ranks timed out after {t}")
+            return EXIT_LOST_PEER
+    health.fail()  # a bug of ours: its traceback, once
+    if _said.acquire(blocking=False):
+        health.said()
+        traceback.print_exception(e)
+    return EXIT_ERROR
+
+
 def _run_worker(
     fn: WorkerFn,
     task: Any,
     rank: int,
     world: int,
-    store: dist.Store,
+    stores: tuple[dist.Store, dist.Store],
     timeout: timedelta,
     device: str = "cpu",
 ) -> int:
+    """`stores`: two connections to the run's store, the second for the heartbeat thread."""
     if not under_torchrun():
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one node: loopback only
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher (or torchrun) handles it
     backend, dev = _backend_and_device(rank, device)
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
-    health = Health(store, rank, world)
-    env = WorkerEnv(rank, world, dev, store, health, timeout)
+    health = Health(stores[1], rank, world, HEARTBEAT_S, on_abort=lambda: _aborted(rank, health))
     try:
-        fn(env, task)
+        store = stores[0]
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+        fn(WorkerEnv(rank, world, dev, store, health, timeout), task)
         dist.barrier()
-        return 0
-    except PlanError as e:  # a user error found inside the worker: one line, no traceback
-        print(f"rank {rank}: error: {e}", file=sys.stderr, flush=True)
-        return EXIT_ERROR
-    except (RuntimeError, dist.DistError) as e:
-        lost = health.lost_ranks()
-        if lost:
-            print(
-                f"rank {rank}: lost contact with rank(s) {', '.join(map(str, lost))}; stopping "
-                f"({type(e).__name__}: {str(e).splitlines()[0][:160]})",
-                file=sys.stderr,
-                flush=True,
-            )
-            return EXIT_LOST_PEER
-        traceback.print_exc()
-        return EXIT_ERROR
+    except BaseException as e:
+        return _failed(
+            rank, health, e, timeout
+        )  # no destroy_process_group: a broken group can hang it
+    health.stop()
+    try:
+        dist.destroy_process_group()
     except Exception:
-        traceback.print_exc()
-        return EXIT_ERROR
-    finally:
-        health.stop()
-        try:
-            dist.destroy_process_group()
-        except Exception:
-            pass
+        pass
+    return 0
+
+
+def _client(host: str, port: int, world: int, timeout: timedelta) -> dist.TCPStore:
+    return dist.TCPStore(host, port, world, is_master=False, timeout=timeout)
 
 
 def _spawned(
     rank: int,
     world: int,
-    store_path: str,
+    port: int,
     fn: WorkerFn,
     task: Any,
     timeout_s: float,
     device: str,
+    parent: int,
 ) -> None:
-    store = dist.FileStore(store_path, world + 1)  # +1: the launcher reads and marks too
-    code = _run_worker(fn, task, rank, world, store, timedelta(seconds=timeout_s), device)
+    bind_to_parent(parent)
+    timeout = timedelta(seconds=timeout_s)
+    try:
+        stores = (
+            _client("127.0.0.1", port, world + 1, timeout),
+            _client("127.0.0.1", port, world + 1, timeout),
+        )
+    except Exception as e:  # the launcher's store is gone: so is the launcher
+        print(f"rank {rank}: cannot reach the launcher ({describe(e)[:120]})", file=sys.stderr)
+        os._exit(EXIT_LOST_PEER)
+    code = _run_worker(fn, task, rank, world, stores, timeout, device)
     sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(code)  # skip interpreter teardown: gloo threads of a broken group can hang it
 
 
 def launch(
     fn: WorkerFn, task: Any, world: int, timeout_s: float = 60.0, device: str = "cpu"
 ) -> int:
-    """Run `fn(env, task)` on `world` workers; returns the exit code for the command.
-    `device`: "cpu" (gloo) or "cuda" (NCCL, one GPU per worker)."""
+    """Run `fn(env, task)` on `world` workers; returns the exit code for the command (128 +
+    the signal when SIGINT or SIGTERM stopped the run). `device`: "cpu" (gloo) or "cuda"."""
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda, not {device!r}")
+    timeout = timedelta(seconds=timeout_s)
     if under_torchrun():
         rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         if size != world:
             print(f"the plan needs {world} workers but torchrun started {size}", file=sys.stderr)
             return EXIT_ERROR
-        store = dist.TCPStore(
-            os.environ["MASTER_ADDR"],
-            int(os.environ["MASTER_PORT"]) + 1,
-            size,
-            is_master=rank == 0,
-            timeout=timedelta(seconds=timeout_s),
-        )
-        return _run_worker(fn, task, rank, size, store, timedelta(seconds=timeout_s), device)
+        host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]) + 1
+        store = dist.TCPStore(host, port, size, is_master=rank == 0, timeout=timeout)
+        stores = (store, _client(host, port, size, timeout))
+        return _run_worker(fn, task, rank, size, stores, timeout, device)
+    store = dist.TCPStore(
+        "127.0.0.1", 0, world + 1, is_master=True, timeout=timeout, wait_for_workers=False
+    )
     ctx = mp.get_context("spawn")
-    with tempfile.TemporaryDirectory(prefix="rlhf-run-") as tmp:
-        store_path = str(Path(tmp) / "store")
-        procs = [
-            ctx.Process(target=_spawned, args=(r, world, store_path, fn, task, timeout_s, device))
-            for r in range(world)
-        ]
-        for p in procs:
-            p.start()
-        store = dist.FileStore(store_path, world + 1)
-        return _supervise(procs, store, timeout_s)
-
-
-def _supervise(procs: list, store: dist.Store, timeout_s: float) -> int:
-    """Wait for the workers; mark a dead one so the others can name it; never wait forever."""
-    marked: set[int] = set()
-    first_failure: float | None = None
-    while any(p.is_alive() for p in procs):
-        for r, p in enumerate(procs):
-            if not p.is_alive() and p.exitcode not in (0, None) and r not in marked:
-                mark_dead(store, r)
-                marked.add(r)
-                first_failure = first_failure or time.monotonic()
-        if first_failure and time.monotonic() - first_failure > 2 * timeout_s + 10:
+    args = (world, store.port, fn, task, timeout_s, device, os.getpid())
+    procs = [ctx.Process(target=_spawned, args=(r, *args)) for r in range(world)]
+    signals = Signals()
+    try:
+        with signals.children_ignore_sigint():
             for p in procs:
+                p.start()
+        return _supervise(procs, Watch(store, world, timeout_s), timeout_s, signals)
+    finally:
+        stop_workers([p for p in procs if p.pid is not None], 0.0, signals)
+        # A run stopped by a signal stays stopped: more Ctrl-C while the command says where
+        # it stopped and exits are ignored (handled once).
+        signals.restore(ignore=signals.signum is not None)
+
+
+def _supervise(procs: list, watch: Watch, timeout_s: float, signals: Signals) -> int:
+    """Wait for the workers; name a dead or silent one and stop the others; on SIGINT or
+    SIGTERM stop them all. Never waits forever."""
+    blamed: dict[int, str] = {}  # rank -> why the launcher stopped the run because of it
+    said: set[int] = set()  # ranks the launcher named as they failed
+    done: set[int] = set()
+    first_failure: float | None = None
+    next_beat_check = 0.0
+    while any(p.is_alive() for p in procs):
+        if signals.signum is not None:
+            watch.stopping()
+            stop_workers(procs, STOP_GRACE_S, signals)
+            return 128 + signals.signum
+        now = time.monotonic()
+        for r, p in enumerate(procs):
+            if r in done or p.is_alive() or p.exitcode == 0:
+                continue
+            done.add(r)
+            first_failure = first_failure or now
+            if watch.reported(r):  # it said why itself
+                watch.abort()
+            else:
+                blamed[r] = _describe(p.exitcode)
+                watch.mark_dead(r)
+        if now >= next_beat_check:
+            next_beat_check = now + HEARTBEAT_S
+            for r in watch.silent():
+                if r not in done and procs[r].is_alive():
+                    said.add(r)
+                    why = f"stopped responding (no heartbeat for {timeout_s:g} s)"
+                    print(f"rlhf-run: rank {r} {why}; stopping the run", file=sys.stderr)
+                    done.add(r)
+                    first_failure = first_failure or now
+                    watch.mark_dead(r)
+                    stop_workers([procs[r]], 0.0, signals)
+        if first_failure and now - first_failure > timeout_s + 10:
+            for r, p in enumerate(procs):
                 if p.is_alive():
-                    p.kill()
+                    blamed.setdefault(r, "did not stop after the others failed; killed")
+            stop_workers(procs, 0.0, signals)
         time.sleep(0.1)
     codes = [p.exitcode for p in procs]
-    if any(codes):
-        desc = ", ".join(f"rank {r}: {_describe(c)}" for r, c in enumerate(codes) if c)
+    if not any(codes):
+        return 0
+    if blamed and not said:
+        desc = ", ".join(f"rank {r}: {why}" for r, why in sorted(blamed.items()))
         print(f"rlhf-run: workers failed ({desc})", file=sys.stderr)
-        return EXIT_ERROR
-    return 0
+    return EXIT_ERROR
 
 
 def _describe(code: int) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from executor.runtime.launch import RunError
 from plans import Plan
 from plans.metrics import FILE, MetricsRow, append_metrics, read_metrics
 
@@ -108,12 +109,44 @@ def _last_start_to_end(spans: list[tuple[float, float]]) -> float:
 
 
 def append_row(out_dir: Path, row: MetricsRow) -> None:
-    append_metrics(out_dir / FILE, row)
+    try:
+        append_metrics(out_dir / FILE, row)
+    except OSError as e:
+        raise RunError(f"cannot write {out_dir / FILE}: {e.strerror or e}") from None
+
+
+def repair(out_dir: Path) -> str | None:
+    """Drop a last line of metrics.jsonl cut short (a run killed while writing it); returns a
+    warning saying so, or None. A bad line elsewhere stays an error (read_metrics names it)."""
+    path = out_dir / FILE
+    if not path.is_file():
+        return None
+    text = path.read_bytes()
+    lines = text.splitlines(keepends=True)
+    if not lines:
+        return None
+    last = lines[-1]
+    try:
+        MetricsRow.model_validate_json(last)
+        whole = last.endswith(b"\n")
+    except ValueError:
+        whole = False
+    if whole:
+        return None
+    try:
+        path.write_bytes(b"".join(lines[:-1]))
+    except OSError as e:
+        raise RunError(f"cannot write {path}: {e.strerror or e}") from None
+    return f"{path}: dropped a last line cut short ({len(last)} bytes; a run was killed while writing it)"
 
 
 def truncate(out_dir: Path, done: int) -> None:
     """Drop metric lines of iterations after the checkpoint: they will be run again."""
     path = out_dir / FILE
     if path.exists():
+        repair(out_dir)
         keep = [r for r in read_metrics(path) if r.iteration < done]
-        path.write_text("".join(r.to_line() + "\n" for r in keep))
+        try:
+            path.write_text("".join(r.to_line() + "\n" for r in keep))
+        except OSError as e:
+            raise RunError(f"cannot write {path}: {e.strerror or e}") from None

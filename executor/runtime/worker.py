@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from executor.compute.train import OptimConfig, make_optimizer
+from executor.compute.schedule import scheduled
+from executor.compute.train import NonFiniteError, OptimConfig, make_optimizer
 from executor.data.sources import reward_function
 from executor.data.tokenizer import tokenizer_for
 from executor.programs.evaluate import Evaluation
@@ -26,7 +27,7 @@ from executor.programs.registry import program_for
 from executor.realloc.move import Pending
 from executor.runtime import checkpoints, metrics
 from executor.runtime.display import RunDisplay
-from executor.runtime.launch import WorkerEnv
+from executor.runtime.launch import RunError, WorkerEnv
 from executor.runtime.metrics import MetricsBoard
 from executor.runtime.roles import build_contexts, build_roles
 from executor.runtime.store import DataStore
@@ -47,7 +48,9 @@ class RunTask:
     checkpoint_every: int = 0
     """Save a run checkpoint every N iterations (0: never)."""
     resume: bool = False
-    """Continue from the newest complete checkpoint in out_dir."""
+    """Continue from the newest intact checkpoint in out_dir (or `resume_from`)."""
+    resume_from: str | None = None
+    """The checkpoint folder to continue from, as the launcher chose it."""
 
 
 def run(env: WorkerEnv, task: RunTask) -> None:
@@ -101,10 +104,15 @@ class Worker:
         self.rule = reward_function(exp.reward_function) if exp.reward_function else None
         self.order = [node.mfc for node in unrolled(exp.algorithm, 1)]  # the global order
         self.out_dir = Path(task.out_dir)
+        keeps = task.resume or task.checkpoint_every  # what checkpoints record: the data
+        self.data = checkpoints.data_source(self.program.data_path) if keeps else {}
+        self.start = self._resume() if task.resume else 0  # before anything is written
         if env.rank == 0:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_plan(plan, self.out_dir / "plan.json")  # what ran, next to its metrics
-        self.start = self._resume() if task.resume else 0
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                save_plan(plan, self.out_dir / "plan.json")  # what ran, next to its metrics
+            except OSError as e:
+                raise RunError(f"cannot write {self.out_dir / 'plan.json'}: {e.strerror}") from None
         self.evaluation, self.eval_alloc = None, None
         if exp.evaluation is not None:  # in the generation layout (the actor's home without one)
             max_pos = exp.model("actor").max_position_embeddings
@@ -125,14 +133,20 @@ class Worker:
             o = self.exp.optimizer(role)
             # Clipping is train_step's argument (the role's grad_clip), not the optimizer's.
             cfg = OptimConfig(lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
-            opts[role] = make_optimizer(rm.model, cfg, rm.home_ctx, zero1=rm.home.strategy.zero1)
+            opt = make_optimizer(rm.model, cfg, rm.home_ctx, zero1=rm.home.strategy.zero1)
+            opts[role] = scheduled(opt, o)  # the schedule's position is in opt's state_dict
         return opts
 
     def _resume(self) -> int:
-        path = checkpoints.latest(self.out_dir, self.env.world)
+        if self.task.resume_from is not None:
+            path = Path(self.task.resume_from)
+        else:
+            path = checkpoints.latest(self.out_dir, self.env.world)
         if path is None:
             where = self.out_dir / "checkpoints"
             raise PlanError(f"no complete checkpoint in {where}", field="--resume")
+        field = "--data" if self.task.data else "experiment.dataset"
+        checkpoints.check_resume(path, self.plan, self.data, field)
         done = checkpoints.load(path, self.env.rank, self.plan, self.roles, self.opts)
         if self.env.rank == 0:
             metrics.truncate(self.out_dir, done)
@@ -152,14 +166,25 @@ class Worker:
         self._evaluate(it, rec)
         self.board.post(it, rec.row(end, _peak_memory_mib(self.env.device)))
         every = self.task.checkpoint_every
-        if every and (it + 1) % every == 0:
-            checkpoints.save(
-                self.out_dir, it + 1, self.env.rank, self.plan, self.roles, self.opts, self.tok
-            )
+        save = bool(every and (it + 1) % every == 0)
         if self.display is not None:
-            for row in self.board.merged(self.plan, block=it == self.task.iterations - 1):
+            # Before a checkpoint, every row up to it is on disk (waiting here costs nothing:
+            # the save starts with a barrier), so a resume from it has all earlier rows.
+            last = it == self.task.iterations - 1
+            for row in self.board.merged(self.plan, block=save or last):
                 metrics.append_row(self.out_dir, row)
                 self.display.update(row)
+        if save:
+            checkpoints.save(
+                self.out_dir,
+                it + 1,
+                self.env.rank,
+                self.plan,
+                self.roles,
+                self.opts,
+                self.tok,
+                self.data,
+            )
 
     def call(self, m: MFC, it: int, dataset: dict, rec: Iteration) -> None:
         """The four steps of one call on this rank (most do nothing off the call's mesh)."""
@@ -171,6 +196,8 @@ class Worker:
         t2 = time.time()
         out = None
         if ctx.in_mesh:
+            if model is not None:  # (a rule reward has no model)
+                model.recompute = m.kind == "train" and alloc.strategy.recompute
             env = CallEnv(
                 self.exp,
                 self.tok,
@@ -179,7 +206,12 @@ class Worker:
                 alloc.strategy.micro_batches,
                 self.opts.get(m.role),
             )
-            out = self.program.run(m, model, ctx, data, env)
+            try:
+                out = self.program.run(m, model, ctx, data, env)
+            except NonFiniteError as e:  # the weights keep their last finite values
+                last = checkpoints.latest(self.out_dir, self.env.world)
+                kept = f"last checkpoint: {last}" if last else "no checkpoint"
+                raise RunError(f"{m.name} at iteration {it}: {e}; stopped ({kept})") from None
             rec.stats.update(env.stats)
         t3 = time.time()
         self._hand_over(m, it, out, rec)

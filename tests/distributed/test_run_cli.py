@@ -1,4 +1,5 @@
-"""rlhf-run as a user runs it: a killed worker stops the run, naming the lost rank."""
+"""rlhf-run as a user runs it: a finished run prints its summary; a killed worker stops the
+run, naming the lost rank."""
 
 from __future__ import annotations
 
@@ -67,3 +68,12 @@ def test_killed_worker_stops_the_run(tmp_path):
     assert "rank 2: killed by signal 9" in stderr, stderr
     assert "lost contact with rank(s) 2" in stderr, stderr
     assert "Traceback" not in stderr, stderr
+
+
+def test_a_finished_run_prints_its_summary_and_exits_0(tmp_path):
+    out = tmp_path / "run"
+    cmd = [*EXE.split(), str(example_path("ppo-tiny-4cpu", "plan")), "--iterations", "2"]
+    done = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "last iteration:" in done.stdout and "reward" in done.stdout
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr

@@ -47,11 +47,12 @@ def test_7b_weights_grads_adam_on_one_device():
     cm = CostModel(ClusterSpec(nodes=1, gpus_per_node=8, device="h100"), exp("llama2-7b"))
     mem = cm.call_cost("actor_train", alloc(1)).memory
     assert mem.weights == 2 * P7  # bf16
-    assert mem.grads == 2 * P7
+    assert mem.grads == 4 * P7  # accumulated and reduced in fp32
     assert mem.optimizer == 12 * P7  # fp32 master + two fp32 moments
+    assert mem.resident == 18 * P7  # all of it outlives the call (the trained role's home)
     # ZeRO-1 over dp=8 divides only the optimizer part.
     z = cm.call_cost("actor_train", alloc(8, dp=8, zero1=True)).memory
-    assert z.weights == 2 * P7 and z.grads == 2 * P7
+    assert z.weights == 2 * P7 and z.grads == 4 * P7
     assert z.optimizer == pytest.approx(12 * P7 / 8)
     # Weights already in fp32: no separate master copy.
     cm32 = CostModel(ClusterSpec(device="h100"), exp("llama2-7b", dtype="float32"))

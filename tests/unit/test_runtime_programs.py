@@ -10,7 +10,7 @@ import torch
 from executor.data.tokenizer import ByteTokenizer
 from executor.losses.evaluation import exact_match
 from executor.programs.evaluate import arithmetic_questions
-from executor.programs.program import prompt_response_rows
+from executor.programs.program import PromptSource, prompt_response_rows
 from executor.programs.registry import program_for
 from plans import PlanError, experiment_from_dict, load_experiment
 
@@ -55,7 +55,61 @@ def test_pairs_file_gives_chosen_then_rejected_rows(tmp_path):
     assert rows["reward"].tolist() == [1.0, 0.0] * 4
     assert torch.equal(rows["true_reward"], rows["reward"])  # a file's labels are its truth
     p = exp.prompt_len
-    assert rows["input_ids"][6, p : p + 2].tolist() == [ord("0"), ord("0")]  # wraps around
+    chosen = [TOK.decode(rows["input_ids"][r, p : p + 2].tolist()) for r in range(0, 8, 2)]
+    prompts = [TOK.decode(rows["input_ids"][r, :p].tolist()) for r in range(0, 8, 2)]
+    assert sorted(chosen[:3]) == ["00", "11", "22"]  # every pair once, then the next epoch
+    assert chosen[3] in ("00", "11", "22")
+    for c, q in zip(chosen, prompts, strict=True):
+        assert q.endswith(f"q{c[0]}:")  # a pair stays whole
+
+
+def _prompt_file(tmp_path, n):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"p{i}:"}) + "\n" for i in range(n)))
+    return [f"p{i}:" for i in range(n)], str(path)
+
+
+@pytest.mark.parametrize("n_rows,batch", [(10, 4), (6, 6), (4, 10)])
+def test_file_prompts_are_shuffled_anew_every_epoch(tmp_path, n_rows, batch):
+    file, path = _prompt_file(tmp_path, n_rows)
+    exp = _exp("ppo-tiny", batch_size=batch, mini_batches=1)
+    source = PromptSource(exp, TOK, path)
+    k = 6  # iterations 0..k-1: several epochs, some ending inside a batch
+    drawn = [t for it in range(k) for t in source.texts(it)]
+    epochs = [drawn[e : e + n_rows] for e in range(0, k * batch - n_rows + 1, n_rows)]
+    assert len(epochs) >= 2
+    assert all(sorted(e) == sorted(file) for e in epochs)  # each epoch covers the file once
+    assert drawn != [file[i % n_rows] for i in range(k * batch)]  # not the file's order
+    assert len({tuple(e) for e in epochs}) > 1  # a new order per epoch (of 4 rows, one of
+    # the 24 orders may well be the file's own)
+    # A pure function of (seed, iteration): another source, and the iterations in any order,
+    # give the same rows; this is what makes the iteration count the data position on resume.
+    again = PromptSource(exp, TOK, path)
+    assert [t for it in reversed(range(k)) for t in reversed(again.texts(it))] == drawn[::-1]
+    other = PromptSource(exp.model_copy(update={"seed": exp.seed + 1}), TOK, path)
+    assert [t for it in range(k) for t in other.texts(it)] != drawn
+
+
+def test_file_preference_pairs_are_shuffled_anew_every_epoch(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    pairs = [{"prompt": f"q{i}:", "chosen": f"{i}{i}", "rejected": "xy"} for i in range(5)]
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    exp = _exp("dpo-tiny", batch_size=2, mini_batches=1)
+    p = exp.prompt_len
+
+    def chosen(prog, it):
+        ids = prog.dataset(it)["input_ids"]
+        return [TOK.decode(ids[r, p : p + 2].tolist()) for r in range(0, ids.shape[0], 2)]
+
+    prog = program_for(exp, TOK, str(path))
+    drawn = [c for it in range(5) for c in chosen(prog, it)]  # two epochs of five pairs
+    file = [f"{i}{i}" for i in range(5)]
+    assert sorted(drawn[:5]) == sorted(drawn[5:]) == file
+    assert drawn[:5] != file and drawn[:5] != drawn[5:]
+    again = program_for(exp, TOK, str(path))
+    assert [c for it in (4, 2, 0, 3, 1) for c in chosen(again, it)] == [
+        c for it in (4, 2, 0, 3, 1) for c in drawn[2 * it : 2 * it + 2]
+    ]
 
 
 def test_builtin_pairs_carry_the_truth_behind_noisy_labels():
