@@ -3,6 +3,7 @@ of greedy generation with a KV cache, and forward+backward tokens/s of next-toke
 cross-entropy, on the same random weights. Prints one line per figure.
 
     .venv/bin/python benchmarks/model.py --model tiny --batch 8
+    .venv/bin/python benchmarks/model.py --family qwen3   # 50-100M models of each family
 """
 
 from __future__ import annotations
@@ -20,7 +21,37 @@ from executor.model.hf_config import transformers_model
 from executor.model.weights import random_init_
 from executor.parallel.context import ParallelContext
 from executor.parallel.pipeline import pipeline_train
-from plans.model import preset
+from plans.model import ModelSpec, RopeScaling, preset
+
+# 50-100M parameter models of each family (vocabulary 32000), each with what its family adds.
+_DIMS = dict(
+    hidden_size=512,
+    intermediate_size=1536,
+    num_hidden_layers=12,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    vocab_size=32000,
+    max_position_embeddings=2048,
+)
+FAMILIES = {
+    "llama": ModelSpec(
+        name="llama-bias-69m",
+        attention_bias=True,
+        mlp_bias=True,
+        rope_theta=500000.0,
+        rope_scaling=RopeScaling(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=256,
+        ),
+        **_DIMS,
+    ),  # fmt: skip
+    "qwen2": ModelSpec(name="qwen2-53m", architecture="qwen2", tie_word_embeddings=True, **_DIMS),
+    "qwen3": ModelSpec(name="qwen3-77m", architecture="qwen3", head_dim=128, **_DIMS),
+    "mistral": ModelSpec(name="mistral-69m", architecture="mistral", sliding_window=128, **_DIMS),
+}
 
 
 def _race(a, b, repeats: int) -> tuple[float, float]:
@@ -39,6 +70,7 @@ def _race(a, b, repeats: int) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="tiny", help="preset name (tiny, tiny-mha, small)")
+    ap.add_argument("--family", choices=sorted(FAMILIES), help="a 50-100M model of a family")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--prompt", type=int, default=32, help="prompt tokens")
     ap.add_argument("--new", type=int, default=128, help="generated tokens per sequence")
@@ -53,12 +85,12 @@ def main() -> None:
 
     torch.manual_seed(0)
     dev = torch.device(args.device)
-    spec = preset(args.model)
+    spec = FAMILIES[args.family] if args.family else preset(args.model)
     ctx = ParallelContext.single()
     ours = random_init_(Transformer(spec), seed=0).to(dev)
     hf = transformers_model(spec, ours.state_dict(), attn_implementation="sdpa").to(dev)
     print(
-        f"model={args.model} params={spec.num_params() / 1e6:.1f}M batch={args.batch} "
+        f"model={spec.name if args.family else args.model} params={spec.num_params() / 1e6:.1f}M batch={args.batch} "
         f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__}"
     )
 

@@ -92,7 +92,7 @@ def run(
     from executor.programs.evaluate import Evaluation
     from executor.programs.registry import program_for
 
-    tok = tokenizer_for([exp.model(r) for r in exp.roles])
+    tok = tokenizer_for([exp.model(r) for r in exp.roles], exp.tokenizer)
     program_for(exp, tok, str(data) if data else None).dataset(0)  # a bad dataset line
     if exp.evaluation is not None:
         Evaluation(exp.evaluation, tok, exp.model("actor").max_position_embeddings)

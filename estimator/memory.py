@@ -43,7 +43,8 @@ def stage_params(model: ModelSpec, tp: int, pp: int) -> list[float]:
     """Parameters each pipeline stage holds on one tp rank."""
     layers = split_layers(model.num_hidden_layers, pp)
     h = model.hidden_size
-    block = (model.block_params() - 2 * h) / tp + 2 * h  # the two RMSNorms are replicated
+    rep = model.replicated_block_params()  # norms and the o/down biases are replicated
+    block = (model.block_params() - rep) / tp + rep
     out = []
     for p, n in enumerate(layers):
         params = n * block
@@ -51,6 +52,8 @@ def stage_params(model: ModelSpec, tp: int, pp: int) -> list[float]:
             params += model.embedding_params() / tp
         if p == pp - 1:
             head = model.head_params() - h  # the projection: LM head split over tp
+            if model.tie_word_embeddings and model.head == "lm" and pp > 1:
+                head = model.embedding_params()  # tied, the last stage keeps its own copy
             params += h + (head / tp if model.head == "lm" else head)
         out.append(params)
     return out
@@ -114,6 +117,8 @@ def block_bytes_per_token(model: ModelSpec, tp: int, dt: int) -> float:
     kvw = model.num_key_value_heads * model.head_dim / tp
     kv_read = qw if model.num_attention_heads > model.num_key_value_heads else kvw
     norms = 5 * h * dt + (4 * h if dt != 4 else 0)
+    if model.qk_norm:  # Qwen3's q/k RMSNorms keep their inputs (and an fp32 copy in bf16)
+        norms += (qw + kvw) * (dt + (4 if dt != 4 else 0))
     return norms + (3 * qw + 2 * kv_read + 4 * model.intermediate_size / tp) * dt
 
 
@@ -197,7 +202,8 @@ def shared_weight_bytes(
     dt = DTYPE_BYTES[dtype]
     h = model.hidden_size
     row = h * model.num_attention_heads * model.head_dim + h * model.intermediate_size
-    col = model.block_params() - 2 * h - row  # q, k, v, gate, up
+    rep = model.replicated_block_params()  # norms, o/down biases
+    col = model.block_params() - rep - row  # q, k, v, gate, up (and their biases)
     lm_head = model.head_params() - h if model.head == "lm" else 0.0
     replicated_head = h + (model.head_params() - h if model.head == "value" else 0.0)
     hs, cs = home.strategy, copy.strategy
@@ -225,12 +231,12 @@ def shared_weight_bytes(
         )
         part = min(1 / hs.tp, 1 / cs.tp)
         if ih == ic:  # the very tensors
-            blocks, rows = n * (model.block_params() - 2 * h) * part, part
+            blocks, rows = n * (model.block_params() - rep) * part, part
         elif nested:
             blocks, rows = n * col * part, part
         else:
             blocks, rows = 0.0, 0.0
-        shared = blocks + n * 2 * h
+        shared = blocks + n * rep
         first, last = (ph == 0 and pc == 0), (ph == hs.pp - 1 and pc == cs.pp - 1)
         if first:
             shared += model.embedding_params() * rows

@@ -184,14 +184,16 @@ class ExperimentSpec(BaseModel):
     )
     dataset: str | None = Field(
         None,
-        description="JSONL file (relative to the experiment file) of prompts, preference pairs, "
+        description="JSONL file (relative to the experiment file) of prompts (JSONL or Parquet "
+        "rows with `prompt` text or chat `messages`, optional `answer`), preference pairs, "
         "candidate lists or preference trees (as the algorithm reads); None = the built-in synthetic task; `builtin:trees` = "
         "its tree-structured preference sets (reward-model training).",
     )
     reward_function: str | None = Field(
         None,
-        description="Rule reward `module:function` (prompt, response) -> float, or `builtin:digits` "
-        "(the synthetic task's rule), scored on the reward call's devices instead of the reward model.",
+        description="Rule reward `module:function` (prompt, response[, answer]) -> float, "
+        "`builtin:digits` (the synthetic task's rule) or `builtin:math` (the final `####` or "
+        "\\boxed{} answer against the row's `answer`), scored on the reward call's devices instead of the reward model.",
     )
     generation: GenerationSpec = Field(
         default_factory=GenerationSpec, description="Sampling settings."
@@ -208,6 +210,11 @@ class ExperimentSpec(BaseModel):
     )
     evaluation: EvalSpec | None = Field(
         None, description="Held-out exact-match evaluation of the actor every N iterations."
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="A Hugging Face tokenizer folder for every role; None = the tokenizer in the "
+        "model folders (they must agree), else the built-in byte tokenizer.",
     )
 
     @field_validator("name")
@@ -278,7 +285,8 @@ class ExperimentSpec(BaseModel):
                     r: s["model"]
                     for r, s in resolved.items()
                     if isinstance(s, dict) and isinstance(s.get("model"), ModelSpec)
-                }
+                },
+                data.get("tokenizer") if isinstance(data.get("tokenizer"), str) else None,
             )
         return {**data, "roles": resolved}
 

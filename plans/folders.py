@@ -62,6 +62,8 @@ def resolve_experiment_paths(data: dict[str, Any], base: Path | None) -> dict[st
     data = dict(data)  # never modify the caller's document
     if isinstance(data.get("dataset"), str):
         data["dataset"] = resolve_path(data["dataset"], base)
+    if isinstance(data.get("tokenizer"), str):
+        data["tokenizer"] = resolve_path(data["tokenizer"], base)
     ev = data.get("evaluation")
     if isinstance(ev, dict) and isinstance(ev.get("dataset"), str):
         data["evaluation"] = {**ev, "dataset": resolve_path(ev["dataset"], base)}
@@ -243,8 +245,11 @@ def has_tokenizer(folder: Path) -> bool:
     return any((folder / f).exists() for f in TOKENIZER_FILES)
 
 
-def tokenizer_folder(specs: list[ModelSpec]) -> Path | None:
-    """The folder whose tokenizer the run uses: the first model folder that has one."""
+def tokenizer_folder(specs: list[ModelSpec], named: str | None = None) -> Path | None:
+    """The folder whose tokenizer the run uses: the experiment's `tokenizer` when it names
+    one, else the first model folder that has one."""
+    if named is not None:
+        return Path(named)
     for spec in specs:
         if spec.checkpoint and has_tokenizer(Path(spec.checkpoint)):
             return Path(spec.checkpoint)
@@ -272,9 +277,42 @@ def byte_tokenizer_misfit(spec: ModelSpec) -> str | None:
     return None
 
 
-def check_model_folders(specs: Mapping[str, ModelSpec]) -> None:
-    """Every role's model folder and the tokenizer the run will use; PlanError naming the
-    role (field) and the file (message)."""
+def tokenizer_identity(folder: Path) -> bytes | None:
+    """What makes two tokenizer folders the same tokenizer (their tokenizer.json, else their
+    sentencepiece tokenizer.model, byte for byte), None without either."""
+    for name in ("tokenizer.json", "tokenizer.model"):
+        if (folder / name).is_file():
+            try:
+                return (folder / name).read_bytes()
+            except OSError as e:
+                raise PlanError(f"{folder / name}: cannot read: {e.strerror or e}") from None
+    return None
+
+
+def check_one_tokenizer(specs: Mapping[str, ModelSpec], source: Path) -> None:
+    """Every model folder that brings a tokenizer brings the run's: ids mean the same text in
+    every role only then (re-tokenising through text between roles is not implemented)."""
+    want = tokenizer_identity(source)
+    for role, spec in specs.items():
+        folder = Path(spec.checkpoint) if spec.checkpoint else None
+        if folder is None or folder == source or not has_tokenizer(folder):
+            continue
+        if tokenizer_identity(folder) != want:
+            raise PlanError(
+                f"{folder}: its tokenizer differs from the run's ({source}); roles with "
+                "different tokenizers are not supported (no re-tokenisation through text)",
+                field=f"roles.{role}.model",
+            )
+
+
+def check_model_folders(specs: Mapping[str, ModelSpec], tokenizer: str | None = None) -> None:
+    """Every role's model folder and the tokenizer the run will use (the experiment's
+    `tokenizer` folder when named); PlanError naming the role (field) and the file."""
+    if tokenizer is not None and not (Path(tokenizer).is_dir() and has_tokenizer(Path(tokenizer))):
+        raise PlanError(
+            f"{tokenizer}: not a folder with tokenizer files ({', '.join(TOKENIZER_FILES)})",
+            field="tokenizer",
+        )
     for role, spec in specs.items():
         if not spec.checkpoint:
             continue
@@ -294,9 +332,11 @@ def check_model_folders(specs: Mapping[str, ModelSpec]) -> None:
                 )
         except PlanError as e:
             raise PlanError(e.reason, field=f"roles.{role}.model") from None
-    if not any(s.checkpoint for s in specs.values()):
+    if not any(s.checkpoint for s in specs.values()) and tokenizer is None:
         return  # presets and inline specs: tokenizer_for checks the byte tokenizer at run time
-    source = tokenizer_folder(list(specs.values()))
+    source = tokenizer_folder(list(specs.values()), tokenizer)
+    if source is not None:
+        check_one_tokenizer(specs, source)
     if source is None:
         for role, spec in specs.items():
             if (why := byte_tokenizer_misfit(spec)) is not None:
@@ -318,6 +358,6 @@ def check_plan_folders(plan: Plan, source: str | None = None) -> None:
     rlhf-run and `rlhf-plan validate` call this before anything reads the weights."""
     exp = plan.experiment
     try:
-        check_model_folders({r: exp.model(r) for r in exp.roles})
+        check_model_folders({r: exp.model(r) for r in exp.roles}, exp.tokenizer)
     except PlanError as e:
         raise PlanError(e.reason, field=f"experiment.{e.field}", source=source) from None

@@ -6,8 +6,9 @@ only its rows/columns), saving (gathering) and gradient-norm bookkeeping. DP rep
 same slices as dp rank 0, so dp does not appear here.
 
 TP follows gpt-fast / Megatron: q, k, v, gate, up, the embedding and the LM head are split on
-their output dim (dim 0 of the [out, in] weight), o and down on their input dim (dim 1);
-norms and the value head are replicated. Attention is split by whole heads. When tp exceeds
+their output dim (dim 0 of the [out, in] weight, and their biases with it), o and down on
+their input dim (dim 1; their biases are added after the sum, so replicated); norms (Qwen3's
+per-head q/k norms included) and the value head are replicated. Attention is split by whole heads. When tp exceeds
 the key/value head count (GQA), each kv head is replicated on the tp/kv ranks whose query
 heads use it, and the gradient of those copies is a partial sum that must be added up.
 """
@@ -131,25 +132,37 @@ def param_slices(spec: ModelSpec, tp: int, tp_rank: int, pp: int, pp_rank: int) 
         add(p + "input_layernorm.weight", (h,), None, owner=replicated_owner)
         q0, q1 = heads.q_heads
         k0, k1 = heads.kv_heads
-        add(
-            p + "self_attn.q_proj.weight", (spec.num_attention_heads * hd, h), 0, (q0 * hd, q1 * hd)
-        )
+        nq, nkv = spec.num_attention_heads * hd, spec.num_key_value_heads * hd
+        kv_kw = {"owner": kv_owner, "partial": heads.kv_replicas > 1}
+        add(p + "self_attn.q_proj.weight", (nq, h), 0, (q0 * hd, q1 * hd))
+        if spec.qkv_bias:  # column-parallel: a bias row goes with its weight row
+            add(p + "self_attn.q_proj.bias", (nq,), 0, (q0 * hd, q1 * hd))
         for kv in ("k_proj", "v_proj"):
-            add(
-                p + f"self_attn.{kv}.weight",
-                (spec.num_key_value_heads * hd, h),
-                0,
-                (k0 * hd, k1 * hd),
-                owner=kv_owner,
-                partial=heads.kv_replicas > 1,
-            )
-        add(
-            p + "self_attn.o_proj.weight", (h, spec.num_attention_heads * hd), 1, (q0 * hd, q1 * hd)
-        )
+            add(p + f"self_attn.{kv}.weight", (nkv, h), 0, (k0 * hd, k1 * hd), **kv_kw)
+            if spec.qkv_bias:
+                add(p + f"self_attn.{kv}.bias", (nkv,), 0, (k0 * hd, k1 * hd), **kv_kw)
+        add(p + "self_attn.o_proj.weight", (h, nq), 1, (q0 * hd, q1 * hd))
+        if spec.o_bias:  # row-parallel: added once after the tp sum, so replicated
+            add(p + "self_attn.o_proj.bias", (h,), None, owner=replicated_owner)
+        if spec.qk_norm:
+            # One [head_dim] weight shared by every head: replicated, and each rank's
+            # gradient covers only its own heads, so it is summed over tp.
+            for norm in ("q_norm", "k_norm"):
+                add(
+                    p + f"self_attn.{norm}.weight",
+                    (hd,),
+                    None,
+                    owner=replicated_owner,
+                    partial=tp > 1,
+                )
         add(p + "post_attention_layernorm.weight", (h,), None, owner=replicated_owner)
-        add(p + "mlp.gate_proj.weight", (inter, h), 0, split(inter))
-        add(p + "mlp.up_proj.weight", (inter, h), 0, split(inter))
+        for proj in ("gate_proj", "up_proj"):
+            add(p + f"mlp.{proj}.weight", (inter, h), 0, split(inter))
+            if spec.mlp_bias:
+                add(p + f"mlp.{proj}.bias", (inter,), 0, split(inter))
         add(p + "mlp.down_proj.weight", (h, inter), 1, split(inter))
+        if spec.mlp_bias:
+            add(p + "mlp.down_proj.bias", (h,), None, owner=replicated_owner)
     if last:
         add("model.norm.weight", (h,), None, owner=replicated_owner)
         if spec.head == "value":

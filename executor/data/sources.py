@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import json
 import random
 import string
@@ -116,9 +117,15 @@ def digit_reward(prompt: str, response: str) -> float:
 
 
 def reward_function(ref: str) -> RewardFn:
-    """`module:function` -> the function (a rule reward for tasks with checkable answers)."""
+    """`module:function` -> the function (a rule reward for tasks with checkable answers):
+    (prompt, response) -> float, or (prompt, response, answer) -> float to be handed each
+    row's `answer` (see wants_answer); `builtin:math` is one of the latter."""
     if ref == "builtin:digits":
         return digit_reward
+    if ref == "builtin:math":
+        from executor.data.math_reward import math_reward
+
+        return math_reward
     module, _, name = ref.partition(":")
     if not module or not name:
         raise PlanError(f"{ref!r} is not of the form module:function", field="reward_function")
@@ -131,3 +138,16 @@ def reward_function(ref: str) -> RewardFn:
     if not callable(fn):
         raise PlanError(f"{ref!r} is not callable", field="reward_function")
     return fn
+
+
+def wants_answer(fn: RewardFn) -> bool:
+    """Whether a rule reward takes the dataset row's answer: a third parameter (or one named
+    `answer`)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: (prompt, response)
+        return False
+    positional = [
+        p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return "answer" in params or len(positional) >= 3

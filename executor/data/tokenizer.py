@@ -61,16 +61,26 @@ class HFTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)
 
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tok, "chat_template", None))
 
-def tokenizer_for(specs) -> Tokenizer:
+    def chat(self, messages: list[dict[str, str]]) -> str:
+        """A conversation rendered with the tokenizer's chat template, ending in the prompt
+        for the assistant's turn (the text to encode, without another bos)."""
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def tokenizer_for(specs, named: str | None = None) -> Tokenizer:
     """The run's tokenizer: the HF tokenizer saved in the first model folder that has one (all
-    roles must share a vocabulary), else the built-in byte tokenizer. Its ids must fit every
+    roles must share a vocabulary) or the experiment's `tokenizer` folder (`named`), else the
+    built-in byte tokenizer. Its ids must fit every
     model's vocabulary, and the byte tokenizer never stands in for the tokenizer a model
     folder's vocabulary says it was trained with (plans.folders.byte_tokenizer_misfit)."""
     from plans import PlanError
 
     specs = list(specs)
-    folder = tokenizer_folder(specs)
+    folder = tokenizer_folder(specs, named)
     tok: Tokenizer
     if folder is not None:
         try:

@@ -1,4 +1,5 @@
-"""LLaMA-family transformer, shard-aware (TP slices, PP stage ranges); see plans.layout."""
+"""The decoder of Llama, Mistral, Qwen2 and Qwen3 models, shard-aware (TP slices, PP stage
+ranges); see plans.layout."""
 
 from executor.model.transformer import Transformer
 

@@ -1,7 +1,7 @@
 """Concatenated q/k/v and gate/up weights for inference-only loops (generation).
 
 On small matrices a decode step is dominated by per-op overhead, so one matmul for q, k and v
-and one for gate and up cut a step's matmul count from 7 to 4 per layer. The copies exist only
+and one for gate and up (biases concatenated alike) cut a step's matmul count from 7 to 4 per layer. The copies exist only
 inside the `with` block (they would double those weights' memory) and are ignored whenever
 autograd is on, so training always sees the real parameters.
 """
@@ -21,12 +21,11 @@ def fused_inference(model: Transformer) -> Iterator[Transformer]:
     blocks = list(model.model.layers.values())
     with torch.no_grad():
         for blk in blocks:
-            a, m = blk.self_attn, blk.mlp
-            a.fused_qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
-            m.fused_gate_up = torch.cat([m.gate_proj.weight, m.up_proj.weight])
+            blk.self_attn.fuse()
+            blk.mlp.fuse()
     try:
         yield model
     finally:
         for blk in blocks:
-            blk.self_attn.fused_qkv = None
-            blk.mlp.fused_gate_up = None
+            blk.self_attn.unfuse()
+            blk.mlp.unfuse()

@@ -32,14 +32,29 @@ class RMSNorm(nn.Module):
 
 
 class Linear(nn.Module):
-    """A bias-free [out, in] weight slice; a module only so state_dict keys match HF."""
+    """An [out, in] weight slice and an optional bias; a module only so state_dict keys
+    match HF. A row-parallel layer (o, down) adds its bias after the tp sum (`row_parallel`),
+    so the bias is counted once, not tp times."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype):
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, bias: int | None = None):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(shape, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(bias, dtype=dtype)) if bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+        return F.linear(x, self.weight, self.bias)
+
+
+def row_parallel(layer: Linear, x: torch.Tensor, group: Group) -> torch.Tensor:
+    """x @ W.T summed over tp, then the (replicated) bias once."""
+    y = reduce_from_tp(F.linear(x, layer.weight), group)
+    return y if layer.bias is None else y + layer.bias
+
+
+def _cat_bias(layers: list[Linear]) -> torch.Tensor | None:
+    if all(lin.bias is None for lin in layers):
+        return None
+    return torch.cat([lin.bias for lin in layers])  # families bias all of a group or none
 
 
 @dataclass
@@ -51,24 +66,51 @@ class LayerCache:
     v: torch.Tensor
 
 
+@dataclass(frozen=True)
+class AttentionShape:
+    """What a family adds to plain attention: biases on q/k/v and on o, per-head q/k norms."""
+
+    hidden: int
+    head_dim: int
+    qkv_bias: bool = False
+    o_bias: bool = False
+    qk_norm_eps: float | None = None
+    """Qwen3: RMSNorm over head_dim on each query and key head (eps), before RoPE."""
+
+
 class Attention(nn.Module):
-    def __init__(
-        self, hidden: int, head_dim: int, heads: HeadSplit, group: Group, dtype: torch.dtype
-    ):
+    def __init__(self, shape: AttentionShape, heads: HeadSplit, group: Group, dtype: torch.dtype):
         super().__init__()
-        self.hd, self.heads, self.group = head_dim, heads, group
-        self.q_proj = Linear((heads.n_q * head_dim, hidden), dtype)
-        self.k_proj = Linear((heads.n_kv * head_dim, hidden), dtype)
-        self.v_proj = Linear((heads.n_kv * head_dim, hidden), dtype)
-        self.o_proj = Linear((hidden, heads.n_q * head_dim), dtype)
+        hd, hidden = shape.head_dim, shape.hidden
+        self.hd, self.heads, self.group = hd, heads, group
+        nq, nkv = heads.n_q * hd, heads.n_kv * hd
+        self.q_proj = Linear((nq, hidden), dtype, nq if shape.qkv_bias else None)
+        self.k_proj = Linear((nkv, hidden), dtype, nkv if shape.qkv_bias else None)
+        self.v_proj = Linear((nkv, hidden), dtype, nkv if shape.qkv_bias else None)
+        self.o_proj = Linear((hidden, nq), dtype, hidden if shape.o_bias else None)
+        self.q_norm: RMSNorm | None = None
+        self.k_norm: RMSNorm | None = None
+        if shape.qk_norm_eps is not None:
+            self.q_norm = RMSNorm(hd, shape.qk_norm_eps, dtype)
+            self.k_norm = RMSNorm(hd, shape.qk_norm_eps, dtype)
         self.fused_qkv: torch.Tensor | None = None
         """[q; k; v] rows in one matrix, set only inside executor.model.fusion.fused_inference."""
+        self.fused_qkv_bias: torch.Tensor | None = None
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.fused_qkv is not None and not torch.is_grad_enabled():
             nq, nkv = self.heads.n_q * self.hd, self.heads.n_kv * self.hd
-            return F.linear(x, self.fused_qkv).split([nq, nkv, nkv], dim=-1)
+            qkv = F.linear(x, self.fused_qkv, self.fused_qkv_bias)
+            return qkv.split([nq, nkv, nkv], dim=-1)
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
+    def fuse(self) -> None:
+        layers = [self.q_proj, self.k_proj, self.v_proj]
+        self.fused_qkv = torch.cat([lin.weight for lin in layers])
+        self.fused_qkv_bias = _cat_bias(layers)
+
+    def unfuse(self) -> None:
+        self.fused_qkv = self.fused_qkv_bias = None
 
     def forward(
         self,
@@ -84,8 +126,11 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         x = copy_to_tp(x, self.group)
         q, k, v = self._qkv(x)
-        q = q.view(b, t, self.heads.n_q, self.hd).transpose(1, 2)
-        k = k.view(b, t, self.heads.n_kv, self.hd).transpose(1, 2)
+        q = q.view(b, t, self.heads.n_q, self.hd)
+        k = k.view(b, t, self.heads.n_kv, self.hd)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = v.view(b, t, self.heads.n_kv, self.hd).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
@@ -100,7 +145,7 @@ class Attention(nn.Module):
             # broadcasts over them.
             q = q.reshape(b, self.heads.n_kv, rep, self.hd)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            return reduce_from_tp(self.o_proj(out.reshape(b, 1, -1)), self.group)
+            return row_parallel(self.o_proj, out.reshape(b, 1, -1), self.group)
         if rep > 1:
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
@@ -108,29 +153,39 @@ class Attention(nn.Module):
             q, k, v, attn_mask=mask, is_causal=mask is None and t > 1
         )
         out = out.transpose(1, 2).reshape(b, t, self.heads.n_q * self.hd)
-        return reduce_from_tp(self.o_proj(out), self.group)
+        return row_parallel(self.o_proj, out, self.group)
 
 
 class MLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x)); gate/up column-parallel, down row-parallel."""
 
-    def __init__(self, hidden: int, inter_local: int, group: Group, dtype: torch.dtype):
+    def __init__(
+        self, hidden: int, inter_local: int, group: Group, dtype: torch.dtype, bias: bool = False
+    ):
         super().__init__()
         self.group = group
-        self.gate_proj = Linear((inter_local, hidden), dtype)
-        self.up_proj = Linear((inter_local, hidden), dtype)
-        self.down_proj = Linear((hidden, inter_local), dtype)
+        self.gate_proj = Linear((inter_local, hidden), dtype, inter_local if bias else None)
+        self.up_proj = Linear((inter_local, hidden), dtype, inter_local if bias else None)
+        self.down_proj = Linear((hidden, inter_local), dtype, hidden if bias else None)
         self.fused_gate_up: torch.Tensor | None = None
         """[gate; up] rows in one matrix, set only inside executor.model.fusion.fused_inference."""
+        self.fused_gate_up_bias: torch.Tensor | None = None
+
+    def fuse(self) -> None:
+        self.fused_gate_up = torch.cat([self.gate_proj.weight, self.up_proj.weight])
+        self.fused_gate_up_bias = _cat_bias([self.gate_proj, self.up_proj])
+
+    def unfuse(self) -> None:
+        self.fused_gate_up = self.fused_gate_up_bias = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = copy_to_tp(x, self.group)
         if self.fused_gate_up is not None and not torch.is_grad_enabled():
-            gate, up = F.linear(x, self.fused_gate_up).chunk(2, dim=-1)
+            both = F.linear(x, self.fused_gate_up, self.fused_gate_up_bias)
+            gate, up = both.chunk(2, dim=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
-        y = self.down_proj(F.silu(gate) * up)
-        return reduce_from_tp(y, self.group)
+        return row_parallel(self.down_proj, F.silu(gate) * up, self.group)
 
 
 class Block(nn.Module):

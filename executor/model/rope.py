@@ -1,10 +1,9 @@
 """Rotary position embeddings, numerically as in Hugging Face LLaMA (float32 angles,
-rotate-half layout), including the llama3 `rope_scaling` frequency rescaling."""
+rotate-half layout), including the linear, llama3 and yarn frequency rescalings."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
@@ -12,28 +11,20 @@ from torch import nn
 from plans.model import ModelSpec
 
 
-def _rope_params(spec: ModelSpec) -> dict[str, Any] | None:
-    scaling = spec.rope_scaling
-    if not scaling:
-        return None
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind == "default":
-        return None
-    if kind != "llama3":
-        raise NotImplementedError(f"rope_scaling type {kind!r} (only llama3 is supported)")
-    return scaling
-
-
 def inv_frequencies(spec: ModelSpec) -> torch.Tensor:
-    """[head_dim / 2] float32 inverse frequencies, llama3-rescaled when configured."""
+    """[head_dim / 2] float32 inverse frequencies, rescaled as `spec.rope_scaling` says."""
     dim = spec.head_dim
     # Same arithmetic as HF (int64 arange cast to float) so angles match bit for bit.
     inv = 1.0 / (spec.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-    s = _rope_params(spec)
+    s = spec.rope_scaling
     if s is None:
         return inv
-    factor, lo, hi = float(s["factor"]), float(s["low_freq_factor"]), float(s["high_freq_factor"])
-    old = s.get("original_max_position_embeddings", spec.max_position_embeddings)
+    if s.rope_type == "linear":
+        return inv / s.factor
+    if s.rope_type == "yarn":
+        return _yarn(spec, inv)
+    factor, lo, hi = s.factor, float(s.low_freq_factor), float(s.high_freq_factor)
+    old = s.original_max_position_embeddings or spec.max_position_embeddings
     lo_wavelen, hi_wavelen = old / lo, old / hi
     wavelen = 2 * math.pi / inv
     # Long wavelengths are slowed by `factor`, short ones kept, the band between interpolated.
@@ -42,6 +33,47 @@ def inv_frequencies(spec: ModelSpec) -> torch.Tensor:
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
     medium = ~(wavelen < hi_wavelen) * ~(wavelen > lo_wavelen)
     return torch.where(medium, smoothed, scaled)
+
+
+def _yarn(spec: ModelSpec, inv: torch.Tensor) -> torch.Tensor:
+    """YaRN's NTK-by-parts frequencies, as transformers' _compute_yarn_parameters: dimensions
+    that rotate fewer than beta_slow times over the original context are interpolated,
+    more than beta_fast times kept, a linear ramp between."""
+    s = spec.rope_scaling
+    assert s is not None
+    dim, base = spec.head_dim, spec.rope_theta
+    old = s.original_max_position_embeddings or spec.max_position_embeddings
+    fast, slow = s.beta_fast or 32, s.beta_slow or 1
+
+    def correction_dim(rotations: float) -> float:
+        return (dim * math.log(old / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low, high = correction_dim(fast), correction_dim(slow)
+    if s.truncate is None or s.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # transformers' guard against a zero-width ramp
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    extrapolation = 1 - ramp
+    pos_freqs = base ** (torch.arange(0, dim, 2).float() / dim)
+    return (1.0 / (s.factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+
+
+def attention_scaling(spec: ModelSpec) -> float:
+    """The factor transformers multiplies cos and sin by: 1 except for YaRN."""
+    s = spec.rope_scaling
+    if s is None or s.rope_type != "yarn":
+        return 1.0
+    if s.attention_factor is not None:
+        return s.attention_factor
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    if s.mscale and s.mscale_all_dim:
+        return mscale(s.factor, s.mscale) / mscale(s.factor, s.mscale_all_dim)
+    return mscale(s.factor)
 
 
 class Rotary(nn.Module):
@@ -53,6 +85,7 @@ class Rotary(nn.Module):
         self._cos = torch.empty(0)
         self._sin = torch.empty(0)
         self._initial = spec.max_position_embeddings
+        self._scale = attention_scaling(spec)
 
     def _grow(self, n: int, device: torch.device) -> None:
         n = max(n, 2 * self._cos.shape[0], self._initial)
@@ -66,6 +99,8 @@ class Rotary(nn.Module):
         # table, which saves the negation and concatenation per call (bitwise the same).
         half = emb.shape[-1] // 2
         sin = emb.sin()
+        if self._scale != 1.0:  # YaRN's attention factor, folded in as transformers does
+            self._cos, sin = self._cos * self._scale, sin * self._scale
         self._sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
 
     def forward(

@@ -1,4 +1,5 @@
-"""One pipeline stage of a LLaMA-family model, holding this rank's tensor-parallel slices.
+"""One pipeline stage of a Llama, Mistral, Qwen2 or Qwen3 model, holding this rank's
+tensor-parallel slices.
 
 The module tree mirrors HF (`model.embed_tokens`, `model.layers.<global i>`, `model.norm`,
 `lm_head` / `score`), so `state_dict()` keys are HF checkpoint keys and plans.layout's
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from executor.model.layers import MLP, Attention, Block, LayerCache, RMSNorm
+from executor.model.layers import MLP, Attention, AttentionShape, Block, LayerCache, RMSNorm
 from executor.model.rope import Rotary
 from executor.parallel.collectives import Group, copy_to_tp, reduce_from_tp
 from executor.parallel.context import ParallelContext
@@ -94,6 +95,13 @@ class Transformer(nn.Module):
         heads = head_split(spec, tp, tp_rank)
         inter = split_range(spec.intermediate_size, tp, tp_rank)
         self.rotary = Rotary(spec)
+        shape = AttentionShape(
+            h,
+            spec.head_dim,
+            qkv_bias=spec.qkv_bias,
+            o_bias=spec.o_bias,
+            qk_norm_eps=spec.rms_norm_eps if spec.qk_norm else None,
+        )
 
         self.model = nn.Module()
         if self.first:
@@ -101,8 +109,8 @@ class Transformer(nn.Module):
         self.model.layers = nn.ModuleDict(
             {
                 str(i): Block(
-                    Attention(h, spec.head_dim, heads, tp_group, dtype),
-                    MLP(h, inter[1] - inter[0], tp_group, dtype),
+                    Attention(shape, heads, tp_group, dtype),
+                    MLP(h, inter[1] - inter[0], tp_group, dtype, spec.mlp_bias),
                     h,
                     spec.rms_norm_eps,
                     dtype,
@@ -157,6 +165,7 @@ class Transformer(nn.Module):
         Returns hidden [B, T, hidden], after the final norm on the last stage."""
         if self.first:
             x = self.model.embed_tokens(x)
+        mask = self._windowed(mask, positions.shape[1], cache_pos, positions.device)
         # Position ids never exceed the token's index in the (cached) sequence.
         cos, sin = self.rotary(positions, x.dtype, cache_pos + positions.shape[1])
         recompute = self.recompute and caches is None and torch.is_grad_enabled()
@@ -168,6 +177,22 @@ class Transformer(nn.Module):
         if self.last:
             x = self.model.norm(x)
         return x
+
+    def _windowed(
+        self, mask: torch.Tensor | None, t: int, cache_pos: int, device: torch.device
+    ) -> torch.Tensor | None:
+        """`mask` narrowed to the sliding window (Mistral): query slot i sees key slots j with
+        i - window < j <= i, as transformers' sliding-window mask. Slots, not position ids:
+        real tokens are contiguous (left padding), so the two differ only on pads, which the
+        mask hides anyway. Where the window covers every key the mask is unchanged (plain
+        causal attention is then exact and cheaper)."""
+        w = self.spec.sliding_window
+        if w is None or cache_pos + t <= w:
+            return mask
+        q_idx = torch.arange(cache_pos, cache_pos + t, device=device)[:, None]
+        k_idx = torch.arange(cache_pos + t, device=device)[None, :]
+        band = ((k_idx <= q_idx) & (k_idx > q_idx - w))[None, None]  # [1, 1, T, S]
+        return band if mask is None else mask & band
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Last stage: logits shard [B, T, vocab_local] or values [B, T]."""

@@ -17,7 +17,7 @@ from executor.compute.generate import GenerationConfig, generate
 from executor.compute.logprobs import next_token_logprobs
 from executor.compute.train import LossFn, StepStats, train_step
 from executor.data.batching import Batch, micro_batches
-from executor.data.sources import RewardFn
+from executor.data.sources import RewardFn, wants_answer
 from executor.data.tokenizer import Tokenizer
 from executor.model import Transformer
 from executor.parallel.context import ParallelContext
@@ -112,33 +112,58 @@ def last_token_score(model, ctx, data: Batch, n_micro: int, prefix: str = ""):
     return v.gather(1, last[:, None]).squeeze(1).float()
 
 
-def rule_score(ctx, exp: ExperimentSpec, data: Batch, rule: RewardFn, tok: Tokenizer, prefix=""):
+AnswerOf = Callable[[tuple[int, ...]], str | None]
+"""A prompt's padded token ids -> its dataset row's answer (PromptSource.answer_of)."""
+
+
+def rule_score(
+    ctx, exp: ExperimentSpec, data: Batch, rule: RewardFn, tok: Tokenizer, prefix="", answers=None
+):
     """A rule reward of each (prompt, response) text pair of this dp rank [b]; computed on the
     last stage only, like a reward model's score."""
     if not ctx.is_last_stage:
         return None
     lo, hi = split_range(data[prefix + "input_ids"].shape[0], ctx.dp_size, ctx.dp_rank)
-    return rule_score_all(exp, data, rule, tok, prefix, lo, hi)
+    return rule_score_all(exp, data, rule, tok, prefix, lo, hi, answers)
 
 
-def rule_score_all(exp, data: Batch, rule: RewardFn, tok: Tokenizer, prefix="", lo=0, hi=None):
-    """The rule's score of rows lo..hi (default: all) [hi - lo]."""
+def rule_score_all(
+    exp,
+    data: Batch,
+    rule: RewardFn,
+    tok: Tokenizer,
+    prefix="",
+    lo=0,
+    hi=None,
+    answers: AnswerOf | None = None,
+):
+    """The rule's score of rows lo..hi (default: all) [hi - lo]. A rule that takes an answer
+    (sources.wants_answer) gets the row's, looked up by the prompt's ids in `answers`."""
     ids, am = data[prefix + "input_ids"], data[prefix + "attention_mask"]
     resp = data[prefix + "response_mask"]
     hi = ids.shape[0] if hi is None else hi
     p = exp.prompt_len
+    with_answer = wants_answer(rule)
+    if with_answer and answers is None:
+        raise ValueError("this reward checks answers, and the prompts have none")
     scores = []
     for i in range(lo, hi):
         prompt = tok.decode(ids[i, :p][am[i, :p] > 0].tolist())
         response = tok.decode(ids[i, p:][resp[i] > 0].tolist())
-        scores.append(float(rule(prompt, response)))
+        if with_answer:
+            answer = answers(tuple(ids[i, :p].tolist()))
+            scores.append(0.0 if answer is None else float(rule(prompt, response, answer)))
+        else:
+            scores.append(float(rule(prompt, response)))
     return torch.tensor(scores, dtype=torch.float32)
 
 
-def score(model, ctx, exp, data, n_micro, rule: RewardFn | None, tok, prefix: str = ""):
+def score(
+    model, ctx, exp, data, n_micro, rule: RewardFn | None, tok, prefix: str = "", answers=None
+):
     """The reward role's score [b]: the rule if the experiment has one, else the model."""
     if rule is not None:
-        return rule_score(ctx, exp, data, rule, tok, prefix)
+        return rule_score(ctx, exp, data, rule, tok, prefix, answers)
     return last_token_score(model, ctx, data, n_micro, prefix)
 
 

@@ -118,6 +118,9 @@ class PPO(Program):
     def rows(self) -> int:
         return self.exp.batch_size * self.exp.group_size
 
+    def answer_of(self, prompt_ids: tuple[int, ...]) -> str | None:
+        return self.prompts.answer_of(prompt_ids)
+
     def dataset(self, it: int) -> Batch:
         return self.prompts.batch(it)
 
@@ -132,7 +135,9 @@ class PPO(Program):
             lp = calls.response_logprobs(model, ctx, exp, data, env.n_micro)
             return None if lp is None else {"ref_logprobs": lp}
         if m.name == "rew_inf":
-            s = calls.score(model, ctx, exp, data, env.n_micro, env.rule, env.tok)
+            s = calls.score(
+                model, ctx, exp, data, env.n_micro, env.rule, env.tok, answers=self.answer_of
+            )
             return None if s is None else {"score": s}
         if m.name == "critic_inf":
             v = calls.response_values(model, ctx, exp, data, env.n_micro)

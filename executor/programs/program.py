@@ -13,12 +13,19 @@ from dataclasses import dataclass, field
 import torch
 
 from executor.data.batching import Batch
-from executor.data.sources import RewardFn, epoch_order, load_prompts, synthetic_prompts
+from executor.data.prompt_rows import PromptRow, check_rows, encode_row, read_prompt_rows
+from executor.data.sources import (
+    RewardFn,
+    epoch_order,
+    reward_function,
+    synthetic_prompts,
+    wants_answer,
+)
 from executor.data.tokenizer import Tokenizer, left_pad
 from executor.model import Transformer
 from executor.parallel.context import ParallelContext
 from executor.programs.calls import shaped
-from plans import MFC, ExperimentSpec
+from plans import MFC, ExperimentSpec, PlanError
 
 
 @dataclass
@@ -67,25 +74,54 @@ class Program:
 
 class PromptSource:
     """The prompts of an iteration, tokenized and left-padded to exactly prompt_len: from a
-    JSONL file (shuffled anew every epoch: executor.data.sources.epoch_order), else the
-    built-in synthetic task. Either way the prompts of an iteration are a function of (seed,
-    iteration). Each prompt is repeated `repeat` times in consecutive rows (a GRPO group)."""
+    JSONL or Parquet file (executor.data.prompt_rows: text or chat rows, with answers;
+    shuffled anew every epoch: executor.data.sources.epoch_order), else the built-in synthetic
+    task. Either way the prompts of an iteration are a function of (seed, iteration). Each
+    prompt is repeated `repeat` times in consecutive rows (a GRPO group)."""
 
     def __init__(self, exp: ExperimentSpec, tok: Tokenizer, path: str | None, repeat: int = 1):
         self.exp, self.tok, self.repeat = exp, tok, repeat
-        self.rows = load_prompts(path) if path else None
+        self.rows = read_prompt_rows(path) if path else None
+        rule = exp.reward_function
+        needs = rule if rule and wants_answer(reward_function(rule)) else None
+        if self.rows is not None:
+            check_rows(self.rows, str(path), tok, needs)
+        elif needs:
+            raise PlanError(
+                f"{needs} checks each prompt's answer: give a dataset whose rows have one",
+                field="dataset",
+            )
+        self._answers: dict[tuple[int, ...], str] = {}
+        self._previous: dict[tuple[int, ...], str] = {}
 
-    def texts(self, it: int) -> list[str]:
-        n = self.exp.batch_size
+    def _rows(self, it: int) -> list[PromptRow] | None:
         if self.rows is None:
-            return synthetic_prompts(n, seed=self.exp.seed * 100_003 + it)
+            return None
+        n = self.exp.batch_size
         return [self.rows[i] for i in epoch_order(len(self.rows), self.exp.seed, it * n, n)]
 
     def batch(self, it: int) -> Batch:
         p = self.exp.prompt_len
-        texts = [t for t in self.texts(it) for _ in range(self.repeat)]
-        ids, mask = pad_prompts([self.tok.encode(t) for t in texts], p, self.tok.pad_token_id)
+        rows = self._rows(it)
+        if rows is None:
+            texts = synthetic_prompts(self.exp.batch_size, seed=self.exp.seed * 100_003 + it)
+            encoded = [self.tok.encode(t) for t in texts]
+        else:
+            encoded = [encode_row(r, self.tok) for r in rows]
+        encoded = [x for x in encoded for _ in range(self.repeat)]
+        ids, mask = pad_prompts(encoded, p, self.tok.pad_token_id)
+        if rows is not None:
+            # Answers by the very ids the reward call sees; this and the last iteration's.
+            self._previous, self._answers = self._answers, {}
+            repeated = [r for r in rows for _ in range(self.repeat)]
+            for row, key in zip(repeated, ids.tolist(), strict=True):
+                if row.answer is not None:
+                    self._answers.setdefault(tuple(key), row.answer)
         return {"prompt_ids": ids, "prompt_mask": mask}
+
+    def answer_of(self, prompt_ids: tuple[int, ...]) -> str | None:
+        """The answer of the dataset row whose padded prompt ids these are."""
+        return self._answers.get(prompt_ids, self._previous.get(prompt_ids))
 
 
 def pad_prompts(ids: list[list[int]], p: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:

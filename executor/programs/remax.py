@@ -30,7 +30,15 @@ class ReMax(PPO):
             return {f"greedy_{k}": out[k] for k in calls.ROLLOUT_SCHEMA}
         if m.name == "rew_greedy":
             s = calls.score(
-                model, ctx, env.exp, data, env.n_micro, env.rule, env.tok, prefix="greedy_"
+                model,
+                ctx,
+                env.exp,
+                data,
+                env.n_micro,
+                env.rule,
+                env.tok,
+                prefix="greedy_",
+                answers=self.answer_of,
             )
             return None if s is None else {"greedy_score": s}
         return super().run(m, model, ctx, data, env)

@@ -98,7 +98,7 @@ class Worker:
         self.ctxs = build_contexts(plan)
         self.roles = build_roles(plan, self.ctxs, self.rules)
         self.opts = self._optimizers()
-        self.tok = tokenizer_for([exp.model(r) for r in exp.roles])
+        self.tok = tokenizer_for([exp.model(r) for r in exp.roles], exp.tokenizer)
         self.program = program_for(exp, self.tok, task.data)
         self.store = DataStore(plan.cluster.gpus_per_node, self.program.schema())
         self.rule = reward_function(exp.reward_function) if exp.reward_function else None

@@ -14,7 +14,7 @@ from executor.model.hf_checkpoint import load_checkpoint_, save_checkpoint
 from executor.model.hf_config import spec_from_folder, transformers_model
 from executor.model.weights import random_init_
 from executor.parallel.context import ParallelContext
-from plans.model import preset
+from plans.model import RopeScaling, preset
 
 CTX = ParallelContext.single()
 
@@ -70,20 +70,20 @@ def test_transformers5_rope_parameters_are_read(tmp_path):
     spec = preset("tiny").model_copy(
         update={
             "rope_theta": 12345.0,
-            "rope_scaling": {
-                "rope_type": "llama3",
-                "factor": 4.0,
-                "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 64,
-            },
+            "rope_scaling": RopeScaling(
+                rope_type="llama3",
+                factor=4.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=64,
+            ),
         }
     )
     transformers_model(spec).save_pretrained(tmp_path / "hf")
     cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert "rope_parameters" in cfg
     got = spec_from_folder(tmp_path / "hf")
-    assert got.rope_theta == 12345.0 and got.rope_scaling["factor"] == 4.0
+    assert got.rope_theta == 12345.0 and got.rope_scaling.factor == 4.0
 
 
 def test_critic_from_lm_checkpoint_and_shape_errors(tmp_path):

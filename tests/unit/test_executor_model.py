@@ -14,15 +14,15 @@ from executor.model.hf_config import transformers_model
 from executor.model.rope import inv_frequencies
 from executor.model.weights import random_init_
 from executor.parallel.context import ParallelContext
-from plans.model import preset
+from plans.model import RopeScaling, preset
 
-LLAMA3 = {
-    "rope_type": "llama3",
-    "factor": 8.0,
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 32,
-}
+LLAMA3 = RopeScaling(
+    rope_type="llama3",
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=32,
+)
 CTX = ParallelContext.single()
 
 
