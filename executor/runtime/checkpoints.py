@@ -38,9 +38,12 @@ def plan_id(plan: Plan) -> str:
 
 
 def data_source(path: str | None) -> dict:
-    """What a run trains on: a dataset file (its path and content hash) or the built-in task."""
+    """What a run trains on: a dataset file (its path and content hash) or a built-in task
+    (None: the synthetic task; `builtin:<name>`: a generated data set, e.g. builtin:trees)."""
     if path is None:
         return {"dataset": "builtin"}
+    if path.startswith("builtin:"):
+        return {"dataset": path}
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
