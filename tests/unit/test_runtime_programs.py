@@ -69,13 +69,18 @@ def _prompt_file(tmp_path, n):
     return [f"p{i}:" for i in range(n)], str(path)
 
 
+def _texts(source: PromptSource, it: int) -> list[str]:
+    """The prompt texts an iteration draws from the file, in order."""
+    return [row.prompt for row in source._rows(it)]
+
+
 @pytest.mark.parametrize("n_rows,batch", [(10, 4), (6, 6), (4, 10)])
 def test_file_prompts_are_shuffled_anew_every_epoch(tmp_path, n_rows, batch):
     file, path = _prompt_file(tmp_path, n_rows)
     exp = _exp("ppo-tiny", batch_size=batch, mini_batches=1)
     source = PromptSource(exp, TOK, path)
     k = 6  # iterations 0..k-1: several epochs, some ending inside a batch
-    drawn = [t for it in range(k) for t in source.texts(it)]
+    drawn = [t for it in range(k) for t in _texts(source, it)]
     epochs = [drawn[e : e + n_rows] for e in range(0, k * batch - n_rows + 1, n_rows)]
     assert len(epochs) >= 2
     assert all(sorted(e) == sorted(file) for e in epochs)  # each epoch covers the file once
@@ -85,9 +90,9 @@ def test_file_prompts_are_shuffled_anew_every_epoch(tmp_path, n_rows, batch):
     # A pure function of (seed, iteration): another source, and the iterations in any order,
     # give the same rows; this is what makes the iteration count the data position on resume.
     again = PromptSource(exp, TOK, path)
-    assert [t for it in reversed(range(k)) for t in reversed(again.texts(it))] == drawn[::-1]
+    assert [t for it in reversed(range(k)) for t in reversed(_texts(again, it))] == drawn[::-1]
     other = PromptSource(exp.model_copy(update={"seed": exp.seed + 1}), TOK, path)
-    assert [t for it in range(k) for t in other.texts(it)] != drawn
+    assert [t for it in range(k) for t in _texts(other, it)] != drawn
 
 
 def test_file_preference_pairs_are_shuffled_anew_every_epoch(tmp_path):
