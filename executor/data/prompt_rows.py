@@ -108,13 +108,17 @@ def read_prompt_rows(path: str | Path) -> list[PromptRow]:
     return rows
 
 
+def chat_of(row: PromptRow) -> list[dict[str, str]]:
+    """A chat row's turns as chat templates take them."""
+    return [{"role": r, "content": c} for r, c in row.messages or ()]
+
+
 def encode_row(row: PromptRow, tok) -> list[int]:
     """The prompt's token ids: text with the tokenizer's bos, a chat through its template."""
     if row.messages is None:
         assert row.prompt is not None
         return tok.encode(row.prompt)
-    chat = [{"role": r, "content": c} for r, c in row.messages]
-    return tok.encode(tok.chat(chat), add_bos=False)
+    return tok.encode(tok.chat(chat_of(row)), add_bos=False)
 
 
 def check_rows(rows: list[PromptRow], path: str, tok, needs_answer: str | None) -> None:

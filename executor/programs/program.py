@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 import torch
 
 from executor.data.batching import Batch
-from executor.data.prompt_rows import PromptRow, check_rows, encode_row, read_prompt_rows
+from executor.data.prompt_rows import (
+    PromptRow,
+    chat_of,
+    check_rows,
+    encode_row,
+    read_prompt_rows,
+)
 from executor.data.sources import (
     RewardFn,
     epoch_order,
@@ -100,12 +106,18 @@ class PromptSource:
         n = self.exp.batch_size
         return [self.rows[i] for i in epoch_order(len(self.rows), self.exp.seed, it * n, n)]
 
+    def texts(self, it: int) -> list[str]:
+        """The prompts of iteration `it` as text (a chat row: as its template renders it)."""
+        rows = self._rows(it)
+        if rows is None:
+            return synthetic_prompts(self.exp.batch_size, seed=self.exp.seed * 100_003 + it)
+        return [r.prompt if r.messages is None else self.tok.chat(chat_of(r)) for r in rows]
+
     def batch(self, it: int) -> Batch:
         p = self.exp.prompt_len
         rows = self._rows(it)
         if rows is None:
-            texts = synthetic_prompts(self.exp.batch_size, seed=self.exp.seed * 100_003 + it)
-            encoded = [self.tok.encode(t) for t in texts]
+            encoded = [self.tok.encode(t) for t in self.texts(it)]
         else:
             encoded = [encode_row(r, self.tok) for r in rows]
         encoded = [x for x in encoded for _ in range(self.repeat)]
