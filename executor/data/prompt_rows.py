@@ -8,11 +8,11 @@ number, from 1), raised when the dataset is read -- by rlhf-run before any worke
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from executor.data.sources import jsonl_records
 from plans import PlanError
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -28,23 +28,6 @@ class PromptRow:
     answer: str | None
     where: str
     """`line 3` or `row 3`: for errors about this row."""
-
-
-def _jsonl_records(path: Path) -> list[tuple[str, Any]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise PlanError(f"cannot read the dataset: {e}", source=str(path)) from None
-    out = []
-    for no, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append((f"line {no}", json.loads(line)))
-        except (json.JSONDecodeError, RecursionError) as e:
-            msg = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
-            raise PlanError(f"line {no}: not valid JSON ({msg})", source=str(path)) from None
-    return out
 
 
 def _parquet_records(path: Path) -> list[tuple[str, Any]]:
@@ -101,7 +84,7 @@ def read_prompt_rows(path: str | Path) -> list[PromptRow]:
     """Every row of a JSONL or Parquet prompt file; PlanError naming the file and the row."""
     path = Path(path)
     parquet = path.suffix.lower() in PARQUET_SUFFIXES
-    records = _parquet_records(path) if parquet else _jsonl_records(path)
+    records = _parquet_records(path) if parquet else jsonl_records(path)
     rows = [_row(rec, where, path) for where, rec in records]
     if not rows:
         raise PlanError("the dataset has no rows", source=str(path))

@@ -16,6 +16,7 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,29 +32,36 @@ class Pair:
     rejected: str
 
 
-def read_jsonl(path: str | Path, required: tuple[str, ...]) -> list[dict]:
+def jsonl_records(path: str | Path) -> list[tuple[str, Any]]:
+    """(`line N`, parsed value) of every non-blank line; a file that cannot be read or a line
+    that is not JSON is one PlanError naming the file and line."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise PlanError(f"cannot read the dataset: {e}", source=str(path)) from None
-    rows = []
+    out = []
     for no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PlanError(f"line {no}: not valid JSON ({e.msg})", source=str(path)) from None
+            out.append((f"line {no}", json.loads(line)))
+        except (json.JSONDecodeError, RecursionError) as e:
+            msg = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+            raise PlanError(f"line {no}: not valid JSON ({msg})", source=str(path)) from None
+    return out
+
+
+def read_jsonl(path: str | Path, required: tuple[str, ...]) -> list[dict]:
+    rows = []
+    for where, row in jsonl_records(path):
         if not isinstance(row, dict):
             raise PlanError(
-                f"line {no}: expected an object with {', '.join(required)}", source=str(path)
+                f"{where}: expected an object with {', '.join(required)}", source=str(path)
             )
         for key in required:
             if not isinstance(row.get(key), str):
-                raise PlanError(
-                    f"line {no}: field {key!r} missing or not a string", source=str(path)
-                )
+                raise PlanError(f"{where}: field {key!r} missing or not a string", source=str(path))
         rows.append(row)
     if not rows:
         raise PlanError("the dataset has no rows", source=str(path))
