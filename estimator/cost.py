@@ -196,17 +196,19 @@ class CostModel:
         )
 
     def _comm(
-        self, model, alloc, tokens: float, passes: int, after_s: float = 0.0
+        self, model, alloc, tokens: float, passes: int, after_s: float = 0.0, sends: int = 0
     ) -> tuple[float, float]:
-        """(TP all-reduce seconds, PP send seconds) of one micro-batch on one stage; `after_s`:
-        compute between two of the all-reduces (a half block's share)."""
+        """(TP all-reduce seconds, PP send seconds) of one micro-batch on one stage: two
+        all-reduces per block and pass, `sends` stage-to-stage sends (default: one per pass);
+        `after_s`: compute between two of the all-reduces (a half block's share)."""
         s = alloc.strategy
         tp_scope, _, pp_scope = scopes(alloc, self.cluster.gpus_per_node)
         msg = tokens * model.hidden_size * self.dt
         layers = max(split_layers(model.num_hidden_layers, s.pp))
         ar = self.lookup.collective_time("all_reduce", s.tp, tp_scope, msg, after_s)
         tp = 2 * passes * layers * ar
-        pp = passes * self.lookup.collective_time("send_recv", 2, pp_scope, msg) if s.pp > 1 else 0
+        sends = sends or passes
+        pp = sends * self.lookup.collective_time("send_recv", 2, pp_scope, msg) if s.pp > 1 else 0
         return tp, pp
 
     def _forward_or_train(self, mfc: MFC, alloc: Allocation) -> tuple[dict[str, float], int]:
@@ -218,15 +220,14 @@ class CostModel:
         ops = ("block_fwd_bwd", "embedding_fwd_bwd", "head_fwd_bwd") if train else None
         ops = ops or ("block_fwd", "embedding_fwd", "head_fwd")
         stage = self._stage_ops(model, s, ops, micro, seq, seq)
-        passes = 2 if train else 1
+        sends = passes = 2 if train else 1
         layers = max(split_layers(model.num_hidden_layers, s.pp))
-        if train and s.recompute:  # every block's forward once more, all-reduces included
-            shape = shard_shape(model, s.tp, self.dt)
+        if train and s.recompute:  # every block's forward once more, all-reduces included,
+            shape = shard_shape(model, s.tp, self.dt)  # but nothing sent between stages
             stage += layers * self.lookup.op_time("block_fwd", shape, micro, seq)
             passes = 3
-        tp, pp = self._comm(model, alloc, micro * seq, passes, stage / (2 * passes * layers))
-        if train and s.recompute:
-            pp *= 2 / 3  # the recomputed forward sends nothing between stages
+        after = stage / (2 * passes * layers)
+        tp, pp = self._comm(model, alloc, micro * seq, passes, after, sends)
         per_micro = stage + tp + pp
         steps = exp.ppo_epochs * exp.mini_batches if train else 1
         out = {
