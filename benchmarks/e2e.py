@@ -54,26 +54,50 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "estimator" / "profiles" / "cpu-epyc-2core-1thread_2workers.json"
 
 
-def experiment(quick: bool, rule_reward: bool) -> ExperimentSpec:
-    """PPO with four 85M-parameter models (preset `small`), or tiny ones for --quick."""
-    model = "tiny" if quick else "small"
-    doc = {
-        "name": "ppo-e2e-tiny" if quick else "ppo-e2e-small",
-        "algorithm": "ppo",
-        "batch_size": 8,
+# Model sizes of the check (byte vocabulary of the built-in tokenizer). "85m" is preset
+# `small`; the two smaller ones are shapes of their own, so a profile that only measured
+# `tiny` and `small` must price them from other shapes.
+SIZES: dict[str, dict] = {
+    "1m": {"name": "e2e-1m", "hidden_size": 128, "intermediate_size": 320, "num_hidden_layers": 6,
+           "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 264,
+           "max_position_embeddings": 512},
+    "25m": {"name": "e2e-25m", "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 8,
+            "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 264,
+            "max_position_embeddings": 512},
+    "85m": "small",
+}  # fmt: skip
+
+
+def experiment(quick: bool, rule_reward: bool, size: str = "85m", algorithm: str = "ppo"):
+    """PPO (four models) or GRPO (actor, reference, reward) at one of SIZES, or tiny models
+    for --quick. PPO: 8 prompts x (16 + 16) tokens, 2 mini-batches; GRPO: 2 prompts x 4
+    samples x (16 + 64) tokens, as the two usual shapes (short answers, long answers)."""
+    model = "tiny" if quick else SIZES[size]
+    opt = {"lr": 1e-5}
+    doc: dict = {
+        "name": f"{algorithm}-e2e-{'tiny' if quick else size}",
+        "algorithm": algorithm,
         "prompt_len": 16,
-        "gen_len": 16,
-        "ppo_epochs": 1,
-        "mini_batches": 2,
         "dtype": "float32",
         "seed": 1,
-        "roles": {
-            "actor": {"model": model, "optimizer": {"lr": 1e-5}},
-            "critic": {"model": model, "optimizer": {"lr": 1e-5}},
+    }
+    if algorithm == "ppo":
+        doc.update(batch_size=8, gen_len=16, ppo_epochs=1, mini_batches=2)
+        doc["roles"] = {
+            "actor": {"model": model, "optimizer": opt},
+            "critic": {"model": model, "optimizer": opt},
             "ref": {"model": model},
             "reward": {"model": model},
-        },
-    }
+        }
+    elif algorithm == "grpo":
+        doc.update(batch_size=2, group_size=4, gen_len=64)
+        doc["roles"] = {
+            "actor": {"model": model, "optimizer": opt},
+            "ref": {"model": model},
+            "reward": {"model": model},
+        }
+    else:
+        raise SystemExit(f"--algorithm: {algorithm!r} is not ppo or grpo")
     if rule_reward:
         doc["reward_function"] = "builtin:digits"
     return experiment_from_dict(doc)
@@ -215,6 +239,10 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=20.0, help="search seconds")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny models, 3 plans")
     ap.add_argument("--rule-reward", action="store_true", help="builtin:digits rule reward")
+    ap.add_argument("--size", choices=sorted(SIZES), default="85m", help="model size")
+    ap.add_argument("--algorithm", choices=("ppo", "grpo"), default="ppo")
+    ap.add_argument("--matrix", action="store_true",
+                    help="every size x both algorithms, one folder each, then a joint summary")  # fmt: skip
     ap.add_argument("--calibrate-on", default="searched",
                     help="plan label(s), comma-separated, or none")  # fmt: skip
     ap.add_argument("--foreign-max", type=float, default=0.05,
@@ -223,18 +251,29 @@ def main() -> None:
     ap.add_argument("--attempts", type=int, default=3)
     ap.add_argument("--quiet-timeout", type=float, default=90.0)
     ap.add_argument("--no-gate", dest="gate", action="store_false", help="do not wait for quiet")
-    ap.add_argument("--analyze", type=Path, default=None, help="results.json of an earlier run")
+    ap.add_argument("--analyze", type=Path, default=None,
+                    help="results.json of an earlier run, or a --matrix folder; with --profile, "
+                         "re-estimate the same measurements with that profile")  # fmt: skip
     args = ap.parse_args()
     if args.analyze:
-        doc = json.loads(args.analyze.read_text())
-        out_dir = args.analyze.parent
-        for k in ("foreign_max", "calibrate_on"):
-            if getattr(args, k) == ap.get_default(k):
-                setattr(args, k, doc["args"][k])
-        base = load_profile(doc["profile"])
-        entries = [Entry(e["label"], e["method"], {}, e["runs"]) for e in doc["entries"]]
-        plans = {e.label: load_plan(out_dir / e.label / "plan.json") for e in entries}
-        analyze(entries, plans, base, args, out_dir)
+        folders = (
+            [args.analyze.parent]
+            if args.analyze.is_file()
+            else sorted(p.parent for p in args.analyze.glob("*/results.json"))
+        )
+        summaries = {}
+        for folder in folders:
+            doc = json.loads((folder / "results.json").read_text())
+            for k in ("foreign_max", "calibrate_on"):
+                if getattr(args, k) == ap.get_default(k):
+                    setattr(args, k, doc["args"][k])
+            base = load_profile(args.profile if args.profile != PROFILE else doc["profile"])
+            entries = [Entry(e["label"], e["method"], {}, e["runs"]) for e in doc["entries"]]
+            plans = {e.label: load_plan(folder / e.label / "plan.json") for e in entries}
+            key = (doc["args"].get("algorithm", "ppo"), doc["args"].get("size", "85m"))
+            summaries[key] = analyze(entries, plans, base, args, folder)
+        if len(summaries) > 1:
+            print_matrix(summaries)
         return
     args.iterations = args.iterations or (3 if args.quick else 6)
     args.random = args.random if args.random is not None else (2 if args.quick else 6)
@@ -243,9 +282,39 @@ def main() -> None:
         args.foreign_max = max(args.foreign_max, 1.0)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = args.out or ROOT / "runs" / f"e2e-{stamp}"
+    if not args.matrix:
+        run_one(args, args.size, args.algorithm, out_dir)
+        return
+    summaries = {}
+    for algorithm in ("ppo", "grpo"):
+        for size in SIZES:
+            summaries[(algorithm, size)] = run_one(
+                args, size, algorithm, out_dir / f"{algorithm}-{size}"
+            )
+    print_matrix(summaries)
+
+
+def print_matrix(summaries: dict) -> None:
+    """One line per experiment, then the per-call error over every call of every plan."""
+    print("\nmatrix (base profile, every plan)")
+    errors = []
+    for (algorithm, size), summ in summaries.items():
+        s = summ[("all plans", "base")]
+        errors += s["errors"]
+        print(f"  {algorithm:<5}{size:>4}: {s['n']} plans, Spearman {s['spearman']:.3f}, "
+              f"iteration {s['iteration_error']:.1%}, calls {s['all_calls']:.1%}")  # fmt: skip
+    rhos = [summ[("all plans", "base")]["spearman"] for summ in summaries.values()]
+    print(
+        f"  Spearman: lowest {min(rhos):.3f}, median {statistics.median(rhos):.3f}; "
+        f"per-call |error| over all {len(errors)} calls: median {statistics.median(errors):.1%}"
+    )
+
+
+def run_one(args, size: str, algorithm: str, out_dir: Path) -> dict:
+    """Plan, run and analyze one experiment; returns analyze()'s summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
     base = load_profile(args.profile)
-    exp = experiment(args.quick, args.rule_reward)
+    exp = experiment(args.quick, args.rule_reward, size, algorithm)
     cluster = cluster_from_dict({"nodes": 1, "gpus_per_node": 2, "device": "cpu"})
     t0 = time.monotonic()
     entries, notes = make_plans(exp, cluster, base, args.random, args.seed, args.time_limit)
@@ -263,7 +332,12 @@ def main() -> None:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
         "profile": str(Path(args.profile).resolve()),
-        "args": {"foreign_max": args.foreign_max, "calibrate_on": args.calibrate_on},
+        "args": {
+            "foreign_max": args.foreign_max,
+            "calibrate_on": args.calibrate_on,
+            "size": size,
+            "algorithm": algorithm,
+        },
         "notes": notes,
         "entries": [{"label": e.label, "method": e.method, "runs": e.runs} for e in entries],
     }
@@ -272,7 +346,7 @@ def main() -> None:
           f"average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
     for n in notes:
         print(f"note: {n}")
-    analyze(entries, plans, base, args, out_dir)
+    return analyze(entries, plans, base, args, out_dir)
 
 
 if __name__ == "__main__":

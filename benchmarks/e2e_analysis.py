@@ -13,8 +13,6 @@ from estimator.calibrate import RunData, calibrate, relative_error, spearman
 from plans import Allocation, Plan
 from plans.metrics import MetricsRow
 
-CALLS = ("actor_gen", "ref_inf", "rew_inf", "critic_inf", "actor_train", "critic_train")
-
 
 @dataclass
 class Entry:
@@ -50,6 +48,7 @@ def _fmt_err(e: float) -> str:
 
 def analyze(entries: list[Entry], plans: dict[str, Plan], base: Profile, args, out_dir: Path):
     """Print the tables; returns the summary figures."""
+    call_names = tuple(plans[entries[0].label].allocations)  # the experiment's calls
     measured: dict[str, dict] = {}
     for e in entries:
         rows, clean = clean_rows(e, args.foreign_max)
@@ -59,7 +58,7 @@ def analyze(entries: list[Entry], plans: dict[str, Plan], base: Profile, args, o
             "iteration": statistics.median(r.iteration_s for r in rows),
             "calls": {
                 c: statistics.median(r.calls[c].compute_s for r in rows)
-                for c in CALLS
+                for c in call_names
                 if all(c in r.calls for r in rows)
             },
             "n": len(rows),
@@ -110,22 +109,22 @@ def analyze(entries: list[Entry], plans: dict[str, Plan], base: Profile, args, o
               f"{m['n']:>5}  {m['foreign']:.1%}{flag}"
               + ("  <- calibration run" if e.label in cal_labels else ""))  # fmt: skip
     print("\nper call, base profile: estimated s, measured s (median compute_s), error")
-    print(f"{'plan':<11}" + "".join(f"{c:>19}" for c in CALLS))
+    print(f"{'plan':<11}" + "".join(f"{c:>19}" for c in call_names))
     for e in entries:
         m = measured[e.label]["calls"]
         cells = []
-        for c in CALLS:
+        for c in call_names:
             eb = est["base"][e.label][1][c]
             txt = f"{eb:.2f} {m[c]:.2f} {_fmt_err(relative_error(eb, m[c])):>4}" if c in m else "-"
             cells.append(f"{txt:>19}")
         print(f"{e.label:<11}" + "".join(cells))
     if cal_label:
         print("\nper call, calibrated profile: estimated s, error")
-        print(f"{'plan':<11}" + "".join(f"{c:>14}" for c in CALLS))
+        print(f"{'plan':<11}" + "".join(f"{c:>14}" for c in call_names))
         for e in entries:
             m = measured[e.label]["calls"]
             cells = []
-            for c in CALLS:
+            for c in call_names:
                 ef = est[final][e.label][1][c]
                 txt = f"{ef:.2f} {_fmt_err(relative_error(ef, m[c])):>4}" if c in m else "-"
                 cells.append(f"{txt:>14}")
@@ -133,7 +132,7 @@ def analyze(entries: list[Entry], plans: dict[str, Plan], base: Profile, args, o
     print("\nplans (mesh, dp/tp/pp, micro-batches, +z1: ZeRO-1):")
     for e in entries:
         print(f"  {e.label:<10} " + ", ".join(
-            f"{c} {plans[e.label].allocations[c].label()}" for c in CALLS))  # fmt: skip
+            f"{c} {plans[e.label].allocations[c].label()}" for c in call_names))  # fmt: skip
 
     summary: dict = {}
     for kind, labels in (("all plans", [e.label for e in entries]), ("held out", held)):
@@ -148,7 +147,7 @@ def analyze(entries: list[Entry], plans: dict[str, Plan], base: Profile, args, o
                     for lb in labels
                     if c in measured[lb]["calls"]
                 )
-                for c in CALLS
+                for c in call_names
                 if any(c in measured[lb]["calls"] for lb in labels)
             }
             everything = [
@@ -164,6 +163,7 @@ def analyze(entries: list[Entry], plans: dict[str, Plan], base: Profile, args, o
                 "iteration_error": it_err,
                 "per_call": per_call,
                 "all_calls": statistics.median(everything),
+                "errors": everything,
                 "n": len(labels),
             }
     print("\nsummary (median |relative error|)")

@@ -89,14 +89,24 @@ def profile(
     skip: Annotated[
         int, typer.Option(min=0, help="--from-run: leading iterations to ignore (warm-up).")
     ] = 1,
+    check: Annotated[
+        Path | None,
+        typer.Option(
+            "--check",
+            help="Re-time a few of this measured profile's own points here and say whether "
+            "it still describes this machine (writes nothing; about a minute on a CPU).",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Measure kernel and link timings on the local devices and write a profile (run under
-    torchrun with several processes to time collectives too), or refine a profile from
-    rlhf-run measurements (--from-run)."""
-    from cli.profile_cmd import run_from_run_command, run_profile_command
+    torchrun with several processes to time collectives too), refine a profile from
+    rlhf-run measurements (--from-run), or check a profile against this machine (--check)."""
+    from cli.profile_cmd import run_check_command, run_from_run_command, run_profile_command
 
-    if from_run:
+    if check:
+        run_check_command(check, as_json)
+    elif from_run:
         run_from_run_command(from_run, plan_path or [], base, out_path, skip, as_json)
     else:
         run_profile_command(device, out_path, quick, base)

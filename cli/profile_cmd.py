@@ -64,6 +64,58 @@ def run_profile_command(
     )
 
 
+def run_check_command(path: Path, as_json: bool) -> None:
+    """Re-time some of a measured profile's points here and report measured / profiled."""
+    from estimator.profile import load_profile
+    from executor.profiling.check import check_profile, this_machine, verdict
+
+    profile = load_profile(path)
+    if profile.kind != "measured":
+        fail(f"{path}: an analytic profile has no timings to check; give a measured one")
+    if profile.device != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            fail(f"{path}: measured on {profile.device}; torch sees no CUDA device here")
+    here = this_machine("cpu" if profile.device == "cpu" else "cuda")
+    with err.status(f"re-timing {path.name} on {here} ..."):
+        rows = check_profile(profile)
+    ratio, line = verdict(rows)
+    same = here == profile.device_name
+    if as_json:
+        print_json(
+            {
+                "profile": str(path),
+                "profile_device": profile.device_name,
+                "this_device": here,
+                "same_device": same,
+                "median_ratio": ratio,
+                "verdict": line,
+                "points": [{**vars(r), "ratio": r.ratio} for r in rows],
+            }
+        )
+        return
+    table = Table(title=f"{profile.id} ({(profile.created or 'undated')[:10]}) re-timed here")
+    for col in ("op", "shard", "batch x len", "profiled", "here", "here / profiled"):
+        table.add_column(col, justify="left" if col in ("op", "shard") else "right")
+    for r in rows:
+        table.add_row(
+            r.op,
+            f"{r.model} tp{r.tp}",
+            f"{r.batch} x {r.seq_len}",
+            f"{r.profiled_s * 1e3:.3f} ms",
+            f"{r.measured_s * 1e3:.3f} ms",
+            f"{r.ratio:.2f}",
+        )
+    out.print(table)
+    if not same:
+        out.print(
+            f"profiled on {profile.device_name or 'an unnamed device'!r}; this is {here!r}",
+            highlight=False,
+        )
+    out.print(line, highlight=False)
+
+
 def run_from_run_command(
     runs: list[Path],
     plans: list[Path],

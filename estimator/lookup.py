@@ -3,8 +3,10 @@
 Inside the measured grid a timing is interpolated bilinearly in log-log space (times follow
 power laws in batch and length); outside it the nearest grid point is scaled by the roofline
 ratio of the target to that point, i.e. FLOP-scaled when compute-bound and byte-scaled when
-memory-bound. A shape the profile lacks is served by the nearest profiled shape of the same
-op, likewise scaled. Ops or collectives the profile lacks fall back to the analytic roofline.
+memory-bound. A shape the profile lacks is interpolated between the profiled shapes around it
+(linearly in roofline time: a per-op overhead plus a throughput part), or, outside them, the
+nearest one is scaled likewise. Ops or collectives the profile lacks fall back to the analytic
+roofline.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 from collections import defaultdict
 
 from estimator.profile import Profile, ShardShape
-from estimator.shapes import op_flops_bytes, op_size
+from estimator.shapes import op_flops_bytes
 
 RING_FACTOR = {"all_reduce": 2.0, "all_gather": 1.0, "reduce_scatter": 1.0}
 
@@ -104,19 +106,37 @@ class ProfileLookup:
         if not grids:
             t = self.roof_time(op, shape, batch, seq) + self.eff.kernel_latency_s
         else:
-            size = math.log(op_size(shape, op))
-            g = min(
-                grids,
-                key=lambda g: (abs(math.log(op_size(g.shape, op)) - size), g.shape.tp != shape.tp),
-            )
-            t_ref, b_ref, s_ref = g.time(batch, seq)
-            if g.shape == shape and b_ref == batch and s_ref == seq:
-                t = t_ref
-            else:
-                ref = self.roof_time(op, g.shape, b_ref, s_ref)
-                t = t_ref * self.roof_time(op, shape, batch, seq) / ref if ref > 0 else t_ref
+            t = self._across_shapes(op, grids, shape, batch, seq)
         self._memo[key] = t
         return t
+
+    def _across_shapes(
+        self, op: str, grids: list[_Grid], shape: ShardShape, batch: float, seq: float
+    ) -> float:
+        """The op's time on `shape` from the profiled shapes. Each profiled shape's time is
+        first carried to (batch, seq) along its own roofline where the grid had to clamp.
+        A profiled shape answers for itself; a shape between two profiled ones is interpolated
+        linearly in roofline time (a fixed per-op overhead plus a throughput part, which is
+        what small shards measure: proportional scaling would scale the overhead too and
+        underprice a mid-size decode by ~2x); outside the profiled range the nearest shape
+        is scaled by the roofline ratio."""
+        want = self.roof_time(op, shape, batch, seq)
+        points: list[tuple[float, float]] = []  # (roofline time, measured-based time)
+        for g in grids:
+            t_ref, b_ref, s_ref = g.time(batch, seq)
+            ref = self.roof_time(op, g.shape, b_ref, s_ref)
+            roof = self.roof_time(op, g.shape, batch, seq)
+            t = t_ref * roof / ref if (b_ref, s_ref) != (batch, seq) and ref > 0 else t_ref
+            if g.shape == shape:
+                return t
+            points.append((roof, t))
+        below = max((p for p in points if p[0] <= want), default=None)
+        above = min((p for p in points if p[0] >= want), default=None)
+        if below is not None and above is not None:
+            (r0, t0), (r1, t1) = below, above
+            return t0 if r1 == r0 else t0 + (t1 - t0) * (want - r0) / (r1 - r0)
+        r, t = below or above  # type: ignore[misc]
+        return t * want / r if r > 0 else t
 
     # ---- links ------------------------------------------------------------------------------
     def collective_time(

@@ -265,7 +265,9 @@ class ExperimentSpec(BaseModel):
             if isinstance(spec, dict) and role in ROLE_HEAD and "model" in spec:
                 ref = spec["model"]
                 head = ROLE_HEAD[role]
-                given = ref.get("head") if isinstance(ref, dict) else getattr(ref, "head", head)
+                given = (
+                    ref.get("head", head) if isinstance(ref, dict) else getattr(ref, "head", head)
+                )
                 if given != head:
                     raise PlanError(
                         f"the {role} role needs a {head!r} head, not {given!r}",

@@ -145,3 +145,44 @@ def test_shipped_profiles_load(path):
     assert p.kind == "measured" and p.ops
     ops = {t.op for t in p.ops}
     assert {"block_fwd", "block_fwd_bwd", "decode", "head_fwd", "embedding_fwd"} <= ops
+
+
+def _shapes_profile(times: dict) -> Profile:
+    base = measured({})
+    ops = [
+        OpTiming(op="decode", shape=sh, batch=b, seq_len=s, time_s=t)
+        for sh, pts in times.items()
+        for (b, s), t in pts.items()
+    ]
+    return base.model_copy(update={"ops": ops})
+
+
+def _shape(hidden: int, name: str):
+    spec = preset("small").model_copy(
+        update={"name": name, "hidden_size": hidden, "intermediate_size": 4 * hidden}
+    )
+    return shard_shape(spec, 1, 4)
+
+
+def test_a_shape_between_two_profiled_ones_is_overhead_plus_throughput():
+    """Times of the form overhead + rate x roofline on two profiled shapes give exactly that
+    line's time for a shape between them; proportional scaling of the nearest shape would
+    have scaled the overhead too."""
+    lo, mid, hi = _shape(128, "lo"), _shape(512, "mid"), _shape(768, "hi")
+    lk = lookup(measured({}))
+    over, rate = 2e-4, 1.7
+
+    def law(sh, b, s):
+        return over + rate * lk.roof_time("decode", sh, b, s)
+
+    pts = [(1, 16), (1, 64), (8, 16), (8, 64)]
+    prof = _shapes_profile({sh: {p: law(sh, *p) for p in pts} for sh in (lo, hi)})
+    lk = lookup(prof)
+    for b, s in pts:
+        assert lk.op_time("decode", mid, b, s) == pytest.approx(law(mid, b, s))
+    # Outside the profiled shapes: the nearest one, scaled by the roofline ratio.
+    big = _shape(2048, "big")
+    want = law(hi, 8, 64) * lk.roof_time("decode", big, 8, 64) / lk.roof_time("decode", hi, 8, 64)
+    assert lk.op_time("decode", big, 8, 64) == pytest.approx(want)
+    # A profiled shape answers for itself.
+    assert lk.op_time("decode", lo, 1, 16) == pytest.approx(law(lo, 1, 16))

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from plans import PlanError, example_path, experiment_from_dict, load_plan, plan_from_dict
-from plans.model import from_hf_folder
+from plans.model import from_hf_folder, preset
 from tests.folders_util import write_zero_weights
 
 BASE = json.loads(example_path("ppo-tiny-4cpu", "plan").read_text())
@@ -155,6 +155,16 @@ def test_experiment_errors():
         experiment_from_dict({**exp, "gen_len": 10_000})
     with pytest.raises(PlanError, match="mini_batches"):
         experiment_from_dict({**exp, "mini_batches": 5})
+
+
+def test_an_inline_model_without_a_head_takes_its_roles():
+    exp = copy.deepcopy(BASE["experiment"])
+    for role in ("actor", "critic"):
+        exp["roles"][role]["model"] = {
+            k: v for k, v in preset("tiny").model_dump().items() if k != "head"
+        }
+    spec = experiment_from_dict(exp)
+    assert spec.model("actor").head == "lm" and spec.model("critic").head == "value"
 
 
 def test_hf_folder_as_model(tmp_path):
