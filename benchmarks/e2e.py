@@ -51,7 +51,7 @@ from plans.io import cluster_from_dict, experiment_from_dict, load_plan
 from plans.metrics import FILE, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILE = ROOT / "estimator" / "profiles" / "cpu-epyc-2core-1thread_2workers.json"
+PROFILE = ROOT / "estimator" / "profiles" / "cpu-xeon-2core-1thread_2workers.json"
 
 
 # Model sizes of the check (byte vocabulary of the built-in tokenizer). "85m" is preset

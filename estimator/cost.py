@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from estimator.lookup import ProfileLookup
 from estimator.memory import GRAD_BYTES, CallMemory, call_memory, split_layers, stage_params
 from estimator.profile import Profile, analytic_profile
-from estimator.shapes import DTYPE_BYTES, shard_shape
+from estimator.shapes import DTYPE_BYTES, decode_stack, shard_shape
 from estimator.transfer import Transfer, data_transfer, realloc_transfer
 from plans import MFC, Allocation, ClusterSpec, ExperimentSpec
 from plans.algorithms import mfc_by_name
@@ -318,12 +318,14 @@ class CostModel:
 
     def _token_overhead(self, full, batch: int, cache: float) -> float:
         """Per generated token, beyond the blocks: embedding, head, sampling, loop bookkeeping.
-        Measured as executor.compute.generate's per-token time on a one-block model minus one block's
-        decode; without that measurement, the sum of the embedding, head and sample ops."""
+        Measured as executor.compute.generate's per-token time on a model of the profile's
+        decode stack (estimator.shapes.decode_stack blocks) minus that many blocks' decode;
+        without that measurement, the sum of the embedding, head and sample ops."""
         lk = self.lookup
         if lk.measured("generate_step"):
             step = lk.op_time("generate_step", full, batch, cache)
-            return max(step - lk.op_time("decode", full, batch, cache), 0.0)
+            blocks = decode_stack(full, self.profile.decode_stack_bytes)
+            return max(step - blocks * lk.op_time("decode", full, batch, cache), 0.0)
         emb = lk.op_time("embedding_fwd", full, batch, 1)
         return emb + lk.op_time("head_fwd", full, batch, 1) + lk.op_time("sample", full, batch, 1)
 

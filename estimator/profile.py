@@ -224,6 +224,12 @@ class Profile(_Doc):
         "one-thread process, robust to other jobs on the machine).",
     )
     created: str | None = Field(None, description="ISO-8601 time of measurement.")
+    decode_stack_bytes: float | None = Field(
+        None,
+        description="`decode` and `generate_step` were timed through a stack of distinct blocks "
+        "holding this many weight bytes (at most 12 blocks; see estimator.shapes.decode_stack), "
+        "so weights stream from memory as in a whole model; null: through one block.",
+    )
     command: str | None = Field(None, description="The command line that made the profile.")
     torch_version: str | None = Field(None, description="torch version used.")
     efficiency: Efficiency = Field(

@@ -13,8 +13,15 @@ from dataclasses import dataclass
 from functools import partial
 
 from estimator.profile import OpTiming, ShardShape
-from estimator.shapes import shard_shape
-from plans import preset
+from estimator.shapes import DECODE_STACK_BYTES as STACK_BYTES
+from estimator.shapes import decode_stack, shard_shape
+from plans import ModelSpec, preset
+
+# Forward passes over fewer tokens than this stream weights more than they compute: they are
+# timed through the decode stack too. Per block, 12 distinct blocks of the 85M preset against
+# one repeated (2-core Xeon, float32): forward x1.55 at 16 tokens, x1.20 at 64, x1.07 at 128,
+# x1.04 at 256, x0.98 at 512; forward+backward x0.94-1.04 at all of them, so it is not stacked.
+STACK_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -68,14 +75,16 @@ def timer(
     return run
 
 
-def shard_pieces(name: str, tp: int, dtype, device):
-    """Embedding, one block, final norm and head of tp rank 0 of a one-layer copy of `name`."""
+def shard_pieces(name: str | ModelSpec, tp: int, dtype, device, layers: int = 1):
+    """Embedding, `layers` blocks, final norm and head of tp rank 0 of a copy of `name`."""
     import torch
 
     from executor.model import Transformer
     from executor.model.weights import random_init_
 
-    spec = preset(name).model_copy(update={"num_hidden_layers": 1})
+    spec = (preset(name) if isinstance(name, str) else name).model_copy(
+        update={"num_hidden_layers": layers}
+    )
     model = Transformer(spec, tp=tp, tp_rank=0, dtype=dtype).to(device)
     with torch.no_grad():
         random_init_(model, seed=0)
@@ -96,6 +105,12 @@ def op_points(grid: Grid, model, name, tp, dt, device, dtype, timed) -> list[OpT
     norm, lm = model.model.norm, model.lm_head
     h, v_local = spec.hidden_size, lm.weight.shape[0]
     out: list[OpTiming] = []
+    # Decode, and forward passes of few tokens, run through a stack of distinct blocks (decode:
+    # each with its own cache) as a whole model streams them; the time per block is recorded
+    # (estimator.shapes.decode_stack says how many and why).
+    n_stack = decode_stack(shape, STACK_BYTES)
+    deep = shard_pieces(spec, tp, dtype, device, n_stack) if n_stack > 1 else model
+    stack = list(deep.model.layers.values())
 
     def rec(op: str, b: int, s: int, fn: Callable[..., object], *args: object) -> None:
         out.append(
@@ -112,8 +127,17 @@ def op_points(grid: Grid, model, name, tp, dt, device, dtype, timed) -> list[OpT
     def head(x, ids):  # what inference and the loss do after the last block
         return token_logprobs(lm(norm(x))[:, :-1], ids[:, 1:], 0, None)
 
+    def blocks_f(layers, x, cos, sin):
+        for layer in layers:
+            layer(x, cos, sin, None)
+
     def block_fb(x, cos, sin, gy):
         blk(x, cos, sin, None).backward(gy)
+
+    def per_block(op: str, b: int, s: int, fn, *args) -> None:
+        layers = stack if b * s < STACK_TOKENS else [blk]
+        t = timed(partial(fn, layers, *args)) / len(layers)
+        out.append(OpTiming(op=op, shape=shape, batch=b, seq_len=s, time_s=t))
 
     def emb_fb(ids, pos, bound, gy):
         embed(ids, pos, bound)[0].backward(gy)
@@ -128,7 +152,7 @@ def op_points(grid: Grid, model, name, tp, dt, device, dtype, timed) -> list[OpT
             ids = torch.randint(0, v_local, (b, s), device=device)
             pos = torch.arange(s, device=device).expand(b, -1)
             with torch.no_grad():
-                rec("block_fwd", b, s, blk, x, cos, sin, None)
+                per_block("block_fwd", b, s, blocks_f, x, cos, sin)
                 rec("embedding_fwd", b, s, embed, ids, pos, s)
                 rec("head_fwd", b, s, head, x, ids)
             xg = x.clone().requires_grad_(True)
@@ -141,16 +165,25 @@ def op_points(grid: Grid, model, name, tp, dt, device, dtype, timed) -> list[OpT
             # executor.compute.generate preallocates the cache for prompt + new tokens and attends a
             # slice of it; a cache twice the attended length mimics that mid-generation.
             kv = (b, attn.heads.n_kv, 2 * c + 1, attn.hd)
-            cache = LayerCache(
-                torch.zeros(kv, dtype=dtype, device=device),
-                torch.zeros(kv, dtype=dtype, device=device),
-            )
+            caches = [
+                LayerCache(
+                    torch.zeros(kv, dtype=dtype, device=device),
+                    torch.zeros(kv, dtype=dtype, device=device),
+                )
+                for _ in stack
+            ]
             x1 = torch.randn(b, 1, h, dtype=dtype, device=device)
             cos, sin = rope(b, 1, c)
+
+            def decode_all(x1=x1, cos=cos, sin=sin, caches=caches, c=c) -> None:
+                for layer, cache in zip(stack, caches, strict=True):
+                    layer(x1, cos, sin, None, cache, c)
+
             # Fused q/k/v and gate/up weights exactly when executor.compute.generate fuses them.
-            fuse = fused_inference(model) if spec.hidden_size <= FUSE_MAX_HIDDEN else nullcontext()
+            fuse = fused_inference(deep) if spec.hidden_size <= FUSE_MAX_HIDDEN else nullcontext()
             with torch.no_grad(), fuse:
-                rec("decode", b, c, blk, x1, cos, sin, None, cache, c)
+                t = timed(decode_all) / len(stack)
+            out.append(OpTiming(op="decode", shape=shape, batch=b, seq_len=c, time_s=t))
         if tp == 1:
             rec(
                 "sample",
@@ -160,7 +193,7 @@ def op_points(grid: Grid, model, name, tp, dt, device, dtype, timed) -> list[OpT
                 torch.randn(b, spec.vocab_size, dtype=dtype, device=device),
             )
             for c in grid.caches:
-                out.append(_generate_step(model, b, c, shape, timed, device))
+                out.append(_generate_step(deep, b, c, shape, timed, device))
     return out  # fmt: skip
 
 
@@ -201,10 +234,11 @@ GEN_STEPS = 16
 
 
 def _generate_step(model, b: int, c: int, shape: ShardShape, timed, device) -> OpTiming:
-    """Per-token time of executor.compute.generate itself on the one-block shard model: the
-    difference of two runs with 2 and 2 + GEN_STEPS new tokens from prompts of length c, so
-    the prefill cancels. It holds one block's decode plus embedding, head, sampling and the
-    loop's bookkeeping; the cost model adds the other blocks' decode steps to it."""
+    """Per-token time of executor.compute.generate itself on the decode-stack model (see
+    op_points): the difference of two runs with 2 and 2 + GEN_STEPS new tokens from prompts of
+    length c, so the prefill cancels. It holds the stack's decode plus embedding, head,
+    sampling and the loop's bookkeeping; the cost model takes the stack's decode out again and
+    adds the model's own blocks."""
     import torch
 
     from executor.compute.generate import GenerationConfig, generate

@@ -21,7 +21,7 @@ from estimator.profile import (
     OpTiming,
     Profile,
 )
-from estimator.shapes import DTYPE_BYTES
+from estimator.shapes import DECODE_STACK_BYTES, DTYPE_BYTES
 from executor.profiling.collectives import CONTEXTS, time_collectives
 from executor.profiling.kernels import GRIDS, op_points, optimizer_points, shard_pieces, timer
 from plans import preset
@@ -168,6 +168,7 @@ def run_profile(device: str, quick: bool, command: str, progress=None) -> Profil
         model_code="executor.model.Transformer",
         clock="process_time" if dev_type == "cpu" else "perf_counter",
         created=stamp.isoformat(timespec="seconds"),
+        decode_stack_bytes=DECODE_STACK_BYTES,
         command=command,
         torch_version=torch.__version__,
         roofline=fit_roofline(ops, *link_rates(colls)).model_copy(update=memory_rates(dev_type)),

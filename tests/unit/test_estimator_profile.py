@@ -186,3 +186,49 @@ def test_a_shape_between_two_profiled_ones_is_overhead_plus_throughput():
     assert lk.op_time("decode", big, 8, 64) == pytest.approx(want)
     # A profiled shape answers for itself.
     assert lk.op_time("decode", lo, 1, 16) == pytest.approx(law(lo, 1, 16))
+
+
+def test_decode_stack_rule():
+    from estimator.shapes import DECODE_STACK_MAX, decode_stack
+
+    tiny, small = shard_shape(preset("tiny"), 1, 4), shard_shape(preset("small"), 1, 4)
+    seven, seventy = (shard_shape(preset(m), 1, 2) for m in ("llama2-7b", "llama2-70b"))
+    assert decode_stack(tiny, None) == decode_stack(seven, None) == 1  # older profiles
+    assert decode_stack(tiny, 2**30) == decode_stack(small, 2**30) == DECODE_STACK_MAX
+    assert decode_stack(seven, 2**30) == 3  # 404 MB of bf16 weights per block
+    assert decode_stack(seventy, 2**30) == 1  # one block is past a GiB
+
+
+@pytest.mark.parametrize("stack_bytes", [None, 2**30])
+def test_generation_takes_the_stacks_decode_out_of_the_step(stack_bytes):
+    """generate_step is timed on a model of the decode stack: the per-token overhead is that
+    step minus the stack's decode, whatever the stack's depth."""
+    from estimator.shapes import decode_stack
+    from plans import Allocation, DeviceMesh, ParallelStrategy, experiment_from_dict
+
+    exp = experiment_from_dict(
+        {
+            "name": "gen",
+            "algorithm": "grpo",
+            "batch_size": 2,
+            "group_size": 2,
+            "prompt_len": 8,
+            "gen_len": 9,
+            "roles": {"actor": {"model": "small"}, "ref": {"model": "small"}, "reward": "small"},
+        }
+    )
+    full = shard_shape(exp.model("actor"), 1, 4)
+    decode, over = 2e-3, 5e-3
+    blocks = decode_stack(full, stack_bytes)
+    pts = [(b, c) for b in (1, 8) for c in (8, 64)]
+    ops = [OpTiming(op="decode", shape=full, batch=b, seq_len=c, time_s=decode) for b, c in pts]
+    ops += [
+        OpTiming(op="generate_step", shape=full, batch=b, seq_len=c, time_s=blocks * decode + over)
+        for b, c in pts
+    ]
+    prof = measured({}).model_copy(update={"ops": ops, "decode_stack_bytes": stack_bytes})
+    cluster = ClusterSpec(nodes=1, gpus_per_node=1, device="cpu")
+    alloc = Allocation(mesh=DeviceMesh(n_gpus=1), strategy=ParallelStrategy())
+    got = CostModel(cluster, exp, prof).call_cost("actor_gen", alloc).breakdown["compute"]
+    layers = exp.model("actor").num_hidden_layers
+    assert got == pytest.approx((exp.gen_len - 1) * (layers * decode + over))
