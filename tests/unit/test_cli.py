@@ -66,7 +66,8 @@ def test_validate_rejects_with_one_line(tmp_path, content, field):
     r = run("validate", str(p))
     assert r.returncode != 0
     assert field in r.stderr and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    lines = r.stderr.strip().splitlines()  # one line per problem, each naming file and field
+    assert all(line.startswith(f"error: {p}: ") for line in lines), r.stderr
 
 
 def test_validate_mutated_plan_names_field(tmp_path):
