@@ -16,7 +16,6 @@ from rich.table import Table
 
 from plans import PlanError
 
-
 PIPED_WIDTH = 240
 """Widest table line printed when the output is not a terminal (and COLUMNS is not set)."""
 

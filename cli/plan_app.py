@@ -100,7 +100,7 @@ def profile(
     if from_run:
         run_from_run_command(from_run, plan_path or [], base, out_path, skip, as_json)
     else:
-        run_profile_command(device, out_path, quick, base)
+        run_profile_command(device, out_path, quick, base, as_json)
 
 
 @app.command()
@@ -129,7 +129,9 @@ def search(
     seed: Annotated[int, typer.Option(help="Search seed.")] = 0,
     out_path: Annotated[
         Path | None,
-        typer.Option("--out", help="Where to write the plan JSON (without it, nothing is written)."),
+        typer.Option(
+            "--out", help="Where to write the plan JSON (without it, nothing is written)."
+        ),
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:

@@ -71,19 +71,19 @@ def plan_params(plan: Plan) -> dict[str, str]:
 
 
 def _missing(kind: str, package: str) -> PlanError:
+    how = "pip install tensorboardX" if kind == "tensorboard" else f"pip install '.[{kind}]'"
     return PlanError(
-        f"{kind} is an optional extra that is not installed here; install it with "
-        f"pip install '.[{kind}]' (the {package} package)",
+        f"{kind}: the {package} package is not installed here; install it with {how}",
         field="--tracker",
     )
 
 
 class TensorBoard:
     def __init__(self, folder: Path, plan: Plan, name: str, start: int):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+        try:  # tensorboardX: the writer alone (protobuf), not TensorBoard's server
+            from tensorboardX import SummaryWriter
         except ImportError:
-            raise _missing("tensorboard", "tensorboard") from None
+            raise _missing("tensorboard", "tensorboardX") from None
         # purge_step: a resumed run hides the events an interrupted one logged past its
         # checkpoint; a fresh run (0) hides an earlier run's events in the same folder.
         self.writer = SummaryWriter(str(folder / "tensorboard"), purge_step=start)
@@ -115,6 +115,7 @@ class WandB:
             dir=str(folder),
             mode=os.environ.get("WANDB_MODE", "offline"),
             config=plan.model_dump(mode="json"),
+            settings=wandb.Settings(silent=True, console="off"),  # the run's output is ours
         )
 
     def log(self, row: MetricsRow) -> None:
@@ -130,7 +131,10 @@ class MLflow:
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise _missing("mlflow", "mlflow-skinny") from None
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (folder / "mlruns").resolve().as_uri()
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:  # a file store in the tracker folder: offline, nothing to set up
+            uri = (folder / "mlruns").resolve().as_uri()
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for it
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(PROJECT)
         exp_id = found.experiment_id if found else self.client.create_experiment(PROJECT)
@@ -163,7 +167,20 @@ def open_trackers(kinds: list[str], folder: Path, plan: Plan, name: str, start: 
     for k in kinds:
         if k not in _KINDS:
             raise PlanError(f"{k!r} is not a tracker ({', '.join(TRACKERS)})", field="--tracker")
-    return [_KINDS[k](folder, plan, name, start) for k in dict.fromkeys(kinds)]
+    opened = []
+    for k in dict.fromkeys(kinds):
+        try:
+            opened.append(_KINDS[k](folder, plan, name, start))
+        except PlanError:
+            raise
+        except Exception as e:  # the tracker's own error: one line naming it
+            for t in opened:
+                t.close()
+            why = " ".join(str(e).split())[:200]
+            raise PlanError(
+                f"{k}: cannot start: {type(e).__name__}: {why}", field="--tracker"
+            ) from None
+    return opened
 
 
 class MetricsFollower:
