@@ -126,6 +126,10 @@ def run(
         Evaluation(exp.evaluation, tok, exp.model("actor").max_position_embeddings)
     if exp.reward_function:
         reward_function(exp.reward_function)
+    if tracker:
+        from executor.runtime.trackers import check_available
+
+        check_available([k.value for k in tracker])
     if out_dir is None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out_dir = Path("runs") / f"{plan.stem}-{stamp}"
@@ -167,20 +171,17 @@ def run(
 
 
 def _follow(kinds, folder: Path, out_dir: Path, p, resume_from: Path | None):
-    """Trackers fed from metrics.jsonl by a launcher thread; on a resume, the rows past the
-    checkpoint are dropped first (the workers would drop them too) so none is logged twice."""
-    import json
-
-    from executor.runtime import metrics
+    """Trackers fed from metrics.jsonl by a launcher thread. On a resume (open_run_folder has
+    checked the checkpoint), the rows past the checkpoint are dropped first, as the workers
+    drop them, so no stale row reaches a tracker."""
+    from executor.runtime import checkpoints, metrics
     from executor.runtime.trackers import MetricsFollower, open_trackers
-
-    start = 0
-    if resume_from is not None:
-        start = int(json.loads((Path(resume_from) / "run.json").read_text())["iteration"])
-        metrics.truncate(out_dir, start)
-    trackers = open_trackers([k.value for k in kinds], folder, p, out_dir.name, start)
     from plans.metrics import FILE
 
+    start = checkpoints.iteration_of(Path(resume_from)) if resume_from is not None else 0
+    trackers = open_trackers([k.value for k in kinds], folder, p, out_dir.name, start)
+    if resume_from is not None:
+        metrics.truncate(out_dir, start)
     return MetricsFollower(out_dir / FILE, trackers, start).start()
 
 

@@ -310,68 +310,42 @@ class ExperimentSpec(BaseModel):
     def _consistent(self) -> ExperimentSpec:
         need, train = roles(self.algorithm), trained_roles(self.algorithm)
         bad: list[PlanError] = []  # every problem, not only the first
+
+        def refuse(message: str, field: str) -> None:
+            bad.append(PlanError(message, field=field))
+
         for role in need:
             if role not in self.roles:
-                bad.append(
-                    PlanError(f"{self.algorithm} needs a {role} model", field=f"roles.{role}")
-                )
+                refuse(f"{self.algorithm} needs a {role} model", f"roles.{role}")
         for role, spec in self.roles.items():
             if role not in need:
-                bad.append(
-                    PlanError(
-                        f"{self.algorithm} has no {role} role (it uses {', '.join(need)})",
-                        field=f"roles.{role}",
-                    )
-                )
+                uses = ", ".join(need)
+                refuse(f"{self.algorithm} has no {role} role (it uses {uses})", f"roles.{role}")
                 continue
             if spec.trainable is not None and spec.trainable != (role in train):
-                bad.append(
-                    PlanError(
-                        f"{self.algorithm} {'trains' if role in train else 'freezes'} the {role}",
-                        field=f"roles.{role}.trainable",
-                    )
-                )
+                does = "trains" if role in train else "freezes"
+                refuse(f"{self.algorithm} {does} the {role}", f"roles.{role}.trainable")
             if spec.optimizer is not None and role not in train:
-                bad.append(
-                    PlanError(f"the {role} does not train here", field=f"roles.{role}.optimizer")
-                )
-            longest = self.prompt_len + self.gen_len
-            if longest > spec.spec.max_position_embeddings:
-                bad.append(
-                    PlanError(
-                        f"prompt_len + gen_len = {longest} exceeds max_position_embeddings="
-                        f"{spec.spec.max_position_embeddings} of the {role} model",
-                        field="gen_len",
-                    )
+                refuse(f"the {role} does not train here", f"roles.{role}.optimizer")
+            longest, most = self.prompt_len + self.gen_len, spec.spec.max_position_embeddings
+            if longest > most:
+                refuse(
+                    f"prompt_len + gen_len = {longest} exceeds max_position_embeddings="
+                    f"{most} of the {role} model",
+                    "gen_len",
                 )
         if self.batch_size % self.mini_batches:
-            bad.append(
-                PlanError(
-                    f"{self.mini_batches} does not divide batch_size={self.batch_size}",
-                    field="mini_batches",
-                )
+            refuse(
+                f"{self.mini_batches} does not divide batch_size={self.batch_size}", "mini_batches"
             )
         if self.algorithm == "adpo" and self.adpo.mode == "pairwise" and self.group_size != 2:
-            bad.append(
-                PlanError(
-                    "pairwise ADPO compares 2 candidates; set group_size = 2", field="group_size"
-                )
-            )
+            refuse("pairwise ADPO compares 2 candidates; set group_size = 2", "group_size")
         if self.algorithm == "adpo" and self.group_size < 2:
-            bad.append(
-                PlanError(
-                    "ADPO ranks a list of candidates; use group_size >= 2", field="group_size"
-                )
-            )
+            refuse("ADPO ranks a list of candidates; use group_size >= 2", "group_size")
         if self.evaluation is not None and "actor" not in need:
-            bad.append(PlanError(f"{self.algorithm} has no actor to evaluate", field="evaluation"))
+            refuse(f"{self.algorithm} has no actor to evaluate", "evaluation")
         if self.algorithm == "grpo" and self.group_size < 2:
-            bad.append(
-                PlanError(
-                    "GRPO normalises rewards within a group; use group_size >= 2",
-                    field="group_size",
-                )
-            )
+            refuse("GRPO normalises rewards within a group; use group_size >= 2", "group_size")
         if bad:
             raise PlanError(bad[0].reason, field=bad[0].field, more=bad[1:])
         return self

@@ -161,6 +161,18 @@ class MLflow:
 _KINDS = {"tensorboard": TensorBoard, "wandb": WandB, "mlflow": MLflow}
 
 
+_PACKAGES = {"tensorboard": "tensorboardX", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def check_available(kinds: list[str]) -> None:
+    """A tracker whose package is missing is refused before the run folder is touched."""
+    import importlib.util
+
+    for k in kinds:
+        if importlib.util.find_spec(_PACKAGES[k]) is None:
+            raise _missing(k, "mlflow-skinny" if k == "mlflow" else _PACKAGES[k])
+
+
 def open_trackers(kinds: list[str], folder: Path, plan: Plan, name: str, start: int) -> list:
     """The trackers named by --tracker, opened before any worker starts (a missing extra is
     one line then, not a surprise after training)."""

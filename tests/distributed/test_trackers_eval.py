@@ -136,25 +136,6 @@ def test_wandb_and_mlflow_offline_records(tmp_path):
             assert steps[row.iteration] == pytest.approx(value, rel=1e-12), tag
 
 
-def test_missing_tracker_extra_is_one_line(tmp_path):
-    try:
-        import wandb  # noqa: F401
-
-        pytest.skip("wandb is installed")
-    except ImportError:
-        pass
-    r = _cli(
-        "cli.run_app",
-        str(_plan(tmp_path, None, "p")),
-        "--out",
-        str(tmp_path / "r"),
-        "--tracker",
-        "wandb",
-    )
-    assert r.returncode == 1 and "--tracker" in r.stderr and ".[wandb]" in r.stderr
-    assert "Traceback" not in r.stderr and not (tmp_path / "r" / "metrics.jsonl").exists()
-
-
 def test_rlhf_eval_equals_the_runs_evaluation(tmp_path):
     """The run evaluates its actor after the last iteration; rlhf-eval on the saved actor
     gives the same accuracy. To make that comparison able to fail, a second run (the same
