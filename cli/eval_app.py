@@ -9,12 +9,18 @@ from typing import Annotated
 
 import typer
 
-from cli.common import EXIT_CODES_PLAN, err, out, print_json, run_app
+from cli.common import err, out, print_json, run_app
 
 app = typer.Typer(name="rlhf-eval", pretty_exceptions_enable=False, add_completion=False)
 
+EXIT_CODES_EVAL = (
+    "Exit codes: 0 done; 1 a problem with an input (the folder, data file or option, named on "
+    "stderr) or a worker that failed; 2 a usage error (unknown option, missing argument); 3 an "
+    "internal error (rerun with --debug); 130 / 143 interrupted."
+)
 
-@app.command(epilog=EXIT_CODES_PLAN)
+
+@app.command(epilog=EXIT_CODES_EVAL)
 def evaluate(
     model: Annotated[
         Path,

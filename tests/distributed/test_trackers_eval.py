@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +47,7 @@ def _plan(tmp: Path, evaluation: dict | None, tag: str) -> Path:
     """ppo-tiny on 2 CPU workers, every call data-parallel over both (the evaluation then
     splits its questions as rlhf-eval --workers 2 does)."""
     doc = load_experiment("ppo-tiny").model_dump(mode="json")
-    doc.update(batch_size=8, mini_batches=2, evaluation=evaluation)
+    doc.update(batch_size=16, evaluation=evaluation)
     exp = experiment_from_dict(doc)
     both = Allocation(mesh=DeviceMesh(n_gpus=2), strategy=ParallelStrategy(dp=2))
     plan = Plan(
@@ -59,8 +60,8 @@ def _plan(tmp: Path, evaluation: dict | None, tag: str) -> Path:
     return path
 
 
-def _run(plan: Path, out: Path, *extra: str) -> list:
-    r = _cli("cli.run_app", str(plan), "--iterations", "2", "--out", str(out), *extra)
+def _run(plan: Path, out: Path, *extra: str, iterations: int = 2) -> list:
+    r = _cli("cli.run_app", str(plan), "--iterations", str(iterations), "--out", str(out), *extra)
     assert r.returncode == 0, r.stderr[-2000:]
     return read_metrics(out / "metrics.jsonl")
 
@@ -116,7 +117,8 @@ def _wandb_history(folder: Path) -> list[dict]:
     return rows
 
 
-def test_wandb_and_mlflow_offline_records(tmp_path):
+def test_wandb_and_mlflow_offline_records(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 reads its file store so
     pytest.importorskip("wandb")
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
@@ -137,10 +139,11 @@ def test_wandb_and_mlflow_offline_records(tmp_path):
 
 
 def test_rlhf_eval_equals_the_runs_evaluation(tmp_path):
-    """The run evaluates its actor after the last iteration; rlhf-eval on the saved actor
-    gives the same accuracy. To make that comparison able to fail, a second run (the same
-    training, bit for bit) evaluates on references built from rlhf-eval's own predictions,
-    half of them right and half wrong: both must then score exactly that half."""
+    """The run evaluates its actor after every iteration; rlhf-eval on the saved actor (final,
+    or a checkpoint's) gives the same accuracy. To make the comparison able to fail, the
+    references are then rigged from rlhf-eval's own predictions, half right and half wrong,
+    and the last iteration is run again from its checkpoint (bit for bit the same training):
+    the run's evaluation and rlhf-eval must both score exactly that half."""
     qa = [
         {"question": f"What is {a} plus {a}?", "answer": f"{a} + {a} = {2 * a}. #### {2 * a}"}
         for a in range(1, 11)
@@ -148,26 +151,30 @@ def test_rlhf_eval_equals_the_runs_evaluation(tmp_path):
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in qa))
     spec = {"dataset": str(data), "every": 1, "shots": 2, "questions": 8, "max_new_tokens": 10}
-    first = _run(_plan(tmp_path, spec, "a"), tmp_path / "a")
-    r = _cli("cli.eval_app", str(tmp_path / "a"), "--workers", "2", "--json")
-    assert r.returncode == 0, r.stderr[-2000:]
-    doc = json.loads(r.stdout)
-    assert doc["questions"] == 8 and len(doc["answers"]) == 8
-    assert doc["accuracy"] == first[-1].stat("eval_accuracy")
+    plan, out = _plan(tmp_path, spec, "p"), tmp_path / "run"
+    rows = _run(plan, out, "--checkpoint-every", "1", iterations=4)
 
-    # references: the predicted number for even questions, a number never predicted for odd
-    taken = {a["predicted"] for a in doc["answers"]}
-    wrong = next(str(n) for n in range(10**6, 10**7) if str(n) not in taken)
-    rigged = qa[:2] + [
-        {**q, "answer": f"#### {a['predicted'] if i % 2 == 0 and a['predicted'] else wrong}"}
-        for i, (q, a) in enumerate(zip(qa[2:], doc["answers"], strict=True))
+    def evaluate(*extra: str) -> dict:
+        r = _cli("cli.eval_app", str(out), "--workers", "2", "--json", *extra)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(r.stdout)
+
+    final = evaluate()
+    assert final["questions"] == 8 and len(final["answers"]) == 8
+    assert final["accuracy"] == rows[3].stat("eval_accuracy")
+    assert evaluate("--iteration", "3")["accuracy"] == rows[2].stat("eval_accuracy")
+
+    predicted = [a["predicted"] for a in final["answers"]]
+    assert all(predicted)  # the trained actor answers with digits: numbers to match
+    wrong = next(str(n) for n in range(10**6, 10**7) if str(n) not in predicted)
+    rigged = [
+        {**q, "answer": f"#### {p if i % 2 == 0 else wrong}"}
+        for i, (q, p) in enumerate(zip(qa[2:], predicted, strict=True))
     ]
-    expect = sum(1 for i, a in enumerate(doc["answers"]) if i % 2 == 0 and a["predicted"]) / 8
-    assert expect > 0  # the tiny actor answers with digits: there is a number to match
-    data2 = tmp_path / "rigged.jsonl"
-    data2.write_text("".join(json.dumps(r) + "\n" for r in rigged))
-    second = _run(_plan(tmp_path, {**spec, "dataset": str(data2)}, "b"), tmp_path / "b")
-    assert second[-1].stat("eval_accuracy") == expect
-    r = _cli("cli.eval_app", str(tmp_path / "b"), "--workers", "2", "--json")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert json.loads(r.stdout)["accuracy"] == expect
+    data.write_text("".join(json.dumps(r) + "\n" for r in qa[:2] + rigged))
+    shutil.rmtree(out / "checkpoints" / "iter-000004")
+    again = _run(plan, out, "--resume", iterations=4)
+    assert [r.iteration for r in again] == [0, 1, 2, 3]
+    assert again[3].stat("eval_accuracy") == 0.5  # the run's own evaluation, rigged data
+    assert again[3].stat("reward_mean") == rows[3].stat("reward_mean")  # the same training
+    assert evaluate()["accuracy"] == 0.5
