@@ -228,3 +228,17 @@ def test_piped_tables_keep_every_value():
 
 def test_exit_codes_in_help():
     assert "Exit codes" in run("--help").stdout
+
+
+def test_eval_refuses_bad_inputs_in_one_line(tmp_path):
+    exe = [sys.executable, "-m", "cli.eval_app"]
+    cases = (
+        ([str(tmp_path / "nothing")], "no such folder"),
+        ([str(tmp_path)], "neither a run folder"),
+        ([str(tmp_path), "--iteration", "3"], "--iteration"),
+    )
+    for args, words in cases:
+        r = subprocess.run([*exe, *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Exit codes" in subprocess.run([*exe, "--help"], capture_output=True, text=True).stdout
