@@ -66,13 +66,19 @@ def _run(plan: Path, out: Path, *extra: str, iterations: int = 2) -> list:
     return read_metrics(out / "metrics.jsonl")
 
 
-def test_tensorboard_scalars_equal_metrics_jsonl(tmp_path):
+def test_tensorboard_scalars_equal_metrics_jsonl_across_a_resume(tmp_path):
+    """3 iterations with a checkpoint after 2, then a resume to 4: iteration 2 runs twice,
+    and TensorBoard shows each iteration once, with the values metrics.jsonl ends with."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from executor.runtime.trackers import scalars
 
-    rows = _run(_plan(tmp_path, None, "p"), tmp_path / "run", "--tracker", "tensorboard")
-    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"scalars": 0})
+    plan, out = _plan(tmp_path, None, "p"), tmp_path / "run"
+    tb = ("--tracker", "tensorboard", "--checkpoint-every", "2")
+    _run(plan, out, *tb, iterations=3)
+    rows = _run(plan, out, *tb, "--resume", iterations=4)
+    assert [r.iteration for r in rows] == [0, 1, 2, 3]
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
     acc.Reload()
     assert "plan" in " ".join(acc.Tags()["tensors"])  # the plan, as text
     logged = 0
@@ -81,9 +87,9 @@ def test_tensorboard_scalars_equal_metrics_jsonl(tmp_path):
         assert {"reward_mean", "iteration_s", "calls/actor_gen/compute_s"} <= set(numbers)
         for tag, value in numbers.items():
             got = [e.value for e in acc.Scalars(tag) if e.step == row.iteration]
-            assert got == [np.float32(value)], tag  # TensorBoard keeps float32
+            assert got == [np.float32(value)], (tag, row.iteration)  # TensorBoard keeps float32
             logged += 1
-    assert logged == sum(len(scalars(r)) for r in rows) > 40
+    assert logged == sum(len(scalars(r)) for r in rows) > 80
 
 
 def _wandb_history(folder: Path) -> list[dict]:
