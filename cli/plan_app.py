@@ -8,12 +8,13 @@ from typing import Annotated
 
 import typer
 
-from cli.common import out, print_json, run_app
+from cli.common import EXIT_CODES_PLAN, out, print_json, run_app
 
 app = typer.Typer(
     name="rlhf-plan",
     help="Plan RLHF training: profile the devices, search the fastest placement of every model call, "
     "and inspect, estimate and compare plans.",
+    epilog=EXIT_CODES_PLAN,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -109,7 +110,7 @@ def profile(
     elif from_run:
         run_from_run_command(from_run, plan_path or [], base, out_path, skip, as_json)
     else:
-        run_profile_command(device, out_path, quick, base)
+        run_profile_command(device, out_path, quick, base, as_json)
 
 
 @app.command()
@@ -137,12 +138,15 @@ def search(
     time_limit: Annotated[float, typer.Option(min=0.1, help="Search time limit, seconds.")] = 30.0,
     seed: Annotated[int, typer.Option(help="Search seed.")] = 0,
     out_path: Annotated[
-        Path | None, typer.Option("--out", help="Where to write the plan JSON.")
+        Path | None,
+        typer.Option(
+            "--out", help="Where to write the plan JSON (without it, nothing is written)."
+        ),
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Search the fastest placement of every model call and write a plan; prints the searched
-    plan's estimate against every heuristic baseline."""
+    """Search the fastest placement of every model call (and write the plan with --out); prints
+    the searched plan's estimate against every heuristic baseline."""
     from cli.search_cmd import run_search
 
     run_search(
@@ -208,23 +212,44 @@ def show(
     svg: Annotated[
         Path | None, typer.Option("--svg", help="Also write the timeline as an SVG picture.")
     ] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Show a plan's allocation table and its timeline."""
     from cli.estimate_views import allocation_table, gantt, profile_line, summary, timeline_svg
     from estimator import plan_report
-    from plans import PlanError, load_plan
+    from plans import load_plan
 
-    report = plan_report(load_plan(plan))
+    p = load_plan(plan)
+    report = plan_report(p)
+    if as_json:
+        if svg is not None:
+            _write_svg(svg, timeline_svg(report))
+        allocations = {name: a.model_dump(mode="json") for name, a in p.allocations.items()}
+        print_json(
+            {
+                "plan": str(plan),
+                "allocations": allocations,
+                "svg": str(svg) if svg is not None else None,
+                **report.model_dump(mode="json"),
+            }
+        )
+        return
     out.print(allocation_table(report))
     out.print(gantt(report, width=max(30, out.width - 20)))
     out.print(summary(report))
     out.print(profile_line(report))
     if svg is not None:
-        try:
-            svg.write_text(timeline_svg(report), encoding="utf-8")
-        except OSError as e:
-            raise PlanError(f"cannot write the SVG: {e.strerror}", source=str(svg)) from None
+        _write_svg(svg, timeline_svg(report))
         out.print(f"wrote {svg}", highlight=False)
+
+
+def _write_svg(path: Path, text: str) -> None:
+    from plans import PlanError
+
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise PlanError(f"cannot write the SVG: {e.strerror}", source=str(path)) from None
 
 
 @app.command()
@@ -255,8 +280,36 @@ def validate(
     kind: Annotated[
         DocKind, typer.Option(help="Document kind; auto looks at the content.")
     ] = DocKind.auto,
+    as_json: JsonFlag = False,
 ) -> None:
-    """Check a plan or an experiment; exit non-zero with the first problem found."""
+    """Check a plan or an experiment; exit 1 listing every problem found, each naming its
+    field (with --json: {"ok": false, "problems": [{source, field, message}, ...]})."""
+    from plans import PlanError
+
+    try:
+        doc = _validated(path, kind)
+    except PlanError as e:
+        if not as_json:
+            raise
+        print_json({"ok": False, "path": str(path), "problems": e.problems()})
+        raise typer.Exit(1) from None
+    if as_json:
+        print_json({"ok": True, "path": str(path), **doc})
+    elif doc["kind"] == "plan":
+        out.print(
+            f"ok: {path}: {doc['algorithm']} plan, {len(doc['calls'])} calls on {doc['cluster']}",
+            highlight=False,
+        )
+    else:
+        out.print(
+            f"ok: {path}: {doc['algorithm']} experiment {doc['name']!r} "
+            f"({', '.join(doc['roles'])})",
+            highlight=False,
+        )
+
+
+def _validated(path: Path, kind: DocKind) -> dict:
+    """What `validate` reports of a document that passed."""
     from plans import load_experiment, load_plan
     from plans.io import read_document
 
@@ -270,17 +323,17 @@ def validate(
 
         p = load_plan(path)
         check_plan_folders(p, source=str(path))  # validate: can the plan run here?
-        out.print(
-            f"ok: {path}: {p.experiment.algorithm} plan, {len(p.allocations)} calls on "
-            f"{p.cluster.label()}",
-            highlight=False,
-        )
-    else:
-        e = load_experiment(path)
-        out.print(
-            f"ok: {path}: {e.algorithm} experiment {e.name!r} ({', '.join(e.roles)})",
-            highlight=False,
-        )
+        e = p.experiment
+        return {
+            "kind": "plan",
+            "algorithm": e.algorithm,
+            "name": e.name,
+            "roles": list(e.roles),
+            "calls": {n: a.label() for n, a in p.allocations.items()},
+            "cluster": p.cluster.label(),
+        }
+    e = load_experiment(path)
+    return {"kind": "experiment", "algorithm": e.algorithm, "name": e.name, "roles": list(e.roles)}
 
 
 @app.command()

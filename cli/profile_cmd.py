@@ -22,7 +22,11 @@ def _command() -> str:
 
 
 def run_profile_command(
-    device: str, out_path: Path | None, quick: bool, base_path: Path | None = None
+    device: str,
+    out_path: Path | None,
+    quick: bool,
+    base_path: Path | None = None,
+    as_json: bool = False,
 ) -> None:
     import torch  # only this command needs torch
 
@@ -43,7 +47,7 @@ def run_profile_command(
     rank = int(os.environ.get("RANK", "0"))
     command = _command()
     columns = (TextColumn("{task.description:<24}"), BarColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, disable=rank != 0) as progress:
+    with Progress(*columns, console=err, disable=rank != 0 or as_json) as progress:
         if base is not None:
             profile = run_collectives_into(base, device, quick, command, progress)
         else:
@@ -55,6 +59,21 @@ def run_profile_command(
         save_profile(profile, path)
     except OSError as e:
         fail(f"{path}: cannot write: {e.strerror}")
+    if as_json:
+        print_json(
+            {
+                "profile": str(path),
+                "id": profile.id,
+                "device": profile.device,
+                "device_name": profile.device_name,
+                "dtype": profile.dtype,
+                "op_timings": len(profile.ops),
+                "collective_timings": len(profile.collectives),
+                "flops_per_s": profile.roofline.flops_per_s,
+                "memory_bytes_per_s": profile.roofline.memory_bytes_per_s,
+            }
+        )
+        return
     out.print(
         f"wrote {path}: {len(profile.ops)} op timings, {len(profile.collectives)} collective "
         f"timings on {profile.device_name} ({profile.dtype}); sustained "

@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import signal
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -15,8 +16,22 @@ from cli.common import err, run_app
 
 app = typer.Typer(name="rlhf-run", pretty_exceptions_enable=False, add_completion=False)
 
+EXIT_CODES_RUN = (
+    "Exit codes: 0 done; 1 a problem with an input or of the run (each named on stderr: the "
+    "file and field, or the rank and what it hit), or a worker that failed; 2 a usage error "
+    "(unknown option, missing argument); 3 an internal error (rerun with --debug), or under "
+    "torchrun a worker that stopped after losing a peer; 130 / 143 interrupted by SIGINT / "
+    "SIGTERM."
+)
 
-@app.command()
+
+class Tracker(StrEnum):
+    tensorboard = "tensorboard"
+    wandb = "wandb"
+    mlflow = "mlflow"
+
+
+@app.command(epilog=EXIT_CODES_RUN)
 def run(
     plan: Annotated[Path, typer.Argument(help="Plan JSON file (from rlhf-plan search).")],
     iterations: Annotated[int, typer.Option(min=1, help="Iterations to run.")] = 40,
@@ -51,6 +66,19 @@ def run(
             help="Seconds any wait may take: a lost or stopped worker is named within it (plus about 1 s).",
         ),
     ] = 120.0,
+    tracker: Annotated[
+        list[Tracker] | None,
+        typer.Option(
+            "--tracker",
+            help="Also log every metrics row and the plan to this experiment tracker "
+            "(repeatable): tensorboard, wandb or mlflow (the last two are optional extras, "
+            "run offline). metrics.jsonl stays the source of truth.",
+        ),
+    ] = None,
+    tracker_dir: Annotated[
+        Path | None,
+        typer.Option("--tracker-dir", help="Where trackers write (default: the run folder)."),
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
     """Run RLHF training as a plan says: one worker per device, parameters reallocated between
@@ -98,6 +126,10 @@ def run(
         Evaluation(exp.evaluation, tok, exp.model("actor").max_position_embeddings)
     if exp.reward_function:
         reward_function(exp.reward_function)
+    if tracker:
+        from executor.runtime.trackers import check_available
+
+        check_available([k.value for k in tracker])
     if out_dir is None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out_dir = Path("runs") / f"{plan.stem}-{stamp}"
@@ -108,26 +140,55 @@ def run(
         folder = open_run_folder(out_dir, p, str(data) if data else None, resume, overwrite)
         for note in folder.notes:
             err.print(f"rlhf-run: {note}", highlight=False)
+    follower = None
+    if tracker and folder is not None:  # the launcher (rank 0 under torchrun) follows the rows
+        follower = _follow(tracker, tracker_dir or out_dir, out_dir, p, folder.resume_from)
     if not under_torchrun():
         err.print(
             f"rlhf-run: {p.cluster.world_size} workers, {iterations} iterations -> {out_dir}/metrics.jsonl",
             highlight=False,
         )
-    code = launch(
-        worker,
-        RunTask(
-            str(plan),
-            iterations,
-            str(out_dir),
-            str(data) if data else None,
-            save_final=True,
-            checkpoint_every=checkpoint_every,
-            resume=resume,
-            resume_from=str(folder.resume_from) if folder and folder.resume_from else None,
-        ),
-        world=p.cluster.world_size,
-        timeout_s=timeout,
-    )
+    try:
+        code = launch(
+            worker,
+            RunTask(
+                str(plan),
+                iterations,
+                str(out_dir),
+                str(data) if data else None,
+                save_final=True,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+                resume_from=str(folder.resume_from) if folder and folder.resume_from else None,
+            ),
+            world=p.cluster.world_size,
+            timeout_s=timeout,
+        )
+    finally:
+        if follower is not None:
+            follower.finish()
+    _closing(code, out_dir, p)
+
+
+def _follow(kinds, folder: Path, out_dir: Path, p, resume_from: Path | None):
+    """Trackers fed from metrics.jsonl by a launcher thread. On a resume (open_run_folder has
+    checked the checkpoint), the rows past the checkpoint are dropped first, as the workers
+    drop them, so no stale row reaches a tracker."""
+    from executor.runtime import checkpoints, metrics
+    from executor.runtime.trackers import MetricsFollower, open_trackers
+    from plans.metrics import FILE
+
+    start = checkpoints.iteration_of(Path(resume_from)) if resume_from is not None else 0
+    trackers = open_trackers([k.value for k in kinds], folder, p, out_dir.name, start)
+    if resume_from is not None:
+        metrics.truncate(out_dir, start)
+    return MetricsFollower(out_dir / FILE, trackers, start).start()
+
+
+def _closing(code: int, out_dir: Path, p) -> None:
+    """What the command prints and returns once the workers are done."""
+    from executor.runtime.launch import under_torchrun
+
     if code != 0:
         from executor.runtime.run_folder import stopped_at, tidy
 

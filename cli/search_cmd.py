@@ -84,11 +84,16 @@ def run_search(
         search_time_s=round(outcome.search_time_s, 3),
         tool_version=_tool_version(),
     )
-    path = out_path or Path(f"{exp.name}-{nodes}x{gpus_per_node}{cluster.device}.plan.json")
-    save_plan(plan, path)
+    path = out_path  # a plan file only where --out says
+    if path is not None:
+        try:
+            save_plan(plan, path)
+        except OSError as e:
+            raise PlanError(f"cannot write the plan: {e.strerror}", field="--out") from None
     best_base = min(outcome.baselines.values())
     summary = {
-        "plan": str(path),
+        "plan": str(path) if path is not None else None,
+        "allocations": {name: alloc.label() for name, alloc in plan.allocations.items()},
         "method": outcome.method,
         "iteration_time_s": outcome.cost,
         "baselines": {k: (v if v != float("inf") else None) for k, v in outcome.baselines.items()},
@@ -123,8 +128,9 @@ def run_search(
     for name, alloc in plan.allocations.items():
         out.print(f"  {name:<13} {alloc.label()}", highlight=False)
     note = " (stopped by the time limit: not reproducible by seed)" if outcome.timed_out else ""
+    wrote = f"wrote {path}" if path is not None else "searched (no plan file: --out PATH writes it)"
     out.print(
-        f"wrote {path} after {outcome.search_time_s:.1f} s, {outcome.steps} steps{note}",
+        f"{wrote} after {outcome.search_time_s:.1f} s, {outcome.steps} steps{note}",
         highlight=False,
     )
 

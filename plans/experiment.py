@@ -7,6 +7,7 @@ ALGORITHMS.md in the design notes for the formulas.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +27,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, **STRICT)
 
 
+@dataclass(frozen=True)
+class _Unresolved:
+    """A role's `model` that named no preset or folder: refused by RoleSpec's validation,
+    so the document's other problems are reported with it."""
+
+    error: PlanError
+
+
 class RoleSpec(_Section):
     """One model of the experiment."""
 
@@ -39,6 +48,13 @@ class RoleSpec(_Section):
     optimizer: OptimizerSpec | None = Field(
         None, description="AdamW settings (trained roles only)."
     )
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _resolved(cls, model: Any) -> Any:
+        if isinstance(model, _Unresolved):
+            raise PlanError(model.error.reason)
+        return model
 
     @property
     def spec(self) -> ModelSpec:
@@ -276,8 +292,8 @@ class ExperimentSpec(BaseModel):
                 if isinstance(ref, str | dict | ModelSpec):
                     try:
                         spec = {**spec, "model": resolve_model(ref, head)}
-                    except PlanError as e:
-                        raise PlanError(e.reason, field=f"roles.{role}.model") from None
+                    except PlanError as e:  # reported with the document's other problems
+                        spec = {**spec, "model": _Unresolved(e)}
             if isinstance(spec, dict) and train is not None:
                 spec.setdefault("trainable", role in train)
             resolved[role] = spec
@@ -295,48 +311,45 @@ class ExperimentSpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentSpec:
         need, train = roles(self.algorithm), trained_roles(self.algorithm)
+        bad: list[PlanError] = []  # every problem, not only the first
+
+        def refuse(message: str, field: str) -> None:
+            bad.append(PlanError(message, field=field))
+
         for role in need:
             if role not in self.roles:
-                raise PlanError(f"{self.algorithm} needs a {role} model", field=f"roles.{role}")
+                refuse(f"{self.algorithm} needs a {role} model", f"roles.{role}")
         for role, spec in self.roles.items():
             if role not in need:
-                raise PlanError(
-                    f"{self.algorithm} has no {role} role (it uses {', '.join(need)})",
-                    field=f"roles.{role}",
-                )
+                uses = ", ".join(need)
+                refuse(f"{self.algorithm} has no {role} role (it uses {uses})", f"roles.{role}")
+                continue
             if spec.trainable is not None and spec.trainable != (role in train):
-                raise PlanError(
-                    f"{self.algorithm} {'trains' if role in train else 'freezes'} the {role}",
-                    field=f"roles.{role}.trainable",
-                )
+                does = "trains" if role in train else "freezes"
+                refuse(f"{self.algorithm} {does} the {role}", f"roles.{role}.trainable")
             if spec.optimizer is not None and role not in train:
-                raise PlanError(f"the {role} does not train here", field=f"roles.{role}.optimizer")
-            longest = self.prompt_len + self.gen_len
-            if longest > spec.spec.max_position_embeddings:
-                raise PlanError(
+                refuse(f"the {role} does not train here", f"roles.{role}.optimizer")
+            longest, most = self.prompt_len + self.gen_len, spec.spec.max_position_embeddings
+            if longest > most:
+                refuse(
                     f"prompt_len + gen_len = {longest} exceeds max_position_embeddings="
-                    f"{spec.spec.max_position_embeddings} of the {role} model",
-                    field="gen_len",
+                    f"{most} of the {role} model",
+                    "gen_len",
                 )
         if self.batch_size % self.mini_batches:
-            raise PlanError(
-                f"{self.mini_batches} does not divide batch_size={self.batch_size}",
-                field="mini_batches",
+            refuse(
+                f"{self.mini_batches} does not divide batch_size={self.batch_size}", "mini_batches"
             )
         if self.algorithm == "adpo" and self.adpo.mode == "pairwise" and self.group_size != 2:
-            raise PlanError(
-                "pairwise ADPO compares 2 candidates; set group_size = 2", field="group_size"
-            )
+            refuse("pairwise ADPO compares 2 candidates; set group_size = 2", "group_size")
         if self.algorithm == "adpo" and self.group_size < 2:
-            raise PlanError(
-                "ADPO ranks a list of candidates; use group_size >= 2", field="group_size"
-            )
+            refuse("ADPO ranks a list of candidates; use group_size >= 2", "group_size")
         if self.evaluation is not None and "actor" not in need:
-            raise PlanError(f"{self.algorithm} has no actor to evaluate", field="evaluation")
+            refuse(f"{self.algorithm} has no actor to evaluate", "evaluation")
         if self.algorithm == "grpo" and self.group_size < 2:
-            raise PlanError(
-                "GRPO normalises rewards within a group; use group_size >= 2", field="group_size"
-            )
+            refuse("GRPO normalises rewards within a group; use group_size >= 2", "group_size")
+        if bad:
+            raise PlanError(bad[0].reason, field=bad[0].field, more=bad[1:])
         return self
 
     # ---- derived -------------------------------------------------------------------------

@@ -95,18 +95,30 @@ def check_plan(plan: Plan) -> None:
         )
     exp, cl = plan.experiment, plan.cluster
     calls = {m.name: m for m in exp.mfcs()}
+    bad: list[PlanError] = []  # every call's problem, not only the first call's
     for name in plan.allocations:
         if name not in calls:
-            raise PlanError(
-                f"{exp.algorithm} has no call {name!r} (its calls: {', '.join(calls)})",
-                field=f"allocations.{name}",
+            bad.append(
+                PlanError(
+                    f"{exp.algorithm} has no call {name!r} (its calls: {', '.join(calls)})",
+                    field=f"allocations.{name}",
+                )
             )
     for name, mfc in calls.items():
         if name not in plan.allocations:
-            raise PlanError(
-                f"no allocation for the {exp.algorithm} call {name!r}", field=f"allocations.{name}"
+            bad.append(
+                PlanError(
+                    f"no allocation for the {exp.algorithm} call {name!r}",
+                    field=f"allocations.{name}",
+                )
             )
-        check_allocation(plan.allocations[name], mfc, exp, cl, field=f"allocations.{name}")
+            continue
+        try:
+            check_allocation(plan.allocations[name], mfc, exp, cl, field=f"allocations.{name}")
+        except PlanError as e:
+            bad.append(e)
+    if bad:
+        raise PlanError(bad[0].reason, field=bad[0].field, more=bad[1:])
 
 
 def check_allocation(

@@ -13,7 +13,15 @@ import torch
 
 from executor.compute.generate import GenerationConfig, generate
 from executor.data.tokenizer import Tokenizer
-from executor.losses.evaluation import QA, accuracy, few_shot_prompt, load_qa
+from executor.losses.evaluation import (
+    QA,
+    STOP,
+    accuracy,
+    exact_match,
+    extract_answer,
+    few_shot_prompt,
+    load_qa,
+)
 from executor.parallel.collectives import all_reduce_
 from executor.programs.program import pad_prompts
 from plans import PlanError
@@ -39,6 +47,17 @@ def load_questions(spec: EvalSpec) -> list[QA]:
     return load_qa(spec.dataset)
 
 
+def answer_record(q: QA, completion: str) -> dict:
+    """One question's outcome, as rlhf-eval --json prints it."""
+    return {
+        "question": q.question,
+        "reference": extract_answer(q.answer),
+        "completion": completion,
+        "predicted": extract_answer(completion.split(STOP, 1)[0]),
+        "correct": exact_match(completion, q.answer),
+    }
+
+
 class Evaluation:
     def __init__(self, spec: EvalSpec, tok: Tokenizer, max_positions: int):
         self.spec, self.tok = spec, tok
@@ -62,8 +81,10 @@ class Evaluation:
     def due(self, it: int, last: int) -> bool:
         return (it + 1) % self.spec.every == 0 or it + 1 == last
 
-    def run(self, model, ctx) -> dict[str, float]:
-        """Collective over the mesh of `ctx`; every rank of it returns the same accuracy."""
+    def run(self, model, ctx, answers: list[dict] | None = None) -> dict[str, float]:
+        """Collective over the mesh of `ctx`; every rank of it returns the same accuracy.
+        `answers`, when given, receives this replica's share of the questions, each with its
+        completion and whether it matched (rlhf-eval prints them)."""
         prompts = [few_shot_prompt(self.shots, q.question, len(self.shots)) for q in self.held_out]
         ids = [self.tok.encode(p) for p in prompts]
         width = min(self.prompt_len, max(len(x) for x in ids))
@@ -78,6 +99,11 @@ class Evaluation:
         lo, hi = split_range(len(prompts), ctx.dp_size, ctx.dp_rank)
         texts = [self.tok.decode(out.tokens[i, : out.lengths[i]].tolist()) for i in range(hi - lo)]
         correct, total = accuracy(texts, [q.answer for q in self.held_out[lo:hi]])
-        counts = torch.tensor([correct, total], dtype=torch.float64)
+        if answers is not None:
+            answers.extend(
+                answer_record(q, t) for q, t in zip(self.held_out[lo:hi], texts, strict=True)
+            )
+        device = next(model.parameters()).device  # NCCL reduces device tensors only
+        counts = torch.tensor([correct, total], dtype=torch.float64, device=device)
         all_reduce_(counts, ctx.dp_group)  # every replica answered its share
         return {"eval_accuracy": float(counts[0] / counts[1]), "eval_questions": int(counts[1])}

@@ -153,6 +153,11 @@ def latest(out_dir: Path, world: int) -> Path | None:
     return resumable(out_dir, world)[0]
 
 
+def iteration_of(path: Path) -> int:
+    """Iterations done when checkpoint `path` was written (its folder name: iter-NNNNNN)."""
+    return int(path.name.removeprefix("iter-"))
+
+
 def check_resume(path: Path, plan: Plan, data: dict, data_field: str) -> None:
     """Refuse to resume from `path` with another plan or other data (`data_field` names the
     option or field that chose the data, for the message)."""

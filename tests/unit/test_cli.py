@@ -66,7 +66,8 @@ def test_validate_rejects_with_one_line(tmp_path, content, field):
     r = run("validate", str(p))
     assert r.returncode != 0
     assert field in r.stderr and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    lines = r.stderr.strip().splitlines()  # one line per problem, each naming file and field
+    assert all(line.startswith(f"error: {p}: ") for line in lines), r.stderr
 
 
 def test_validate_mutated_plan_names_field(tmp_path):
@@ -173,3 +174,71 @@ def test_run_refuses_a_gpu_plan_by_name(tmp_path):
     )
     assert r.returncode == 1 and "cluster.device" in r.stderr and "h100" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_every_result_command_prints_json(tmp_path):
+    plan = str(example_path("ppo-tiny-4cpu", "plan"))
+    for args in (
+        ("show", plan, "--json"),
+        ("validate", plan, "--json"),
+        ("validate", str(example_path("ppo-tiny", "experiment")), "--json"),
+        ("graph", "ppo-tiny", "--json"),
+        ("estimate", plan, "--json"),
+        ("diff", plan, plan, "--json"),
+    ):
+        r = run(*args)
+        assert r.returncode == 0, (args, r.stderr)
+        assert isinstance(json.loads(r.stdout), dict), args
+    shown = json.loads(run("show", plan, "--json").stdout)
+    assert set(shown["allocations"]) == {c["name"] for c in shown["calls"]}
+
+
+def test_search_writes_a_plan_only_where_out_says(tmp_path):
+    args = ("search", "ppo-tiny", "--gpus-per-node", "2", "--device", "cpu", "--time-limit", "5")
+    r = subprocess.run(
+        [*EXE.split(), *args, "--json"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["plan"] is None and set(doc["allocations"]) >= {"actor_gen", "actor_train"}
+    assert list(tmp_path.iterdir()) == []  # nothing written into the current folder
+
+
+def test_bad_experiment_lists_every_problem(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        'name = "bad"\nalgorithm = "ppo"\nbatch_size = -3\nprompt_len = "x"\ngen_len = 16\n'
+        '[roles.actor]\nmodel = "tiny"\noptimizer = { lr = -1 }\n[roles.critic]\nmodel = "nope"\n'
+        '[roles.ref]\nmodel = "tiny"\n[roles.reward]\nmodel = "tiny"\n'
+    )
+    r = run("validate", str(bad))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    fields = {"batch_size", "prompt_len", "roles.actor.optimizer.lr", "roles.critic.model"}
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == len(fields), r.stderr
+    assert all(any(f"{bad}: {f}: " in line for line in lines) for f in fields), r.stderr
+    doc = json.loads(run("validate", str(bad), "--json").stdout)
+    assert doc["ok"] is False and {p["field"] for p in doc["problems"]} == fields
+
+
+def test_piped_tables_keep_every_value():
+    r = run("estimate", str(example_path("ppo-llama2-7b-8xh100", "plan")))
+    assert r.returncode == 0 and "…" not in r.stdout and "actor_train" in r.stdout
+
+
+def test_exit_codes_in_help():
+    assert "Exit codes" in run("--help").stdout
+
+
+def test_eval_refuses_bad_inputs_in_one_line(tmp_path):
+    exe = [sys.executable, "-m", "cli.eval_app"]
+    cases = (
+        ([str(tmp_path / "nothing")], "no such folder"),
+        ([str(tmp_path)], "neither a run folder"),
+        ([str(tmp_path), "--iteration", "3"], "--iteration"),
+    )
+    for args, words in cases:
+        r = subprocess.run([*exe, *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Exit codes" in subprocess.run([*exe, "--help"], capture_output=True, text=True).stdout

@@ -48,13 +48,16 @@ def test_schema_profile():
     assert json.loads(r.stdout)["title"] == "Profile"
 
 
-def test_bad_profile_is_one_line_on_stderr(tmp_path):
+def test_bad_profile_is_one_line_per_problem_on_stderr(tmp_path):
     bad = tmp_path / "p.json"
     bad.write_text('{"kind": "measured"}')
     r = run("estimate", str(example_path("ppo-tiny-4cpu", "plan")), "--profile", str(bad))
     assert r.returncode == 1 and r.stdout == ""
-    assert "Traceback" not in r.stderr and str(bad) in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    lines = r.stderr.strip().splitlines()
+    assert "Traceback" not in r.stderr
+    # every missing field on its own line, each naming the file
+    assert all(line.startswith(f"error: {bad}: ") for line in lines), lines
+    assert any(": id: " in line for line in lines) and any(": roofline: " in line for line in lines)
 
 
 def test_infeasible_plan_says_why(tmp_path):

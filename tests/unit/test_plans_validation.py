@@ -192,3 +192,27 @@ def test_hf_folder_as_model(tmp_path):
     (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
     with pytest.raises(PlanError, match="not LLaMA-family"):
         experiment_from_dict(exp, base_dir=tmp_path)
+
+
+def test_every_problem_of_a_plan_is_reported_naming_its_field():
+    doc = _mutated(
+        allocations__critic_inf__strategy__micro_batches=1000,
+        allocations__ref_inf__strategy__zero1=True,
+        experiment__batch_size=0,
+    )
+    del doc["allocations"]["rew_inf"]
+    with pytest.raises(PlanError) as caught:
+        plan_from_dict(doc, source="p.json")
+    # field errors first: the plan's own checks need valid fields to run
+    assert [p["field"] for p in caught.value.problems()] == ["experiment.batch_size"]
+    doc["experiment"]["batch_size"] = 32
+    with pytest.raises(PlanError) as caught:
+        plan_from_dict(doc, source="p.json")
+    lines = caught.value.lines()
+    assert str(caught.value) == f"{lines[0]} (+{len(lines) - 1} more problems)"
+    assert all(line.startswith("p.json: allocations.") for line in lines), lines
+    assert {p["field"] for p in caught.value.problems()} == {
+        "allocations.rew_inf",
+        "allocations.critic_inf.strategy.micro_batches",
+        "allocations.ref_inf.strategy.zero1",
+    }
