@@ -78,6 +78,6 @@ class Evaluation:
         lo, hi = split_range(len(prompts), ctx.dp_size, ctx.dp_rank)
         texts = [self.tok.decode(out.tokens[i, : out.lengths[i]].tolist()) for i in range(hi - lo)]
         correct, total = accuracy(texts, [q.answer for q in self.held_out[lo:hi]])
-        counts = torch.tensor([correct, total], dtype=torch.float64)
+        counts = torch.tensor([correct, total], dtype=torch.float64, device=out.tokens.device)
         all_reduce_(counts, ctx.dp_group)  # every replica answered its share
         return {"eval_accuracy": float(counts[0] / counts[1]), "eval_questions": int(counts[1])}
