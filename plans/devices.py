@@ -88,3 +88,12 @@ def run_refusal(device: str, workers_here: int, local: LocalDevices) -> str | No
             f"plan for it with rlhf-plan search --device {kind or '<its figures>'}"
         )
     return None
+
+
+def profile_mismatch(profile_device: str, cluster_device: str, source: str) -> str | None:
+    """One line when a measured profile (`source`, measured on `profile_device`) would price
+    a cluster of other devices, else None: a CPU profile pricing an H100 cluster gives
+    plausible-looking numbers for the wrong machine."""
+    if profile_device == cluster_device:
+        return None
+    return f"{source} was measured on {profile_device!r}, but the cluster is {cluster_device!r}"

@@ -179,3 +179,17 @@ def test_run_refuses_a_gpu_plan_without_cuda_in_one_line(tmp_path):
     assert len(lines) == 1, r.stderr
     assert "cluster.device" in lines[0] and "h100" in lines[0] and "no CUDA device" in lines[0]
     assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has CUDA")
+@pytest.mark.parametrize("device", ["h100", "cuda"])
+def test_profile_for_a_gpu_without_cuda_says_why_in_one_line(device):
+    r = run("profile", "--device", device, "--quick")
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"--device {device}" in lines[0] and "no CUDA device" in lines[0]
+
+
+def test_profile_names_the_devices_it_knows():
+    r = run("profile", "--device", "tpu", "--quick")
+    assert r.returncode == 1 and "h100" in r.stderr and "cuda" in r.stderr
