@@ -185,7 +185,13 @@ def _run_worker(
     health = Health(stores[1], rank, world, HEARTBEAT_S, on_abort=lambda: _aborted(rank, health))
     try:
         store = stores[0]
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+        # NCCL: bound to this worker's GPU, so the world's communicator is made now and every
+        # new_group splits from it; a group's first batched point-to-point call (a pipeline's
+        # neighbours, a move between some ranks) then need not involve all of its ranks.
+        bound = {"device_id": dev} if backend == "nccl" else {}
+        dist.init_process_group(
+            backend, store=store, rank=rank, world_size=world, timeout=timeout, **bound
+        )
         fn(WorkerEnv(rank, world, dev, store, health, timeout), task)
         dist.barrier()
     except BaseException as e:
