@@ -57,7 +57,9 @@ def _exp(name):
     return experiment_from_dict(doc)
 
 
-@pytest.mark.parametrize("name", ["ppo-tiny", "grpo-tiny", "remax-tiny", "dpo-tiny", "adpo-tiny", "rm-tiny"])
+@pytest.mark.parametrize(
+    "name", ["ppo-tiny", "grpo-tiny", "remax-tiny", "dpo-tiny", "adpo-tiny", "rm-tiny"]
+)
 def test_call_bodies_name_their_device(name):
     exp = _exp(name)
     tok = tokenizer_for([exp.model(r) for r in exp.roles], exp.tokenizer)
