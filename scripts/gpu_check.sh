@@ -36,7 +36,8 @@ fi
 echo "== $gpus x $device ($(python -c 'import torch; print(torch.cuda.get_device_name(), torch.__version__)'))"
 
 echo "== tests/gpu"
-python -m pytest -q -n 0 -m gpu tests/gpu
+failed=""
+python -m pytest -q -n 0 -m gpu tests/gpu || failed="tests/gpu"  # the figures still follow
 
 echo "== profile"
 python -m cli.plan_app profile --device "$device" $quick --out "$out/profile-1.json"
@@ -67,4 +68,8 @@ for n in $counts; do
         python benchmarks/gpu_check.py report "$out/$alg-$n"
     done
 done
+if [ -n "$failed" ]; then
+    echo "gpu_check: $failed failed (above); figures in $out/figures.txt" >&2
+    exit 1
+fi
 echo "gpu_check: done; figures in $out/figures.txt"
