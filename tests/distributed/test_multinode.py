@@ -20,6 +20,7 @@ from plans import example_path
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 ITERATIONS = 2
+ROOT = Path(__file__).resolve().parents[2]
 RUN = [sys.executable, "-m", "cli.run_app"]
 
 
@@ -67,7 +68,7 @@ def test_two_launchers_as_two_nodes_equal_one_node(tmp_path):
     one_node = json.loads(example_path("ppo-tiny-4cpu", "plan").read_text())
     two_nodes = tmp_path / "plan-2x2.json"
     two_nodes.write_text(json.dumps(_as_nodes(one_node, 2)))
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": str(Path.cwd())}
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": str(ROOT)}
     args = ["--iterations", str(ITERATIONS), "--checkpoint-every", "0", "--timeout", "120"]
 
     ref = tmp_path / "one-node"
