@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import EXIT_CODES_PLAN, out, print_json, run_app
+from cli.common import EXIT_CODES_PLAN, err, out, print_json, run_app
 
 app = typer.Typer(
     name="rlhf-plan",
@@ -55,7 +55,14 @@ class DocKind(StrEnum):
 
 @app.command()
 def profile(
-    device: Annotated[str, typer.Option(help="cuda or cpu; default: cuda when available.")] = "",
+    device: Annotated[
+        str,
+        typer.Option(
+            help="A device table name (h100, h200, a100, ..., cpu; it must be this machine's "
+            "device, and the profile records it), or cuda for any GPU; default: cuda when "
+            "available, else cpu."
+        ),
+    ] = "",
     out_path: Annotated[
         Path | None, typer.Option("--out", help="Where to write the profile JSON.")
     ] = None,
@@ -95,7 +102,7 @@ def profile(
         typer.Option(
             "--check",
             help="Re-time a few of this measured profile's own points here and say whether "
-            "it still describes this machine (writes nothing; about a minute on a CPU).",
+            "it still describes this machine (writes nothing; seconds on a CPU).",
         ),
     ] = None,
     as_json: JsonFlag = False,
@@ -176,9 +183,14 @@ def estimate(
     from cli.estimate_views import calls_table, moves_table, profile_line, summary
     from estimator import load_profile, plan_report
     from plans import load_plan
+    from plans.devices import profile_mismatch
 
     p = load_plan(plan)
-    report = plan_report(p, load_profile(profile_path) if profile_path else None)
+    prof = load_profile(profile_path) if profile_path else None
+    mismatch = prof and profile_mismatch(prof.device, p.cluster.device, str(profile_path))
+    if mismatch:  # said, not refused: an estimate is a question, not a plan
+        err.print(f"rlhf-plan estimate: warning: {mismatch}", highlight=False)
+    report = plan_report(p, prof)
     if as_json:
         print_json(report.model_dump(mode="json", exclude={"timeline"}))
         if not report.feasible:

@@ -32,12 +32,28 @@ def run_profile_command(
 
     from estimator.profile import load_profile, save_profile
     from executor.profiling.profiler import run_collectives_into, run_profile
+    from plans import DEVICES
+    from plans.devices import backend, device_kind
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cuda", "cpu"):
-        fail(f"--device: {device!r} is neither cuda nor cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda: torch sees no CUDA device here")
+    device = (device or ("cuda" if torch.cuda.is_available() else "cpu")).lower()
+    if device not in DEVICES and device != "cuda":
+        fail(f"--device: {device!r} is none of cuda, {', '.join(DEVICES)}")
+    if device != "cpu" and not torch.cuda.is_available():
+        hint = (
+            f" (rlhf-plan search --device {device} without --profile uses its datasheet figures)"
+            if device in DEVICES
+            else ""
+        )
+        fail(f"--device {device}: torch sees no CUDA device here{hint}")
+    if device in DEVICES and device != "cpu":  # a table row: the GPU here must be that one
+        props = torch.cuda.get_device_properties(0)
+        kind = device_kind(props.name, props.total_memory / 2**30)
+        if kind != device:
+            fail(
+                f"--device {device}: this machine's GPU is {props.name} "
+                f"({kind or 'not in the device table'}); profile it as --device {kind or 'cuda'}"
+            )
+    device = backend(device)
     base = load_profile(base_path) if base_path else None
     if base is not None and int(os.environ.get("WORLD_SIZE", "1")) < 2:
         fail(

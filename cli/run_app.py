@@ -87,22 +87,19 @@ def run(
     reward model is then usable as the `model` of another experiment's reward role)."""
     from estimator.report import estimate_plan
     from executor.programs.registry import PROGRAMS
-    from executor.runtime.launch import launch, under_torchrun
+    from executor.runtime.launch import launch, local_devices, under_torchrun, workers_here
     from executor.runtime.worker import RunTask
     from executor.runtime.worker import run as worker
     from plans import PlanError, load_plan
+    from plans.devices import backend, run_refusal
     from plans.folders import check_plan_folders
 
     p = load_plan(plan)
-    if p.cluster.device != "cpu":
-        # The runtime builds models and batches on the CPU so far; with NCCL on GPUs it would
-        # hand CPU tensors to the collectives.
-        raise PlanError(
-            f"rlhf-run executes plans for CPU workers so far; this plan is for "
-            f"{p.cluster.device} devices (plan for CPU workers with rlhf-plan search "
-            f"--device cpu to run the experiment here)",
-            field="cluster.device",
-        )
+    # A GPU plan needs CUDA and a GPU per worker of this machine; said in one line before any
+    # worker starts (NCCL would fail far later, in every worker).
+    refusal = run_refusal(p.cluster.device, workers_here(p.cluster), local_devices())
+    if refusal:
+        raise PlanError(refusal, field="cluster.device")
     if p.experiment.algorithm not in PROGRAMS:
         raise PlanError(
             f"rlhf-run runs {', '.join(PROGRAMS)} plans so far, not {p.experiment.algorithm}",
@@ -163,6 +160,7 @@ def run(
             ),
             world=p.cluster.world_size,
             timeout_s=timeout,
+            device=backend(p.cluster.device),
         )
     finally:
         if follower is not None:

@@ -35,6 +35,7 @@ def run_search(
     from estimator.report import estimated_plan
     from planner.search import search
     from plans import PlanError, load_experiment, save_plan
+    from plans.devices import profile_mismatch
     from plans.io import cluster_from_dict
 
     exp = load_experiment(experiment)
@@ -42,13 +43,13 @@ def run_search(
         dict(nodes=nodes, gpus_per_node=gpus_per_node, device=device), source="cluster"
     )
     profile = load_profile(profile_path) if profile_path else None
-    if profile is not None and profile.device != cluster.device and not any_profile_device:
+    mismatch = profile and profile_mismatch(profile.device, cluster.device, str(profile_path))
+    if mismatch and not any_profile_device:
         # A CPU profile prices an H100 cluster by CPU timings: the search would optimise for
         # the wrong machine, and every number it prints would look plausible.
         raise PlanError(
-            f"{profile_path} was measured on {profile.device!r}, but the cluster is "
-            f"{cluster.device!r} (--device); profile that device, drop --profile for the "
-            "analytic one, or pass --any-profile-device",
+            f"{mismatch} (--device); profile that device, drop --profile for the analytic "
+            "one, or pass --any-profile-device",
             field="--profile",
         )
     with Progress(

@@ -49,6 +49,10 @@ class GenerationConfig:
 
 
 FUSE_MAX_HIDDEN = 512
+EOS_CHECK_EVERY = 16
+"""Decode steps between two looks (host syncs) at whether every sequence has ended: the loop
+itself never waits on the device; at most this many steps run after the last EOS (their
+tokens are pads and are cut off)."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,6 @@ def _decode(model, ctx, prompts, attention_mask, cfg) -> GenerationOutput:
     mask = attention_bool_mask(key_valid[:, :p_len], p_len) if padded else None
     logits = step(ids, pos, mask, 0)
     next_pos = am.long().sum(-1)  # position id of the token fed next, [b]
-    n = 0
     for t in range(n_new):
         pair = torch.empty(2, b, dtype=torch.float64, device=device)
         if ctx.is_last_stage:
@@ -153,8 +156,10 @@ def _decode(model, ctx, prompts, attention_mask, cfg) -> GenerationOutput:
         lengths += (~done).long()
         if cfg.eos_token_id is not None:
             done |= tok == cfg.eos_token_id
-        n = t + 1
-        if t == n_new - 1 or bool(done.all()):
+        if t == n_new - 1:
+            break
+        # Every stage reads the same `done` (the broadcast pair), so all stop at the same t.
+        if cfg.eos_token_id is not None and (t + 1) % EOS_CHECK_EVERY == 0 and bool(done.all()):
             break
         cur = p_len + t  # cache slot of the token being fed
         mask = key_valid[:, None, None, : cur + 1] if padded else None
@@ -162,4 +167,7 @@ def _decode(model, ctx, prompts, attention_mask, cfg) -> GenerationOutput:
         # their outputs are discarded.
         logits = step(raw.unsqueeze(1), next_pos.unsqueeze(1), mask, cur)
         next_pos += 1
+    # The columns up to the longest sequence: what stopping at the last EOS would have kept
+    # (after a sequence's EOS its columns hold pads and zero log-probs).
+    n = int(lengths.max()) if b else 0
     return GenerationOutput(tokens[:, :n], lengths, logps[:, :n])

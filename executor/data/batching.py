@@ -40,12 +40,37 @@ def micro_batches(batch: Batch, n: int, unit: int = 1) -> list[Batch]:
     return [rows(batch, a, z) for a, z in pieces if z > a]
 
 
-def model_inputs(mb: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """A host batch on the worker's device. On a GPU through pinned memory and without
+    waiting: the copy runs on the stream ahead of the kernels that read it. On a CPU the
+    very tensors."""
+    if device.type == "cpu":
+        return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def padded(micro: list[Batch]) -> list[bool]:
+    """Whether each micro-batch has padding, read from the device in one transfer for all of
+    them: the per-micro-batch loops then decide between plain causal attention and a mask
+    without waiting on the device."""
+    flags = [mb["attention_mask"].all() for mb in micro if "attention_mask" in mb]
+    if not flags:
+        return [False] * len(micro)
+    has_all = iter(torch.stack(flags).tolist())  # one host sync for every micro-batch
+    return [("attention_mask" in mb and not next(has_all)) for mb in micro]
+
+
+def model_inputs(
+    mb: Batch, has_padding: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(positions [b, T], bool mask [b, 1, T, T] or None) of a micro-batch. Without an
-    `attention_mask`, or with one that has no padding, plain causal attention is used."""
+    `attention_mask`, or with one that has no padding, plain causal attention is used.
+    `has_padding`: known already (`padded`), else read here (a host sync)."""
     ids = mb["input_ids"]
     am = mb.get("attention_mask")
-    if am is None or bool(am.all()):
+    if has_padding is None:
+        has_padding = am is not None and not bool(am.all())
+    if am is None or not has_padding:
         pos = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
         return pos, None
     return positions_from_mask(am), attention_bool_mask(am.bool(), ids.shape[1])

@@ -81,7 +81,11 @@ class Rotary(nn.Module):
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
-        self.register_buffer("inv_freq", inv_frequencies(spec), persistent=False)
+        # On the host whatever device the model is built on (a view's shell is built on
+        # "meta"): the tables are made from it on the positions' device (_grow).
+        with torch.device("cpu"):
+            inv_freq = inv_frequencies(spec)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
         self._cos = torch.empty(0)
         self._sin = torch.empty(0)
         self._initial = spec.max_position_embeddings
@@ -91,7 +95,8 @@ class Rotary(nn.Module):
         n = max(n, 2 * self._cos.shape[0], self._initial)
         # pos * inv_freq in float32 is exactly HF's (1-term) matmul, so lookups match it.
         freqs = (
-            torch.arange(n, device=device, dtype=torch.float32)[:, None] * self.inv_freq[None, :]
+            torch.arange(n, device=device, dtype=torch.float32)[:, None]
+            * self.inv_freq.to(device)[None, :]
         )
         emb = torch.cat((freqs, freqs), dim=-1)  # [n, head_dim]
         self._cos = emb.cos()

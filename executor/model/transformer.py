@@ -8,6 +8,8 @@ table describes every parameter.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,8 +81,16 @@ class Transformer(nn.Module):
         pp_rank: int = 0,
         tp_group: Group = None,
         dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
     ):
+        """`device`: where the (uninitialised) parameters are allocated, torch's default
+        device if None; "meta" for a shell whose parameters executor.realloc.model_shards
+        replaces (a view: nothing is allocated twice)."""
         super().__init__()
+        with torch.device(device) if device is not None else nullcontext():
+            self._build(spec, tp, tp_rank, pp, pp_rank, tp_group, dtype)
+
+    def _build(self, spec, tp, tp_rank, pp, pp_rank, tp_group, dtype) -> None:
         self.spec, self.dtype = spec, dtype
         self.recompute = False
         """Activation checkpointing per block in training (the call's strategy.recompute)."""
@@ -131,9 +141,15 @@ class Transformer(nn.Module):
 
     @classmethod
     def for_context(
-        cls, spec: ModelSpec, ctx: ParallelContext, dtype: torch.dtype = torch.float32
+        cls,
+        spec: ModelSpec,
+        ctx: ParallelContext,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
     ) -> Transformer:
-        return cls(spec, ctx.tp_size, ctx.tp_rank, ctx.pp_size, ctx.pp_rank, ctx.tp_group, dtype)
+        return cls(
+            spec, ctx.tp_size, ctx.tp_rank, ctx.pp_size, ctx.pp_rank, ctx.tp_group, dtype, device
+        )
 
     def new_cache(
         self, batch: int, max_len: int, device: torch.device | None = None

@@ -15,7 +15,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from executor.data.batching import Batch, model_inputs
+from executor.data.batching import Batch, model_inputs, padded
 from executor.model import Transformer
 from executor.parallel.context import ParallelContext
 
@@ -58,9 +58,10 @@ def pipeline_forward(
     away, so no more than one micro-batch of logits is alive. Returns the results on the last
     stage, None on the others."""
     results: list[R] = []
-    for mb in micro:
+    pads = padded(micro)  # read once: the loop below never waits on the device
+    for mb, pad in zip(micro, pads, strict=True):
         x = stage_input(model, ctx, mb)
-        pos, mask = model_inputs(mb)
+        pos, mask = model_inputs(mb, pad)
         out = model(x, pos, mask)
         if ctx.is_last_stage:
             results.append(on_output(out, mb))
@@ -84,9 +85,10 @@ def pipeline_train(
     sum on the last stage, zero elsewhere."""
     # Kept on the model's device: NCCL reduces device tensors only, and no sync per step.
     total = torch.zeros((), dtype=torch.float32, device=next(model.parameters()).device)
+    pads = padded(micro)  # read once: the loops below never wait on the device
     if ctx.pp_size == 1:
-        for mb in micro:
-            pos, mask = model_inputs(mb)
+        for mb, pad in zip(micro, pads, strict=True):
+            pos, mask = model_inputs(mb, pad)
             loss = loss_fn(model(mb["input_ids"], pos, mask), mb)
             loss.backward()
             total += loss.detach().float()
@@ -103,7 +105,7 @@ def pipeline_train(
         nonlocal total
         if not ctx.is_first_stage:
             x.requires_grad_(True)
-        pos, mask = model_inputs(micro[k])
+        pos, mask = model_inputs(micro[k], pads[k])
         out = model(x, pos, mask)
         if ctx.is_last_stage:
             out = loss_fn(out, micro[k])

@@ -25,6 +25,7 @@ from estimator.shapes import DECODE_STACK_BYTES, DTYPE_BYTES
 from executor.profiling.collectives import CONTEXTS, time_collectives
 from executor.profiling.kernels import GRIDS, op_points, optimizer_points, shard_pieces, timer
 from plans import preset
+from plans.devices import device_kind
 
 
 def fresh_memory_rate(device: str = "cpu", nbytes: int = 256 * 2**20, reps: int = 3) -> float:
@@ -153,8 +154,10 @@ def run_profile(device: str, quick: bool, command: str, progress=None) -> Profil
             progress.advance(task)
     ops = list(best.values())
     if dev_type == "cuda":
-        dev_name = torch.cuda.get_device_name()
-        dev_kind = _device_kind(dev_name)
+        props = torch.cuda.get_device_properties(0)
+        dev_name = props.name
+        # The device table's name (plans.devices), as search --device and plans spell it.
+        dev_kind = device_kind(dev_name, props.total_memory / 2**30) or "cuda"
     else:
         dev_name, dev_kind = platform.processor() or _cpu_name(), "cpu"
     stamp = datetime.now(UTC)
@@ -227,14 +230,6 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return "cpu"
-
-
-def _device_kind(name: str) -> str:
-    low = name.lower()
-    for kind in ("h200", "h100", "a100", "l40s"):
-        if kind in low:
-            return kind
-    return "cuda"
 
 
 if __name__ == "__main__":

@@ -63,10 +63,11 @@ def rollout(
     out = generate(model, ctx, prompt_ids, prompt_mask, cfg)
     lo, hi = split_range(prompt_ids.shape[0], ctx.dp_size, ctx.dp_rank)
     b, n = out.tokens.shape
-    tokens = torch.full((b, g), tok.pad_token_id, dtype=torch.long)
-    logps = torch.zeros(b, g)
+    dev = out.tokens.device
+    tokens = torch.full((b, g), tok.pad_token_id, dtype=torch.long, device=dev)
+    logps = torch.zeros(b, g, device=dev)
     tokens[:, :n], logps[:, :n] = out.tokens, out.logprobs
-    resp_mask = (torch.arange(g)[None, :] < out.lengths[:, None]).float()
+    resp_mask = (torch.arange(g, device=dev)[None, :] < out.lengths[:, None]).float()
     return {
         "input_ids": torch.cat([prompt_ids[lo:hi], tokens], dim=1),
         "attention_mask": torch.cat([prompt_mask[lo:hi].long(), resp_mask.long()], dim=1),
@@ -108,7 +109,7 @@ def last_token_score(model, ctx, data: Batch, n_micro: int, prefix: str = ""):
         return None
     lo, hi = split_range(data[prefix + "input_ids"].shape[0], ctx.dp_size, ctx.dp_rank)
     am = data[prefix + "attention_mask"][lo:hi]
-    last = (am * torch.arange(am.shape[1])).argmax(dim=1)
+    last = (am * torch.arange(am.shape[1], device=am.device)).argmax(dim=1)
     return v.gather(1, last[:, None]).squeeze(1).float()
 
 
@@ -146,8 +147,11 @@ def rule_score_all(
     with_answer = wants_answer(rule)
     if with_answer and answers is None:
         raise ValueError("this reward checks answers, and the prompts have none")
+    device = ids.device
+    # The texts are the host's: one copy of the rows, not a sync per row.
+    ids, am, resp = ids[lo:hi].cpu(), am[lo:hi].cpu(), resp[lo:hi].cpu()
     scores = []
-    for i in range(lo, hi):
+    for i in range(hi - lo):
         prompt = tok.decode(ids[i, :p][am[i, :p] > 0].tolist())
         response = tok.decode(ids[i, p:][resp[i] > 0].tolist())
         if with_answer:
@@ -155,7 +159,7 @@ def rule_score_all(
             scores.append(0.0 if answer is None else float(rule(prompt, response, answer)))
         else:
             scores.append(float(rule(prompt, response)))
-    return torch.tensor(scores, dtype=torch.float32)
+    return torch.tensor(scores, dtype=torch.float32, device=device)
 
 
 def score(

@@ -103,7 +103,6 @@ class Evaluation:
             answers.extend(
                 answer_record(q, t) for q, t in zip(self.held_out[lo:hi], texts, strict=True)
             )
-        device = next(model.parameters()).device  # NCCL reduces device tensors only
-        counts = torch.tensor([correct, total], dtype=torch.float64, device=device)
+        counts = torch.tensor([correct, total], dtype=torch.float64, device=out.tokens.device)
         all_reduce_(counts, ctx.dp_group)  # every replica answered its share
         return {"eval_accuracy": float(counts[0] / counts[1]), "eval_questions": int(counts[1])}

@@ -74,13 +74,14 @@ def clipped_policy_steps(model, ctx, env: CallEnv, batch: Batch, loss_terms, cou
     (meaningful on the last pipeline stage, where the loss is computed)."""
     exp = env.exp
     p, g = exp.prompt_len, exp.gen_len
-    clipped = torch.zeros((), dtype=torch.float64)
+    dev = batch["input_ids"].device
+    clipped = torch.zeros((), dtype=torch.float64, device=dev)  # summed on the device: no sync
 
     def loss_fn(logits: torch.Tensor, mb: Batch) -> torch.Tensor:
         nonlocal clipped
         lp = calls.token_logprobs(model, ctx, logits, mb)
         loss, n_clipped = loss_terms(lp[:, p - 1 : p - 1 + g], mb)
-        clipped = clipped + n_clipped.detach().double().cpu()
+        clipped = clipped + n_clipped.detach().double()
         return loss
 
     grad_clip = exp.optimizer("actor").grad_clip

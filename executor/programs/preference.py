@@ -157,15 +157,16 @@ class _Preference(Program):
 
     def train(self, model, ctx, data: Batch, env: CallEnv) -> None:
         exp, k = env.exp, self.unit
-        counts = torch.zeros(3, dtype=torch.float64)  # label-correct, truly correct, groups
+        dev = data["input_ids"].device
+        counts = torch.zeros(3, dtype=torch.float64, device=dev)  # right, truly right, groups
         first_pass = [True]
 
         def loss_fn(out: torch.Tensor, mb: Batch) -> torch.Tensor:
             loss, score = self.group_loss(model, ctx, out, mb)
             if first_pass[0]:  # each group scored once, before any step has seen it
                 with torch.no_grad():
-                    counts[0] += float(_ranked_right(score, mb["reward"], k))
-                    counts[1] += float(_ranked_right(score, mb["true_reward"], k))
+                    counts[0] += _ranked_right(score, mb["reward"], k)  # no host sync
+                    counts[1] += _ranked_right(score, mb["true_reward"], k)
                     counts[2] += mb["input_ids"].shape[0] // k
             return loss
 
@@ -241,7 +242,8 @@ class ADPO(_Preference):
         lp = calls.response_logprobs(model, ctx, env.exp, data, env.n_micro)
         n = data["input_ids"].shape[0]
         if lp is None:
-            lp = torch.zeros(split_sizes(n, ctx.dp_size)[ctx.dp_rank], env.exp.gen_len)
+            b = split_sizes(n, ctx.dp_size)[ctx.dp_rank]
+            lp = torch.zeros(b, env.exp.gen_len, device=data["input_ids"].device)
         seq = sequence_logprobs(lp, self._mask(ctx, data))
         seq = all_gather_dim(seq, ctx.dp_group, split_sizes(n, ctx.dp_size), dim=0)
         broadcast_(seq, ctx.last_stage_rank, ctx.pp_group)
@@ -274,6 +276,6 @@ class RewardModel(_Preference):
 
     def group_loss(self, model, ctx, out, mb):
         am = mb["attention_mask"]
-        last = (am * torch.arange(am.shape[1])).argmax(dim=1)
+        last = (am * torch.arange(am.shape[1], device=am.device)).argmax(dim=1)
         score = out.float().gather(1, last[:, None]).squeeze(1)  # [b] value at the last token
         return bradley_terry_loss(score[0::2], score[1::2], 1.0).loss, score.detach()

@@ -124,6 +124,9 @@ def post(
     # Local copies in a helper thread (torch releases the GIL while copying), so they run
     # while this thread posts the sends, which gloo partly writes out synchronously.
     copied = None
+    if local and local[0][0].device.type != "cpu":  # a GPU copies asynchronously already
+        _copy_all(local)
+        local = []
     if local:
         pool = ThreadPoolExecutor(max_workers=1)
         copied = pool.submit(_copy_all, local)

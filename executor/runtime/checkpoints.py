@@ -83,7 +83,8 @@ def save(
     state = {"iteration": done, "plan": plan_id(plan), "roles": {}}
     for role, opt in opts.items():
         state["roles"][role] = {
-            "params": {k: v.clone() for k, v in roles[role].shards().items()},
+            # A host copy (a clone on a CPU): written from there, not kept on the GPU.
+            "params": {k: v.detach().to("cpu", copy=True) for k, v in roles[role].shards().items()},
             "optim": opt.state_dict(),
         }
     part = tmp / f"rank{rank:05d}.pt.part"
@@ -189,7 +190,9 @@ def _data_words(d: dict) -> str:
 
 def load(path: Path, rank: int, plan: Plan, roles, opts) -> int:
     """Restore this rank's shards and optimizer states; returns the iterations already done."""
-    state = torch.load(path / f"rank{rank:05d}.pt", weights_only=False)
+    # Onto this worker's device, whichever device index wrote the file.
+    device = next((rm.device for rm in roles.values()), torch.device("cpu"))
+    state = torch.load(path / f"rank{rank:05d}.pt", weights_only=False, map_location=device)
     if state["plan"] != plan_id(plan):
         raise PlanError(
             "the checkpoint was written by a different plan (cluster, experiment or layouts "

@@ -37,7 +37,8 @@ import torch.multiprocessing as mp
 
 from executor.runtime.health import Health, Watch
 from executor.runtime.lifeline import STOP_GRACE_S, Signals, bind_to_parent, stop_workers
-from plans import PlanError
+from plans import ClusterSpec, PlanError
+from plans.devices import LocalDevices
 
 WorkerFn = Callable[["WorkerEnv", Any], None]
 
@@ -65,6 +66,22 @@ class WorkerEnv:
 
 def under_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
+
+
+def workers_here(cluster: ClusterSpec) -> int:
+    """Workers this machine runs: torchrun's local share (one launch per node), else the
+    whole world (rlhf-run's own launcher starts every worker here)."""
+    if under_torchrun():
+        return int(os.environ.get("LOCAL_WORLD_SIZE", cluster.gpus_per_node))
+    return cluster.world_size
+
+
+def local_devices() -> LocalDevices:
+    """The CUDA devices torch sees here (plans.devices.run_refusal judges them)."""
+    if not torch.cuda.is_available():
+        return LocalDevices(0)
+    props = torch.cuda.get_device_properties(0)
+    return LocalDevices(torch.cuda.device_count(), props.name, props.total_memory / 2**30)
 
 
 def _backend_and_device(rank: int, device: str) -> tuple[str, torch.device]:
@@ -168,7 +185,13 @@ def _run_worker(
     health = Health(stores[1], rank, world, HEARTBEAT_S, on_abort=lambda: _aborted(rank, health))
     try:
         store = stores[0]
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+        # NCCL: bound to this worker's GPU, so the world's communicator is made now and every
+        # new_group splits from it; a group's first batched point-to-point call (a pipeline's
+        # neighbours, a move between some ranks) then need not involve all of its ranks.
+        bound = {"device_id": dev} if backend == "nccl" else {}
+        dist.init_process_group(
+            backend, store=store, rank=rank, world_size=world, timeout=timeout, **bound
+        )
         fn(WorkerEnv(rank, world, dev, store, health, timeout), task)
         dist.barrier()
     except BaseException as e:

@@ -55,6 +55,8 @@ class RoleModel:
     ctxs: dict[tuple, ParallelContext]
     gpus_per_node: int
     dtype: torch.dtype
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    """This worker's device: home shards, views and every move's buffers live there."""
     model: Transformer | None = None
     _view: tuple[tuple, Transformer | None, list[torch.Tensor]] | None = None
     loaded: bool = True
@@ -81,7 +83,7 @@ class RoleModel:
         is the same under every layout."""
         if not self.home_ctx.in_mesh:
             return
-        self.model = Transformer.for_context(self.spec, self.home_ctx, self.dtype)
+        self.model = Transformer.for_context(self.spec, self.home_ctx, self.dtype, self.device)
         if self.spec.checkpoint:
             load_checkpoint_(self.model, self.spec.checkpoint, seed_for_missing_head=seed)
         else:
@@ -113,6 +115,7 @@ class RoleModel:
             home,
             self.dtype,
             keep_source=True,
+            device=self.device,
             buffers=self._buffers,
             into=self._hosts if self._hosts_key == key else None,
         )
@@ -123,8 +126,9 @@ class RoleModel:
             self._host_home(key, plan, rank, shards)
         ctx = self.ctxs[key]
         model = None
-        if ctx.in_mesh:  # adopt the moved tensors as parameters: no copy
-            model = adopt_shards_(Transformer.for_context(self.spec, ctx, self.dtype), shards)
+        if ctx.in_mesh:  # adopt the moved tensors as parameters: no copy, nothing allocated
+            shell = Transformer.for_context(self.spec, ctx, self.dtype, "meta")
+            model = adopt_shards_(shell, shards)
         self._view = (key, model, added(shards, self.shards()))
         return model
 
@@ -157,9 +161,13 @@ class RoleModel:
 
 
 def build_roles(
-    plan: Plan, ctxs: dict[tuple, ParallelContext], rules: Residency
+    plan: Plan,
+    ctxs: dict[tuple, ParallelContext],
+    rules: Residency,
+    device: torch.device | str = "cpu",
 ) -> dict[str, RoleModel]:
-    """Every role's model in its home layout (plans.residency), initialised on this rank."""
+    """Every role's model in its home layout (plans.residency), initialised on this rank's
+    `device`."""
     exp = plan.experiment
     dtype = DTYPES[exp.dtype]
     roles: dict[str, RoleModel] = {}
@@ -171,6 +179,7 @@ def build_roles(
             ctxs,
             plan.cluster.gpus_per_node,
             dtype,
+            torch.device(device),
             loaded=role in rules.loaded,
             hosting=role in rules.hosting,
         )

@@ -31,8 +31,10 @@ class Entry:
 
 
 class DataStore:
-    def __init__(self, gpus_per_node: int, schema: Schema):
+    def __init__(self, gpus_per_node: int, schema: Schema, device: torch.device | str = "cpu"):
         self.gpn = gpus_per_node
+        self.device = torch.device(device)
+        """Where received batches land: this worker's device."""
         self.schema = schema
         self.entries: dict[str, Entry] = {}  # by producing call
         self._plans: dict[tuple, TransferPlan] = {}
@@ -67,4 +69,4 @@ class DataStore:
             dst = {r: whole for r in consumer.mesh.ranks(self.gpn)}
             self._plans[key] = plan_transfers(src, dst, self.gpn)
         schema = {k: self.schema[k] for k in e.keys}
-        return post_batch(self._plans[key], dict(e.local), schema)
+        return post_batch(self._plans[key], dict(e.local), schema, device=self.device)

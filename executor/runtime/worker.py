@@ -19,6 +19,7 @@ import torch
 
 from executor.compute.schedule import scheduled
 from executor.compute.train import NonFiniteError, OptimConfig, make_optimizer
+from executor.data.batching import to_device
 from executor.data.sources import reward_function
 from executor.data.tokenizer import tokenizer_for
 from executor.programs.evaluate import Evaluation
@@ -96,11 +97,13 @@ class Worker:
         exp = self.exp = plan.experiment
         self.rules = Residency.of(exp, plan.allocations)
         self.ctxs = build_contexts(plan)
-        self.roles = build_roles(plan, self.ctxs, self.rules)
+        # The one place the device is chosen (executor.runtime.launch); models, batches, KV
+        # caches, pipeline buffers and every move follow it from here.
+        self.roles = build_roles(plan, self.ctxs, self.rules, env.device)
         self.opts = self._optimizers()
         self.tok = tokenizer_for([exp.model(r) for r in exp.roles], exp.tokenizer)
         self.program = program_for(exp, self.tok, task.data)
-        self.store = DataStore(plan.cluster.gpus_per_node, self.program.schema())
+        self.store = DataStore(plan.cluster.gpus_per_node, self.program.schema(), env.device)
         self.rule = reward_function(exp.reward_function) if exp.reward_function else None
         self.order = [node.mfc for node in unrolled(exp.algorithm, 1)]  # the global order
         self.out_dir = Path(task.out_dir)
@@ -155,7 +158,7 @@ class Worker:
     # ---- one iteration ----------------------------------------------------------------------
     def iteration(self, it: int) -> None:
         rec = Iteration(time.time(), inbox={m.name: [] for m in self.exp.mfcs()})
-        dataset = self.program.dataset(it)
+        dataset = to_device(self.program.dataset(it), self.env.device)
         for m in self.order:
             self.call(m, it, dataset, rec)
         # Sends of the last iteration have long been received; waiting for them here frees

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from plans import example_names, example_path
 
@@ -162,18 +163,37 @@ def test_run_resume_without_checkpoint(tmp_path):
     assert r.returncode == 1 and "no complete checkpoint" in r.stderr
 
 
-def test_run_refuses_a_gpu_plan_by_name(tmp_path):
-    """The runtime builds models on the CPU: a plan for GPUs is refused before any worker
-    starts, naming the field, instead of failing inside NCCL."""
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has CUDA")
+def test_run_refuses_a_gpu_plan_without_cuda_in_one_line(tmp_path):
+    """On a machine without CUDA a plan for GPUs stops before any worker starts, in one line
+    that names the field and the device, and writes nothing."""
     run_exe = shutil.which("rlhf-run") or f"{sys.executable} -m cli.run_app"
+    out = tmp_path / "run"
     r = subprocess.run(
-        [*run_exe.split(), str(example_path("ppo-llama2-7b-8xh100", "plan"))],
+        [*run_exe.split(), str(example_path("ppo-llama2-7b-8xh100", "plan")), "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert r.returncode == 1 and "cluster.device" in r.stderr and "h100" in r.stderr
-    assert "Traceback" not in r.stderr
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "cluster.device" in lines[0] and "h100" in lines[0] and "no CUDA device" in lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has CUDA")
+@pytest.mark.parametrize("device", ["h100", "cuda"])
+def test_profile_for_a_gpu_without_cuda_says_why_in_one_line(device):
+    r = run("profile", "--device", device, "--quick")
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"--device {device}" in lines[0] and "no CUDA device" in lines[0]
+
+
+def test_profile_names_the_devices_it_knows():
+    r = run("profile", "--device", "tpu", "--quick")
+    assert r.returncode == 1 and "h100" in r.stderr and "cuda" in r.stderr
 
 
 def test_every_result_command_prints_json(tmp_path):
