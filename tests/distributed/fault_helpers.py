@@ -9,9 +9,11 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from executor.data.sources import digit_reward
@@ -38,6 +40,15 @@ def small_plan(path: Path, reward: str | None = None) -> Path:
     return path
 
 
+def _child_setup(limits) -> None:
+    # A suite started in the background of a non-interactive shell inherits SIGINT ignored,
+    # and an ignored signal stays ignored across exec: the run would never see the tests'
+    # Ctrl-C. A terminal's rlhf-run starts with the default handler; so does this one.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if limits is not None:
+        limits()
+
+
 class Run:
     """`rlhf-run PLAN ARGS` in a session of its own, with TMPDIR inside the test's folder."""
 
@@ -53,7 +64,7 @@ class Run:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
-            preexec_fn=limits,
+            preexec_fn=partial(_child_setup, limits),
         )
         self.pid = self.proc.pid
 

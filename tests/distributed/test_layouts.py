@@ -103,7 +103,11 @@ def test_tied_embeddings_across_stages(pool, tp, pp, dp):
     results = [r for r in pool.run(check_layout, "tiny-mha", True, tp, pp, dp) if r is not None]
     for r in results:
         assert r.get("logits", 0.0) < TOL, r
-        assert r["loss"] < TOL and r["weights"] < TOL, r
+        # Adam divides each update by the gradient's own scale, so an element whose gradient
+        # is near zero carries the summation-order difference of that gradient (shards of
+        # unequal size, tp 4) into its weight at a fraction of lr (1e-3): 1.26e-5 measured on
+        # a Xeon after 3 steps, under 1e-5 on an EPYC.
+        assert r["loss"] < TOL and r["weights"] < 3 * TOL, r
 
 
 @pytest.mark.parametrize("tp,pp,dp", [(4, 1, 1), (2, 2, 1)])
@@ -113,4 +117,8 @@ def test_uneven_splits(pool, tp, pp, dp):
     assert len(results) == tp * pp * dp
     for r in results:
         assert r.get("logits", 0.0) < TOL and r.get("logprobs", 0.0) < TOL, r
-        assert r["loss"] < TOL and r["weights"] < TOL, r
+        # Adam divides each update by the gradient's own scale, so an element whose gradient
+        # is near zero carries the summation-order difference of that gradient (shards of
+        # unequal size, tp 4) into its weight at a fraction of lr (1e-3): 1.26e-5 measured on
+        # a Xeon after 3 steps, under 1e-5 on an EPYC.
+        assert r["loss"] < TOL and r["weights"] < 3 * TOL, r

@@ -132,6 +132,9 @@ def test_the_profiler_writes_a_measured_copy_rate(tmp_path):
 
 @pytest.mark.parametrize("path", sorted(SHIPPED.glob("cpu-*.json")), ids=lambda p: p.name)
 def test_shipped_cpu_profiles_have_a_measured_copy_rate(path):
+    """Measured when the profile was made, or added later by executor.profiling.profiler
+    (a `memory` refinement) for profiles older than the rate."""
     profile = load_profile(path)
     assert profile.roofline.copy_memory_bytes_per_s
-    assert any(r.what == "memory" for r in profile.refinements)
+    if profile.created is not None and profile.created < "2026-11-26":
+        assert any(r.what == "memory" for r in profile.refinements)
