@@ -102,7 +102,8 @@ def run_profile_command(
 def run_check_command(path: Path, as_json: bool) -> None:
     """Re-time some of a measured profile's points here and report measured / profiled."""
     from estimator.profile import load_profile
-    from executor.profiling.check import check_profile, this_machine, verdict
+    from executor.profiling.check import check_profile, verdict
+    from executor.profiling.profiler import machine_name
 
     profile = load_profile(path)
     if profile.kind != "measured":
@@ -112,7 +113,7 @@ def run_check_command(path: Path, as_json: bool) -> None:
 
         if not torch.cuda.is_available():
             fail(f"{path}: measured on {profile.device}; torch sees no CUDA device here")
-    here = this_machine("cpu" if profile.device == "cpu" else "cuda")
+    here = machine_name("cpu" if profile.device == "cpu" else "cuda")
     with err.status(f"re-timing {path.name} on {here} ..."):
         rows = check_profile(profile)
     ratio, line = verdict(rows)

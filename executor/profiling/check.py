@@ -37,25 +37,6 @@ class CheckRow:
         return self.measured_s / self.profiled_s
 
 
-def this_machine(device: str) -> str:
-    """The device name a profile made here would record."""
-    import platform
-
-    if device == "cuda":
-        import torch
-
-        return torch.cuda.get_device_name()
-    if platform.processor():
-        return platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu"
-
-
 def _middle(values: list[int]) -> int:
     return sorted(values)[len(values) // 2]
 

@@ -159,7 +159,7 @@ def run_profile(device: str, quick: bool, command: str, progress=None) -> Profil
         # The device table's name (plans.devices), as search --device and plans spell it.
         dev_kind = device_kind(dev_name, props.total_memory / 2**30) or "cuda"
     else:
-        dev_name, dev_kind = platform.processor() or _cpu_name(), "cpu"
+        dev_name, dev_kind = machine_name("cpu"), "cpu"
     stamp = datetime.now(UTC)
     return Profile(
         kind="measured",
@@ -222,7 +222,15 @@ def run_collectives_into(
     )
 
 
-def _cpu_name() -> str:
+def machine_name(dev_type: str) -> str:
+    """The device name a profile made here records (`Profile.device_name`): the GPU's as torch
+    says it, or the CPU model."""
+    if dev_type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name()
+    if platform.processor():
+        return platform.processor()
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
