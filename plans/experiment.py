@@ -56,10 +56,16 @@ class GenerationSpec(_Section):
 class MacroSpec(_Section):
     """Macro-action PPO (MA-RLHF): values, rewards and GAE per span of tokens."""
 
-    termination: Literal["none", "fixed", "ppl"] = Field(
+    termination: Literal["none", "fixed", "ppl", "parse"] = Field(
         "none",
         description="`none`: plain PPO; `fixed`: a macro every `n` tokens (n=1 is PPO); `ppl`: "
-        "cut where the reference model's per-token perplexity stops falling.",
+        "cut where the reference model's per-token perplexity stops falling; `parse`: a macro "
+        "per `unit` of the decoded response.",
+    )
+    unit: Literal["sentence", "clause", "statement", "line"] = Field(
+        "clause",
+        description="Units for `parse`: text `sentence`s (pysbd) or `clause`s (sentences cut "
+        "after , ; : and whitespace); code `statement`s (Python's tokenizer) or `line`s.",
     )
     n: int = Field(
         5, ge=1, le=4096, description="Tokens per macro action for `fixed` (MA-RLHF: 5)."
@@ -68,6 +74,12 @@ class MacroSpec(_Section):
         "equal",
         description="How a macro's value and reward aggregate its tokens' (MA-RLHF `equal`: mean).",
     )
+
+    @model_validator(mode="after")
+    def _unit_needs_parse(self) -> MacroSpec:
+        if "unit" in self.model_fields_set and self.termination != "parse":
+            raise PlanError("`unit` only applies to termination = 'parse'", field="ppo.macro.unit")
+        return self
 
 
 class PPOSpec(_Section):
