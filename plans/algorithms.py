@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Role = Literal["actor", "critic", "ref", "reward"]
 Kind = Literal["generate", "inference", "train"]
-Algorithm = Literal["ppo", "grpo", "remax", "dpo", "adpo", "rm"]
+Algorithm = Literal["ppo", "grpo", "remax", "dpo", "adpo", "adpo-online", "rm"]
 
 ROLE_HEAD = {"actor": "lm", "ref": "lm", "critic": "value", "reward": "value"}
 
@@ -81,6 +81,14 @@ ALGORITHM_MFCS: dict[str, tuple[MFC, ...]] = {
     "adpo": (
         _m("ref_inf", "ref", "inference", "candidates", "ref_logprobs"),
         _m("actor_train", "actor", "train", "candidates ref_logprobs"),
+    ),
+    # Online ADPO: group_size candidates per prompt sampled from the current actor, scored by
+    # the reward (rule or model); listwise targets from those scores.
+    "adpo-online": (
+        _m("actor_gen", "actor", "generate", "prompts", "seq logprobs"),
+        _m("ref_inf", "ref", "inference", "seq", "ref_logprobs"),
+        _m("rew_inf", "reward", "inference", "seq", "rewards"),
+        _m("actor_train", "actor", "train", _ROLLOUT),
     ),
     "rm": (_m("rew_train", "reward", "train", "pairs"),),
 }

@@ -62,13 +62,11 @@ class MacroSpec(_Section):
         "cut where the reference model's per-token perplexity stops falling; `parse`: a macro "
         "per `unit` of the decoded response.",
     )
-    unit: Literal["sentence", "clause", "statement", "line"] = Field(
-        "clause",
-        description="Units for `parse`: text `sentence`s (pysbd) or `clause`s (sentences cut "
-        "after , ; : and whitespace); code `statement`s (Python's tokenizer) or `line`s.",
-    )
-    n: int = Field(
-        5, ge=1, le=4096, description="Tokens per macro action for `fixed` (MA-RLHF: 5)."
+    unit: Literal["sentence", "clause", "statement", "line"] | None = Field(
+        None,
+        description="Units for `parse` (None = `clause`): text `sentence`s (pysbd) or `clause`s "
+        "(sentences cut after , ; : and whitespace); code `statement`s (Python's tokenizer) or "
+        "`line`s.",
     )
     value_function: Literal["equal", "unit", "position"] = Field(
         "equal",
@@ -77,8 +75,8 @@ class MacroSpec(_Section):
 
     @model_validator(mode="after")
     def _unit_needs_parse(self) -> MacroSpec:
-        if "unit" in self.model_fields_set and self.termination != "parse":
-            raise PlanError("`unit` only applies to termination = 'parse'", field="ppo.macro.unit")
+        if self.unit is not None and self.termination != "parse":
+            raise PlanError("`unit` only applies to termination = 'parse'", field="unit")
         return self
 
 
@@ -333,20 +331,28 @@ class ExperimentSpec(BaseModel):
                 f"{self.mini_batches} does not divide batch_size={self.batch_size}",
                 field="mini_batches",
             )
+        if self.algorithm in ("dpo", "adpo", "rm") and self.reward_function is not None:
+            raise PlanError(
+                f"{self.algorithm} learns from the dataset's labels and never scores responses; "
+                "for ADPO on sampled, scored candidates use algorithm = 'adpo-online'",
+                field="reward_function",
+            )
+        if self.algorithm == "adpo-online" and self.adpo.mode == "pairwise":
+            raise PlanError(
+                "online ADPO ranks its sampled candidates by score: use mode = 'listwise'",
+                field="adpo.mode",
+            )
         if self.algorithm == "adpo" and self.adpo.mode == "pairwise" and self.group_size != 2:
             raise PlanError(
                 "pairwise ADPO compares 2 candidates; set group_size = 2", field="group_size"
             )
-        if self.algorithm == "adpo" and self.group_size < 2:
+        if self.algorithm in ("adpo", "adpo-online", "grpo") and self.group_size < 2:
             raise PlanError(
-                "ADPO ranks a list of candidates; use group_size >= 2", field="group_size"
+                f"{self.algorithm} compares the candidates of a prompt; use group_size >= 2",
+                field="group_size",
             )
         if self.evaluation is not None and "actor" not in need:
             raise PlanError(f"{self.algorithm} has no actor to evaluate", field="evaluation")
-        if self.algorithm == "grpo" and self.group_size < 2:
-            raise PlanError(
-                "GRPO normalises rewards within a group; use group_size >= 2", field="group_size"
-            )
         return self
 
     # ---- derived -------------------------------------------------------------------------

@@ -36,7 +36,10 @@ def macro_starts(exp: ExperimentSpec, data: Batch, tok) -> torch.Tensor:  # [B, 
     p = exp.prompt_len
     lengths = mask.sum(1).long().tolist()
     ids = data["input_ids"][:, p:].tolist()
-    firsts = [token_unit_starts(tok, row[:n], m.unit) for row, n in zip(ids, lengths, strict=True)]
+    firsts = [
+        token_unit_starts(tok, row[:n], m.unit or "clause")
+        for row, n in zip(ids, lengths, strict=True)
+    ]
     return parse_starts(firsts, mask)
 
 

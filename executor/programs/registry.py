@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from executor.data.tokenizer import Tokenizer
+from executor.programs.adpo_online import ADPOOnline
 from executor.programs.grpo import GRPO
 from executor.programs.ppo import PPO
 from executor.programs.preference import ADPO, DPO, RewardModel
@@ -16,6 +17,7 @@ PROGRAMS: dict[str, type[Program]] = {
     "remax": ReMax,
     "dpo": DPO,
     "adpo": ADPO,
+    "adpo-online": ADPOOnline,
     "rm": RewardModel,
 }
 
