@@ -68,6 +68,9 @@ class MacroSpec(_Section):
         "(sentences cut after , ; : and whitespace); code `statement`s (Python's tokenizer) or "
         "`line`s.",
     )
+    n: int = Field(
+        5, ge=1, le=4096, description="Tokens per macro action for `fixed` (MA-RLHF: 5)."
+    )
     value_function: Literal["equal", "unit", "position"] = Field(
         "equal",
         description="How a macro's value and reward aggregate its tokens' (MA-RLHF `equal`: mean).",

@@ -1,0 +1,92 @@
+"""The seed papers' claims in the small: each variant planned with `rlhf-plan search` and run
+with `rlhf-run` on CPU workers over three seeds (model init and sampling), reported as the
+mean and the range (min-max) over the seeds, against the samples the run has seen.
+
+    .venv/bin/python -m benchmarks.papers macro    # MA-PPO: token, fixed n=5, parse, ppl
+    .venv/bin/python -m benchmarks.papers remax    # ReMax: 32 vs 128 samples per iteration
+    .venv/bin/python -m benchmarks.papers online   # online ADPO under score noise
+
+`reward_mean` is the built-in task's reward (share of digits; maximum 1) of each iteration's
+sampled responses; `at N samples` averages it over the 5 iterations that end once N sampled
+responses have been trained on (one iteration holds only 32 or 128 responses, so a single
+iteration's figure moves by several points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from benchmarks.algorithms import plan_and_run, with_changes
+
+SEEDS = (1, 2, 3)
+WINDOW = 5
+
+
+def curve(rows, key: str, per_iteration: int, marks: tuple[int, ...]) -> dict[int, float]:
+    """The key's mean over the WINDOW iterations ending where `mark` samples have been seen."""
+    vals = [r.stat(key) for r in rows]
+    out = {}
+    for mark in marks:
+        end = min(mark // per_iteration, len(vals))
+        out[mark] = statistics.mean(vals[max(0, end - WINDOW) : end])
+    return out
+
+
+def spread(xs: list[float]) -> str:
+    return f"{statistics.mean(xs):.3f} [{min(xs):.3f}-{max(xs):.3f}]"
+
+
+def table(variants: dict, base: str, key: str, iterations: int, workers: int) -> None:
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        for tag, (changes, per_it) in variants.items():
+            marks = tuple(per_it * i for i in (iterations // 4, iterations // 2, iterations))
+            got: dict[int, list[float]] = {m: [] for m in marks}
+            for seed in SEEDS:
+                exp = with_changes(base, tmp, f"{tag}-{seed}", seed=seed, **changes)
+                _, rows = plan_and_run(exp, workers, iterations, tmp)
+                for m, v in curve(rows, key, per_it, marks).items():
+                    got[m].append(v)
+            cells = "; ".join(f"at {m} samples {spread(v)}" for m, v in got.items())
+            print(f"{tag:<22} {key} {cells}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=("macro", "remax", "online"))
+    ap.add_argument("--iterations", type=int, default=30)
+    ap.add_argument("--workers", type=int, default=4)
+    a = ap.parse_args()
+    if a.what == "macro":
+        ppo = {"kl_coef": 0.01}
+        v = {
+            "ppo (token)": ({"ppo": ppo}, 32),
+            "ma-ppo fixed n=5": ({"ppo": {**ppo, "macro": {"termination": "fixed", "n": 5}}}, 32),
+            "ma-ppo parse clause": (
+                {"ppo": {**ppo, "macro": {"termination": "parse", "unit": "clause"}}},
+                32,
+            ),
+            "ma-ppo ppl": ({"ppo": {**ppo, "macro": {"termination": "ppl"}}}, 32),
+        }
+        table(v, "ppo-tiny", "reward_mean", a.iterations, a.workers)
+    elif a.what == "remax":
+        v = {
+            "remax 32 x 1 step": ({"batch_size": 32, "mini_batches": 1}, 32),
+            "remax 128 x 1 step": ({"batch_size": 128, "mini_batches": 1}, 128),
+            "remax 128 x 4 steps": ({"batch_size": 128, "mini_batches": 4}, 128),
+        }
+        table(v, "remax-tiny", "reward_mean", a.iterations, a.workers)
+    else:
+        v = {
+            f"adpo-online {anchor} noise {n}": ({"label_noise": n, "adpo": {"anchor": anchor}}, 32)
+            for anchor in ("policy", "ref")
+            for n in (0.0, 0.2, 0.4)
+        }
+        table(v, "adpo-online-tiny", "reward_mean", a.iterations, a.workers)
+
+
+if __name__ == "__main__":
+    main()
