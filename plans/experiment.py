@@ -14,10 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from plans.algorithms import ALGORITHM_MFCS, MFC, ROLE_HEAD, Algorithm, mfcs, roles, trained_roles
 from plans.errors import PlanError
+from plans.fields import check_algorithm_fields
 from plans.folders import check_data_files, check_model_folders, resolve_experiment_paths
 from plans.model import ModelSpec, resolve_model
 from plans.optimizer import OptimizerSpec
 from plans.strict import SEED_LIMIT, STRICT
+from plans.tree import TreeSpec
 
 _NAME = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9._+\-]{0,99}")
 
@@ -215,6 +217,9 @@ class ExperimentSpec(BaseModel):
     grpo: GRPOSpec = Field(default_factory=GRPOSpec, description="GRPO settings.")
     dpo: DPOSpec = Field(default_factory=DPOSpec, description="DPO/IPO settings.")
     adpo: ADPOSpec = Field(default_factory=ADPOSpec, description="Anchored DPO settings.")
+    tree: TreeSpec | None = Field(
+        None, description="rm-tree: how the actor's tree of responses per prompt branches."
+    )
     label_noise: float = Field(
         0.0,
         ge=0,
@@ -334,26 +339,7 @@ class ExperimentSpec(BaseModel):
                 f"{self.mini_batches} does not divide batch_size={self.batch_size}",
                 field="mini_batches",
             )
-        if self.algorithm in ("dpo", "adpo", "rm") and self.reward_function is not None:
-            raise PlanError(
-                f"{self.algorithm} learns from the dataset's labels and never scores responses; "
-                "for ADPO on sampled, scored candidates use algorithm = 'adpo-online'",
-                field="reward_function",
-            )
-        if self.algorithm == "adpo-online" and self.adpo.mode == "pairwise":
-            raise PlanError(
-                "online ADPO ranks its sampled candidates by score: use mode = 'listwise'",
-                field="adpo.mode",
-            )
-        if self.algorithm == "adpo" and self.adpo.mode == "pairwise" and self.group_size != 2:
-            raise PlanError(
-                "pairwise ADPO compares 2 candidates; set group_size = 2", field="group_size"
-            )
-        if self.algorithm in ("adpo", "adpo-online", "grpo") and self.group_size < 2:
-            raise PlanError(
-                f"{self.algorithm} compares the candidates of a prompt; use group_size >= 2",
-                field="group_size",
-            )
+        check_algorithm_fields(self)
         if self.evaluation is not None and "actor" not in need:
             raise PlanError(f"{self.algorithm} has no actor to evaluate", field="evaluation")
         return self
@@ -379,6 +365,8 @@ class ExperimentSpec(BaseModel):
             return 2 * self.batch_size  # chosen and rejected
         if mfc.name in ("actor_greedy", "rew_greedy"):
             return self.batch_size
+        if self.tree is not None:  # every call of rm-tree handles the leaves
+            return self.batch_size * self.tree.leaves
         return self.batch_size * self.group_size
 
     def sequences_per_step(self, mfc: MFC) -> int:

@@ -9,6 +9,7 @@ from executor.programs.ppo import PPO
 from executor.programs.preference import ADPO, DPO, RewardModel
 from executor.programs.program import Program
 from executor.programs.remax import ReMax
+from executor.programs.rm_tree import RMTree
 from plans import ExperimentSpec
 
 PROGRAMS: dict[str, type[Program]] = {
@@ -19,6 +20,7 @@ PROGRAMS: dict[str, type[Program]] = {
     "adpo": ADPO,
     "adpo-online": ADPOOnline,
     "rm": RewardModel,
+    "rm-tree": RMTree,
 }
 
 
