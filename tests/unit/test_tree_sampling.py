@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from executor.compute.generate import GenerationConfig, generate
 from executor.data.tokenizer import ByteTokenizer, left_pad
