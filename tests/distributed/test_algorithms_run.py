@@ -107,7 +107,7 @@ CASES = {
         "ppo-tiny",
         {"mini_batches": 1, "ppo": {"kl_coef": 0.01, "macro": {"termination": "parse"}}},
     ),
-    "adpo-online": ("adpo-online-tiny", {"group_size": 3, "mini_batches": 2, "label_noise": 0.3}),
+    "adpo-online": ("adpo-online-tiny", {"group_size": 2, "mini_batches": 2, "label_noise": 0.3}),
     "rm-tree": ("rm-tree-tiny", {"mini_batches": 2}),
 }
 
