@@ -90,3 +90,35 @@ def test_leaf_pair_loss_against_a_loop():
                 pairs += 1
     assert int(leaf_pairs(label, 4).sum()) == pairs == 10  # the ties (0.1, 0.1 / 0.3, 0.3) drop
     assert bt_tree_loss(score, label, 4).item() == pytest.approx(ref, rel=1e-6)
+
+
+def _rm_tree(depths, batch, branch=2):
+    import tomllib
+
+    from plans import example_path
+    from plans.io import experiment_from_dict
+
+    doc = tomllib.loads(example_path("rm-tree-tiny", "experiment").read_text())
+    doc.update(batch_size=batch, tree={"branch": branch, "depths": depths})
+    return experiment_from_dict(doc)
+
+
+def test_estimator_prices_a_tree_by_its_rows_per_step():
+    """Independent leaves (depths [0]) cost what plain generation of as many sequences costs
+    (the prefill of the prompts aside); sharing prefixes only removes decode work."""
+    from estimator import CostModel
+    from plans import Allocation, ClusterSpec, DeviceMesh, ParallelStrategy
+
+    cluster = ClusterSpec(nodes=1, gpus_per_node=2, device="cpu")
+    one = Allocation(mesh=DeviceMesh(n_gpus=1), strategy=ParallelStrategy())
+    flat, shared = _rm_tree([0], 8, branch=4), _rm_tree([4, 10], 8)
+    assert flat.sequences(flat.mfcs()[0]) == shared.sequences(shared.mfcs()[0]) == 32
+    c_flat = CostModel(cluster, flat).call_cost("actor_tree", one).breakdown
+    c_shared = CostModel(cluster, shared).call_cost("actor_tree", one).breakdown
+    assert c_shared["compute"] < c_flat["compute"]
+    assert c_shared["prefill"] == c_flat["prefill"]  # the 8 prompts, once
+    # memory: the cache holds every leaf at full length in both
+    m_flat = CostModel(cluster, flat).call_cost("actor_tree", one).memory.total
+    assert m_flat == pytest.approx(
+        CostModel(cluster, shared).call_cost("actor_tree", one).memory.total
+    )
