@@ -6,6 +6,7 @@ mean and the range (min-max) over the seeds, against the samples the run has see
     .venv/bin/python -m benchmarks.papers remax    # ReMax: 32 vs 128 samples per iteration
     .venv/bin/python -m benchmarks.papers online   # online ADPO under score noise
     .venv/bin/python -m benchmarks.papers tree     # reward model: sampled trees vs pairs
+    .venv/bin/python -m benchmarks.papers remax-warm  # ReMax from a briefly trained actor
     (--only TAG ... runs some of a table's rows)
 
 For `tree`, the figure is `heldout_accuracy` (a fixed set of 256 clean built-in pairs never
@@ -84,9 +85,41 @@ def table_counted(tag, changes, base, key, iterations, workers, tmp) -> None:
     print(f"{tag:<22} {key} {cells}", flush=True)
 
 
+def remax_warm(iterations: int, workers: int, warm: int) -> None:
+    """ReMax (remax-tiny as shipped: 32 prompts, one step per iteration) from an actor that
+    GRPO trained for `warm` iterations (its saved weights as actor and reference), against
+    ReMax from the random initialisation: the greedy baseline needs a policy whose greedy
+    answer resembles its samples."""
+    marks = (iterations // 4, iterations // 2, iterations)
+    for tag in ("remax from random init", f"remax after {warm} GRPO it."):
+        got: dict[int, list[float]] = {m: [] for m in marks}
+        start: list[float] = []
+        with tempfile.TemporaryDirectory() as t:
+            tmp = Path(t)
+            for seed in SEEDS:
+                changes: dict = {"seed": seed}
+                if "GRPO" in tag:
+                    g = with_changes("grpo-tiny", tmp, f"warm-{seed}", seed=seed)
+                    plan_and_run(g, workers, warm, tmp)
+                    folder = str(tmp / f"warm-{seed}-run" / "final" / "actor")
+                    changes["roles"] = {
+                        "actor": {"model": folder, "optimizer": {"lr": 3e-3}},
+                        "ref": {"model": folder},
+                        "reward": {"model": "tiny"},
+                    }
+                exp = with_changes("remax-tiny", tmp, f"remax-{seed}", **changes)
+                _, rows = plan_and_run(exp, workers, iterations, tmp)
+                start.append(rows[0].stat("reward_mean"))
+                for m, v in curve(rows, "reward_mean", 32, tuple(32 * x for x in marks)).items():
+                    got[m // 32].append(v)
+        cells = "; ".join(f"at {32 * m} samples {spread(v)}" for m, v in got.items())
+        print(f"{tag:<24} reward_mean first {spread(start)}; {cells}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("macro", "remax", "online", "tree"))
+    ap.add_argument("what", choices=("macro", "remax", "online", "tree", "remax-warm"))
+    ap.add_argument("--warm", type=int, default=10, help="remax-warm: GRPO iterations first")
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", nargs="*", default=None, help="row tags to run")
@@ -110,6 +143,8 @@ def main() -> None:
             "remax 128 x 4 steps": ({"batch_size": 128, "mini_batches": 4}, 128),
         }
         table(v, "remax-tiny", "reward_mean", a.iterations, a.workers, a.only)
+    elif a.what == "remax-warm":
+        remax_warm(a.iterations, a.workers, a.warm)
     elif a.what == "tree":
         v = {
             "tree 4 prompts x 4 leaves": ({}, None),
