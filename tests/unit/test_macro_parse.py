@@ -103,3 +103,24 @@ def test_unit_without_parse_is_refused():
     doc["ppo"]["macro"] = {"termination": "fixed", "unit": "line"}
     with pytest.raises(PlanError, match="ppo.macro.unit"):
         experiment_from_dict(doc)
+
+
+class _Pieces:
+    """A tokenizer like transformers' whose ids are multi-character pieces; decoding drops
+    a leading space, as SentencePiece-style decoders do."""
+
+    tok = object()  # marks the prefix-decode path
+    PIECES = [" One", ",", " two", ".", " Th", "ree", " fo", "ur"]
+
+    def decode(self, ids):
+        return "".join(self.PIECES[i] for i in ids).lstrip(" ")
+
+
+def test_multi_character_tokens_credit_the_token_holding_the_unit_start():
+    tok = _Pieces()
+    ids = list(range(8))  # "One, two. Three four"
+    text, starts = char_starts(tok, ids)
+    assert text == "One, two. Three four"
+    assert starts == [0, 3, 4, 8, 9, 12, 15, 18]
+    # clause starts: "two" (char 5, inside token 2 " two"), "Three" (char 10, token 4)
+    assert token_unit_starts(tok, ids, "clause") == [0, 2, 4]
