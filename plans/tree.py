@@ -59,6 +59,11 @@ class TreeSpec(BaseModel):
         """Tokens generated per prompt: the shared prefixes once, then every branch's own."""
         return sum(self.rows_at(t) for t in range(gen_len))
 
+    def peak_cache_rows(self, prompts: int) -> int:
+        """KV-cache rows (each at full length) at the last split, where the parents' cache
+        and its copy for the leaves both exist: prompts * (leaves + leaves / branch)."""
+        return prompts * (self.leaves + self.leaves // self.branch)
+
     def pairs(self) -> int:
         """Leaf pairs per prompt that can be labelled (every two leaves)."""
         n = self.leaves

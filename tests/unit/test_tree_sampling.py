@@ -117,8 +117,7 @@ def test_estimator_prices_a_tree_by_its_rows_per_step():
     c_shared = CostModel(cluster, shared).call_cost("actor_tree", one).breakdown
     assert c_shared["compute"] < c_flat["compute"]
     assert c_shared["prefill"] == c_flat["prefill"]  # the 8 prompts, once
-    # memory: the cache holds every leaf at full length in both
-    m_flat = CostModel(cluster, flat).call_cost("actor_tree", one).memory.total
-    assert m_flat == pytest.approx(
-        CostModel(cluster, shared).call_cost("actor_tree", one).memory.total
-    )
+    # memory: the cache at the last split holds the parents and their copies for the leaves
+    kv_flat = CostModel(cluster, flat).call_cost("actor_tree", one).memory.kv_cache
+    kv_shared = CostModel(cluster, shared).call_cost("actor_tree", one).memory.kv_cache
+    assert kv_shared / kv_flat == pytest.approx((4 + 2) / (4 + 1))
