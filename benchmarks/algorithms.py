@@ -12,7 +12,8 @@ share of the gap to the maximum that was closed. Preference algorithms report
 whose truly better response (by the task's rule, whatever the possibly swapped label says)
 the model ranks strictly higher by its implicit reward against the reference; a held-out
 figure. At iteration 0 the policy equals the reference, so pairs tie and count as wrong: the
-first figure sits below chance (0.5). `--preference` compares DPO and anchored DPO on the same
+first figure sits below chance (0.5). rm-tree reports `heldout_accuracy` on a fixed set of
+clean built-in pairs never trained on. `--preference` compares DPO and anchored DPO on the same
 noisy pairs. Each run also says which models its plan reallocates (used in two layouts).
 """
 
@@ -34,8 +35,8 @@ from plans.residency import layout_key
 
 ROOT = Path(__file__).parents[1]
 PROFILE = ROOT / "estimator" / "profiles" / "cpu-epyc-2core-1thread.json"
-RL = ("ppo-tiny", "grpo-tiny", "remax-tiny")
-PREFERENCE = ("dpo-tiny", "adpo-tiny", "rm-tiny")
+RL = ("ppo-tiny", "grpo-tiny", "remax-tiny", "adpo-online-tiny")
+PREFERENCE = ("dpo-tiny", "adpo-tiny", "rm-tiny", "rm-tree-tiny")
 
 
 def _bin(name: str) -> str:
@@ -72,7 +73,8 @@ LAST = 10
 def headline(rows: list[MetricsRow]) -> str:
     """First iteration -> mean of the last LAST iterations (each iteration's pairs or rollouts
     are only 32, so one iteration's figure moves by several points)."""
-    key = next(k for k in ("reward_mean", "true_accuracy") if rows[0].stat(k) is not None)
+    keys = ("reward_mean", "true_accuracy", "heldout_accuracy")
+    key = next(k for k in keys if rows[0].stat(k) is not None)
     vals = [r.stat(key) for r in rows]
     start, end = vals[0], statistics.mean(vals[-LAST:])
     text = f"{key} {start:.3f} -> {end:.3f}"

@@ -270,50 +270,60 @@ class CostModel:
         """As executor.compute.generate runs: each dp rank decodes its whole share at once (micro-
         batches do not apply), one token at a time through the pipeline stages in turn (no
         overlap between stages); the last stage gathers the vocab-parallel logits over tp,
-        samples, and broadcasts the tokens back over the pipeline."""
+        samples, and broadcasts the tokens back over the pipeline. A tree (plans.tree) prefills
+        its prompts once and decodes token t with `rows_at(t)` open branches per prompt."""
         exp, s = self.experiment, alloc.strategy
         model = exp.model(mfc.role)
+        tree = exp.tree
         b = math.ceil(exp.sequences(mfc) / s.dp)
+        if tree is not None:
+            b = math.ceil(exp.batch_size / s.dp)  # prompts; rows grow at each split
+
+        def rows(t: int) -> int:
+            return b if tree is None else b * tree.rows_at(t)
+
         p_len, n_layers, h = exp.prompt_len, model.num_hidden_layers, model.hidden_size
         lk = self.lookup
         tp_scope, _, pp_scope = scopes(alloc, self.cluster.gpus_per_node)
         shape = shard_shape(model, s.tp, self.dt)
         full = shard_shape(model, 1, self.dt)
 
-        def tp_comm(tokens: float, blk: float) -> float:
+        def tp_comm(tokens: float, blk: float, n: int) -> float:
             ar = lk.collective_time("all_reduce", s.tp, tp_scope, tokens * h * self.dt, blk / 2)
-            gather = lk.collective_time("all_gather", s.tp, tp_scope, b * model.vocab_size * 4)
+            gather = lk.collective_time("all_gather", s.tp, tp_scope, n * model.vocab_size * 4)
             return 2 * n_layers * ar + gather
 
-        def pp_comm(tokens: float) -> float:
+        def pp_comm(tokens: float, n: int) -> float:
             if s.pp == 1:
                 return 0.0
             send = lk.collective_time("send_recv", 2, pp_scope, tokens * h * self.dt)
-            return (s.pp - 1) * send + lk.collective_time("broadcast", s.pp, pp_scope, 16 * b)
+            return (s.pp - 1) * send + lk.collective_time("broadcast", s.pp, pp_scope, 16 * n)
 
         # Prefill: the prompts through every stage in turn (head on the last position only),
         # then the first token is sampled.
         blk = lk.op_time("block_fwd", shape, b, p_len)
         prefill = n_layers * blk + lk.op_time("embedding_fwd", shape, b, p_len)
         prefill += lk.op_time("head_fwd", shape, b, 1) + lk.op_time("sample", full, b, 1)
-        pre_tp, pre_pp = tp_comm(b * p_len, blk), pp_comm(b * p_len)
-        # Decode: gen_len - 1 steps; step k attends to a cache of p_len + k positions.
+        pre_tp, pre_pp = tp_comm(b * p_len, blk, b), pp_comm(b * p_len, b)
+        # Decode: gen_len - 1 steps; step k feeds token k with a cache of p_len + k positions.
         steps = exp.gen_len - 1
         if steps <= DECODE_SAMPLES:
-            caches = [p_len + k for k in range(steps)]
+            ks = [float(k) for k in range(steps)]
         else:
-            caches = [p_len + (k + 0.5) * steps / DECODE_SAMPLES for k in range(DECODE_SAMPLES)]
-        scale = steps / len(caches) if caches else 0.0
-        compute = tp_total = 0.0
-        for c in caches:
-            blk = lk.op_time("decode", shape, b, c)
-            compute += n_layers * blk + self._token_overhead(full, b, c)
-            tp_total += tp_comm(b, blk)
+            ks = [(k + 0.5) * steps / DECODE_SAMPLES for k in range(DECODE_SAMPLES)]
+        scale = steps / len(ks) if ks else 0.0
+        compute = tp_total = pp_total = 0.0
+        for k in ks:
+            n, c = rows(int(k)), p_len + k
+            blk = lk.op_time("decode", shape, n, c)
+            compute += n_layers * blk + self._token_overhead(full, n, c)
+            tp_total += tp_comm(n, blk, n)
+            pp_total += pp_comm(n, n)
         return {
             "prefill": prefill,
             "compute": scale * compute,
             "tp_comm": pre_tp + scale * tp_total,
-            "pp_comm": pre_pp + steps * pp_comm(b),
+            "pp_comm": pre_pp + scale * pp_total,
         }, exp.gen_len
 
     def _token_overhead(self, full, batch: int, cache: float) -> float:

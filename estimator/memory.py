@@ -175,8 +175,12 @@ def call_memory(mfc: MFC, alloc: Allocation, exp: ExperimentSpec) -> CallMemory:
         activations = micro * seq * ((4 * h + 3 * i_tp + qw + 2 * kvw) * dt + vocab * 4)
     else:  # generate: cache for all sequences of the dp rank, at full length; executor.compute.generate
         # runs the rank's whole share at once (micro-batches do not apply)
-        kv = 2 * layers * per_rank * seq * kvw * dt
-        prefill = per_rank * exp.prompt_len * (4 * h + 3 * i_tp + qw + 2 * kvw) * dt
+        rows = prompts = per_rank
+        if exp.tree is not None:  # a tree (plans.tree): its replica's prompts, every leaf
+            prompts = -(-exp.batch_size // s.dp)
+            per_rank, rows = prompts * exp.tree.leaves, exp.tree.peak_cache_rows(prompts)
+        kv = 2 * layers * rows * seq * kvw * dt
+        prefill = prompts * exp.prompt_len * (4 * h + 3 * i_tp + qw + 2 * kvw) * dt
         activations = prefill + per_rank * vocab * 4 * 2
     return CallMemory(weights, grads, optimizer, activations, kv)
 

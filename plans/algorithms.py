@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Role = Literal["actor", "critic", "ref", "reward"]
 Kind = Literal["generate", "inference", "train"]
-Algorithm = Literal["ppo", "grpo", "remax", "dpo", "adpo", "rm"]
+Algorithm = Literal["ppo", "grpo", "remax", "dpo", "adpo", "adpo-online", "rm", "rm-tree"]
 
 ROLE_HEAD = {"actor": "lm", "ref": "lm", "critic": "value", "reward": "value"}
 
@@ -82,7 +82,21 @@ ALGORITHM_MFCS: dict[str, tuple[MFC, ...]] = {
         _m("ref_inf", "ref", "inference", "candidates", "ref_logprobs"),
         _m("actor_train", "actor", "train", "candidates ref_logprobs"),
     ),
+    # Online ADPO: group_size candidates per prompt sampled from the current actor, scored by
+    # the reward (rule or model); listwise targets from those scores.
+    "adpo-online": (
+        _m("actor_gen", "actor", "generate", "prompts", "seq logprobs"),
+        _m("ref_inf", "ref", "inference", "seq", "ref_logprobs"),
+        _m("rew_inf", "reward", "inference", "seq", "rewards"),
+        _m("actor_train", "actor", "train", _ROLLOUT),
+    ),
     "rm": (_m("rew_train", "reward", "train", "pairs"),),
+    # A reward model on preference pairs among the leaves of a tree of responses the actor
+    # samples per prompt (plans.tree); a rule labels the leaves inside the train call.
+    "rm-tree": (
+        _m("actor_tree", "actor", "generate", "prompts", "tree_seq"),
+        _m("rew_train", "reward", "train", "tree_seq"),
+    ),
 }
 
 

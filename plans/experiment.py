@@ -15,10 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from plans.algorithms import ALGORITHM_MFCS, MFC, ROLE_HEAD, Algorithm, mfcs, roles, trained_roles
 from plans.errors import PlanError
+from plans.fields import algorithm_field_problems
 from plans.folders import check_data_files, check_model_folders, resolve_experiment_paths
 from plans.model import ModelSpec, resolve_model
 from plans.optimizer import OptimizerSpec
 from plans.strict import SEED_LIMIT, STRICT
+from plans.tree import TreeSpec
 
 _NAME = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9._+\-]{0,99}")
 
@@ -72,10 +74,17 @@ class GenerationSpec(_Section):
 class MacroSpec(_Section):
     """Macro-action PPO (MA-RLHF): values, rewards and GAE per span of tokens."""
 
-    termination: Literal["none", "fixed", "ppl"] = Field(
+    termination: Literal["none", "fixed", "ppl", "parse"] = Field(
         "none",
         description="`none`: plain PPO; `fixed`: a macro every `n` tokens (n=1 is PPO); `ppl`: "
-        "cut where the reference model's per-token perplexity stops falling.",
+        "cut where the reference model's per-token perplexity stops falling; `parse`: a macro "
+        "per `unit` of the decoded response.",
+    )
+    unit: Literal["sentence", "clause", "statement", "line"] | None = Field(
+        None,
+        description="Units for `parse` (None = `clause`): text `sentence`s (pysbd) or `clause`s "
+        "(sentences cut after , ; : and whitespace); code `statement`s (Python's tokenizer) or "
+        "`line`s.",
     )
     n: int = Field(
         5, ge=1, le=4096, description="Tokens per macro action for `fixed` (MA-RLHF: 5)."
@@ -84,6 +93,12 @@ class MacroSpec(_Section):
         "equal",
         description="How a macro's value and reward aggregate its tokens' (MA-RLHF `equal`: mean).",
     )
+
+    @model_validator(mode="after")
+    def _unit_needs_parse(self) -> MacroSpec:
+        if self.unit is not None and self.termination != "parse":
+            raise PlanError("`unit` only applies to termination = 'parse'", field="unit")
+        return self
 
 
 class PPOSpec(_Section):
@@ -218,6 +233,9 @@ class ExperimentSpec(BaseModel):
     grpo: GRPOSpec = Field(default_factory=GRPOSpec, description="GRPO settings.")
     dpo: DPOSpec = Field(default_factory=DPOSpec, description="DPO/IPO settings.")
     adpo: ADPOSpec = Field(default_factory=ADPOSpec, description="Anchored DPO settings.")
+    tree: TreeSpec | None = Field(
+        None, description="rm-tree: how the actor's tree of responses per prompt branches."
+    )
     label_noise: float = Field(
         0.0,
         ge=0,
@@ -340,14 +358,9 @@ class ExperimentSpec(BaseModel):
             refuse(
                 f"{self.mini_batches} does not divide batch_size={self.batch_size}", "mini_batches"
             )
-        if self.algorithm == "adpo" and self.adpo.mode == "pairwise" and self.group_size != 2:
-            refuse("pairwise ADPO compares 2 candidates; set group_size = 2", "group_size")
-        if self.algorithm == "adpo" and self.group_size < 2:
-            refuse("ADPO ranks a list of candidates; use group_size >= 2", "group_size")
+        bad += algorithm_field_problems(self)
         if self.evaluation is not None and "actor" not in need:
             refuse(f"{self.algorithm} has no actor to evaluate", "evaluation")
-        if self.algorithm == "grpo" and self.group_size < 2:
-            refuse("GRPO normalises rewards within a group; use group_size >= 2", "group_size")
         if bad:
             raise PlanError(bad[0].reason, field=bad[0].field, more=bad[1:])
         return self
@@ -373,6 +386,8 @@ class ExperimentSpec(BaseModel):
             return 2 * self.batch_size  # chosen and rejected
         if mfc.name in ("actor_greedy", "rew_greedy"):
             return self.batch_size
+        if self.tree is not None:  # every call of rm-tree handles the leaves
+            return self.batch_size * self.tree.leaves
         return self.batch_size * self.group_size
 
     def sequences_per_step(self, mfc: MFC) -> int:

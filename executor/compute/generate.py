@@ -19,6 +19,7 @@ import torch.distributed as dist
 from executor.compute.sampling import choose
 from executor.model import Transformer
 from executor.model.fusion import fused_inference
+from executor.model.layers import LayerCache
 from executor.model.masks import attention_bool_mask, positions_from_mask
 from executor.parallel.collectives import all_gather_dim, broadcast_
 from executor.parallel.context import ParallelContext
@@ -34,6 +35,10 @@ class GenerationConfig:
     eos_token_id: int | None = None
     pad_token_id: int = 0
     seed: int = 0
+    branch: int = 1
+    split_at: tuple[int, ...] = ()
+    """A tree (plans.tree): before token t for t in split_at, every sequence becomes `branch`
+    consecutive rows that share its KV cache (copied once) and go on independently."""
     fuse_weights: bool | None = None
     """Concatenate q/k/v and gate/up weights for the call (executor.model.fusion). None: only for
     models with hidden_size <= FUSE_MAX_HIDDEN, where per-op overhead dominates a step; for
@@ -58,7 +63,8 @@ tokens are pads and are cut off)."""
 @dataclass(frozen=True)
 class GenerationOutput:
     tokens: torch.Tensor
-    """[b, n] new tokens of this replica's prompts; pad after a sequence's EOS. n <= max_new_tokens
+    """[b, n] new tokens of this replica's prompts (a tree: b * branch ** len(split_at) rows,
+    each prompt's leaves consecutive); pad after a sequence's EOS. n <= max_new_tokens
     (the loop stops once every sequence of the replica has ended)."""
     lengths: torch.Tensor
     """[b] generated tokens per sequence, EOS included."""
@@ -75,6 +81,13 @@ class _Stepper:
         self.caches = model.new_cache(b, max_len)
         self.vocab_sizes = split_sizes(model.spec.vocab_size, ctx.tp_size)
         self.device = next(model.parameters()).device
+
+    def split(self, f: int) -> None:
+        """Every row's cache becomes f consecutive rows (a tree's branches)."""
+        self.caches = [
+            LayerCache(c.k.repeat_interleave(f, 0), c.v.repeat_interleave(f, 0))
+            for c in self.caches
+        ]
 
     def __call__(
         self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None, cache_pos: int
@@ -138,7 +151,15 @@ def _decode(model, ctx, prompts, attention_mask, cfg) -> GenerationOutput:
     mask = attention_bool_mask(key_valid[:, :p_len], p_len) if padded else None
     logits = step(ids, pos, mask, 0)
     next_pos = am.long().sum(-1)  # position id of the token fed next, [b]
+    state = [tokens, logps, done, lengths, next_pos, key_valid]
     for t in range(n_new):
+        if t in cfg.split_at:  # copy each open branch `branch` times, its cache included
+            f = cfg.branch
+            state = [x.repeat_interleave(f, 0) for x in state]
+            tokens, logps, done, lengths, next_pos, key_valid = state
+            step.split(f)
+            logits = None if logits is None else logits.repeat_interleave(f, 0)
+            big_b, lo, hi, b = big_b * f, lo * f, hi * f, b * f
         pair = torch.empty(2, b, dtype=torch.float64, device=device)
         if ctx.is_last_stage:
             assert logits is not None
@@ -158,8 +179,15 @@ def _decode(model, ctx, prompts, attention_mask, cfg) -> GenerationOutput:
             done |= tok == cfg.eos_token_id
         if t == n_new - 1:
             break
-        # Every stage reads the same `done` (the broadcast pair), so all stop at the same t.
-        if cfg.eos_token_id is not None and (t + 1) % EOS_CHECK_EVERY == 0 and bool(done.all()):
+        # Every stage reads the same `done` (the broadcast pair), so all stop at the same t;
+        # a tree with a split still ahead goes on (its copies may not be done).
+        ahead = any(d > t for d in cfg.split_at)
+        if (
+            cfg.eos_token_id is not None
+            and (t + 1) % EOS_CHECK_EVERY == 0
+            and not ahead
+            and bool(done.all())
+        ):
             break
         cur = p_len + t  # cache slot of the token being fed
         mask = key_valid[:, None, None, : cur + 1] if padded else None

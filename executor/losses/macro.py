@@ -17,6 +17,9 @@ Rules implemented:
   model's per-token perplexity, token i starts a macro when ppl_{i+1} > ppl_i (the released
   code's `ppl_selection`, which appends `start + i`); token 0 always starts one; ties do not
   start one. Compared on -logp_ref, which orders the same as ppl and cannot overflow.
+- parsing-based: a macro starts at the token holding the first character of each sentence,
+  clause, statement or line of the decoded response (`executor.data.text_units`); the
+  segmentation is computed from text, so `parse_starts` takes each row's start indices.
 
 Macro quantities are weighted sums of their tokens' quantities (`--value_function`):
 "equal" (the mean; the released scripts' choice, for both values and rewards), "unit" (last
@@ -58,6 +61,18 @@ def ppl_starts(ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor: 
     rises[:, :-1] = nll[:, 1:] > nll[:, :-1]
     rises &= t + 1 < length  # i + 1 must be a real token
     starts = rises | (t == 0) | (t == length - 1)
+    return (starts & (t < length)).to(mask.dtype)
+
+
+def parse_starts(firsts: list[list[int]], mask: torch.Tensor) -> torch.Tensor:  # [B, T]
+    """Macros that begin at the given token indices of each row (token 0 and the last real
+    token always start one, as for the other rules)."""
+    t, length = _positions(mask)
+    given = torch.zeros_like(mask, dtype=torch.bool)
+    for row, idx in enumerate(firsts):
+        if idx:
+            given[row, torch.tensor(idx, dtype=torch.long)] = True
+    starts = given | (t == 0) | (t == length - 1)
     return (starts & (t < length)).to(mask.dtype)
 
 

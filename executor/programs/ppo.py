@@ -9,7 +9,8 @@ import torch
 
 from executor.data.batching import Batch
 from executor.data.sources import digit_reward
-from executor.losses.macro import fixed_ngram_starts, macro_gae, ppl_starts
+from executor.data.text_units import token_unit_starts
+from executor.losses.macro import fixed_ngram_starts, macro_gae, parse_starts, ppl_starts
 from executor.losses.ppo import gae, policy_loss, shaped_rewards, value_loss, whiten
 from executor.parallel.collectives import all_reduce_
 from executor.programs import calls
@@ -25,9 +26,27 @@ class Advantages:
     returns: torch.Tensor
 
 
-def advantages(exp: ExperimentSpec, data: Batch) -> Advantages:
+def macro_starts(exp: ExperimentSpec, data: Batch, tok) -> torch.Tensor:  # [B, G]
+    """The segmentation of each response into macro actions by `[ppo.macro] termination`."""
+    m, mask = exp.ppo.macro, data["response_mask"]
+    if m.termination == "fixed":
+        return fixed_ngram_starts(mask, m.n)
+    if m.termination == "ppl":
+        return ppl_starts(data["ref_logprobs"], mask)
+    p = exp.prompt_len
+    lengths = mask.sum(1).long().tolist()
+    ids = data["input_ids"][:, p:].tolist()
+    firsts = [
+        token_unit_starts(tok, row[:n], m.unit or "clause")
+        for row, n in zip(ids, lengths, strict=True)
+    ]
+    return parse_starts(firsts, mask)
+
+
+def advantages(exp: ExperimentSpec, data: Batch, tok=None) -> Advantages:
     """Shaped rewards, GAE and whitening over the whole rollout batch: the same numbers on
-    every rank and under every layout, since every train rank holds the whole batch."""
+    every rank and under every layout, since every train rank holds the whole batch. `tok`
+    decodes responses for parsing-based macro actions."""
     c = exp.ppo
     mask = data["response_mask"]
     rewards, kl = shaped_rewards(
@@ -36,10 +55,7 @@ def advantages(exp: ExperimentSpec, data: Batch) -> Advantages:
     if c.macro.termination == "none":
         adv, ret = gae(rewards, data["values"], mask, c.gamma, c.lam)
     else:  # MA-PPO: GAE over macro actions, each token takes its macro's advantage and return
-        if c.macro.termination == "fixed":
-            starts = fixed_ngram_starts(mask, c.macro.n)
-        else:
-            starts = ppl_starts(data["ref_logprobs"], mask)
+        starts = macro_starts(exp, data, tok)
         w = c.macro.value_function
         adv, ret = macro_gae(rewards, data["values"], starts, mask, c.gamma, c.lam, w, w)
     if c.whiten_advantages:
@@ -152,7 +168,7 @@ class PPO(Program):
         raise NotImplementedError(f"PPO has no call {m.name}")
 
     def advantages(self, data: Batch) -> Advantages:
-        return advantages(self.exp, data)
+        return advantages(self.exp, data, self.tok)
 
     def train_actor(self, model, ctx, data: Batch, env: CallEnv) -> None:
         exp, adv = env.exp, self.advantages(data)

@@ -101,11 +101,26 @@ class PreferenceSource:
         return rows
 
 
+def policy_sequence_logprobs(model, ctx, data: Batch, env: CallEnv) -> torch.Tensor:  # [n]
+    """Sequence log-probs of the whole batch under the current actor, on every rank of the
+    mesh (an on-policy anchor must be known wherever a loss is computed)."""
+    lp = calls.response_logprobs(model, ctx, env.exp, data, env.n_micro)
+    n = data["input_ids"].shape[0]
+    if lp is None:
+        b = split_sizes(n, ctx.dp_size)[ctx.dp_rank]
+        lp = torch.zeros(b, env.exp.gen_len, device=data["input_ids"].device)
+    lo, hi = split_range(n, ctx.dp_size, ctx.dp_rank)
+    seq = sequence_logprobs(lp, data["response_mask"][lo:hi])
+    seq = all_gather_dim(seq, ctx.dp_group, split_sizes(n, ctx.dp_size), dim=0)
+    broadcast_(seq, ctx.last_stage_rank, ctx.pp_group)
+    return seq
+
+
 def _groups(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.view(-1, k)  # [rows] -> [groups, k]
 
 
-def _ranked_right(score: torch.Tensor, truth: torch.Tensor, k: int) -> torch.Tensor:
+def ranked_right(score: torch.Tensor, truth: torch.Tensor, k: int) -> torch.Tensor:
     """Groups whose truly best candidate has a strictly higher score than every other one (for
     pairs: the right order; a tie, as before any training, counts as wrong)."""
     s, t = _groups(score, k), _groups(truth, k)
@@ -165,8 +180,8 @@ class _Preference(Program):
             loss, score = self.group_loss(model, ctx, out, mb)
             if first_pass[0]:  # each group scored once, before any step has seen it
                 with torch.no_grad():
-                    counts[0] += _ranked_right(score, mb["reward"], k)  # no host sync
-                    counts[1] += _ranked_right(score, mb["true_reward"], k)
+                    counts[0] += ranked_right(score, mb["reward"], k)  # no host sync
+                    counts[1] += ranked_right(score, mb["true_reward"], k)
                     counts[2] += mb["input_ids"].shape[0] // k
             return loss
 
@@ -237,17 +252,7 @@ class ADPO(_Preference):
         return batch
 
     def policy_logprobs(self, model, ctx, data, env) -> torch.Tensor:
-        """Sequence log-probs of the whole batch under the current actor, on every rank of the
-        mesh (the anchor must be known wherever a loss is computed)."""
-        lp = calls.response_logprobs(model, ctx, env.exp, data, env.n_micro)
-        n = data["input_ids"].shape[0]
-        if lp is None:
-            b = split_sizes(n, ctx.dp_size)[ctx.dp_rank]
-            lp = torch.zeros(b, env.exp.gen_len, device=data["input_ids"].device)
-        seq = sequence_logprobs(lp, self._mask(ctx, data))
-        seq = all_gather_dim(seq, ctx.dp_group, split_sizes(n, ctx.dp_size), dim=0)
-        broadcast_(seq, ctx.last_stage_rank, ctx.pp_group)
-        return seq
+        return policy_sequence_logprobs(model, ctx, data, env)
 
     def group_loss(self, model, ctx, out, mb):
         c, k = self.exp.adpo, self.unit

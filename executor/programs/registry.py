@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from executor.data.tokenizer import Tokenizer
+from executor.programs.adpo_online import ADPOOnline
 from executor.programs.grpo import GRPO
 from executor.programs.ppo import PPO
 from executor.programs.preference import ADPO, DPO, RewardModel
 from executor.programs.program import Program
 from executor.programs.remax import ReMax
+from executor.programs.rm_tree import RMTree
 from plans import ExperimentSpec
 
 PROGRAMS: dict[str, type[Program]] = {
@@ -16,7 +18,9 @@ PROGRAMS: dict[str, type[Program]] = {
     "remax": ReMax,
     "dpo": DPO,
     "adpo": ADPO,
+    "adpo-online": ADPOOnline,
     "rm": RewardModel,
+    "rm-tree": RMTree,
 }
 
 

@@ -103,6 +103,12 @@ CASES = {
         "ppo-tiny",
         {"mini_batches": 1, "ppo": {"kl_coef": 0.01, "macro": {"termination": "fixed", "n": 3}}},
     ),
+    "ppo-macro-parse": (
+        "ppo-tiny",
+        {"mini_batches": 1, "ppo": {"kl_coef": 0.01, "macro": {"termination": "parse"}}},
+    ),
+    "adpo-online": ("adpo-online-tiny", {"group_size": 2, "mini_batches": 2, "label_noise": 0.3}),
+    "rm-tree": ("rm-tree-tiny", {"mini_batches": 2}),
 }
 
 
@@ -128,7 +134,8 @@ def test_multi_mesh_matches_one_process(case, tmp_path):
     if any(m.kind != "train" and m.role in trained for m in exp.mfcs()):
         first = next(m.name for m in exp.mfcs() if m.role in trained and m.kind != "train")
         assert m_row["calls"][first]["realloc_s"] > 0
-    for key in ("reward_mean", "pref_accuracy", "true_accuracy", "actor_loss", "reward_loss"):
+    keys = ("reward_mean", "pref_accuracy", "true_accuracy", "actor_loss", "reward_loss")
+    for key in (*keys, "labelled_pairs", "pair_accuracy", "heldout_accuracy"):
         if key in s_row:
             assert m_row[key] == pytest.approx(s_row[key], abs=1e-5), key
 
@@ -189,3 +196,22 @@ def test_models_with_their_own_hf_tokenizer(tmp_path):
     assert row["actor_loss"] > 0
     saved = out / "final" / "actor"
     assert (saved / "tokenizer.json").exists()  # the trained folder works on its own
+
+
+def test_tree_leaves_regrouped_across_data_parallel_generation(tmp_path):
+    """6 prompts over 4 generating dp ranks (2, 2, 1, 1 prompts: 8, 8, 4, 4 leaves) while the
+    store splits the 24 leaves 6, 6, 6, 6: the regrouped leaves train like one process."""
+    exp = _experiment("rm-tree-tiny", mini_batches=2)
+    plan = multi_mesh(exp)
+    plan = plan.model_copy(
+        update={"allocations": {**plan.allocations, "actor_tree": _alloc(ALL, dp=4)}}
+    )
+    (m_out, m_row), (s_out, s_row) = (
+        _run(tmp_path, "multi", plan),
+        _run(tmp_path, "one", one_process(exp)),
+    )
+    a = load_file(str(m_out / "final" / "reward" / "model.safetensors"))
+    b = load_file(str(s_out / "final" / "reward" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
+    assert m_row["labelled_pairs"] == s_row["labelled_pairs"] > 0
