@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -394,9 +393,3 @@ class ExperimentSpec(BaseModel):
         """Sequences in one optimizer step (train) or in the whole call (others)."""
         n = self.sequences(mfc)
         return n // self.mini_batches if mfc.kind == "train" else n
-
-
-def base_dir_context(path: str | Path | None) -> dict[str, Any]:
-    """Validation context of an experiment document: relative paths resolve against its
-    file's folder, and model folders are opened and checked (plans.folders)."""
-    return {"base_dir": Path(path).parent if path else None, "check_folders": True}

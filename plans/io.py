@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from plans.cluster import ClusterSpec
 from plans.errors import PlanError, from_validation_error
-from plans.experiment import ExperimentSpec, base_dir_context
+from plans.experiment import ExperimentSpec
 from plans.plan import Plan
 
 _EXAMPLES = "examples"
@@ -128,3 +128,9 @@ def example_names(kind: str) -> list[str]:
 
 def example_path(name: str, kind: str) -> Path:
     return _examples_dir() / (name + (".toml" if kind == "experiment" else ".json"))
+
+
+def base_dir_context(path: str | Path | None) -> dict[str, Any]:
+    """Validation context of an experiment document: relative paths resolve against its
+    file's folder, and model folders are opened and checked (plans.folders)."""
+    return {"base_dir": Path(path).parent if path else None, "check_folders": True}
