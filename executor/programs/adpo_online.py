@@ -78,22 +78,7 @@ class ADPOOnline(PPO):
                     counts[1] += lp.shape[0] // k
             return stats.loss
 
-        one = exp.model_copy(update={"ppo_epochs": 1})
-        steps = []
-        for epoch in range(exp.ppo_epochs):
-            first[0] = epoch == 0
-            steps += calls.optimizer_steps(
-                model,
-                ctx,
-                env.opt,
-                one,
-                batch,
-                loss_fn,
-                lambda b: float(b["input_ids"].shape[0] // k),  # lists
-                env.n_micro,
-                exp.optimizer("actor").grad_clip,
-                unit=k,
-            )
+        steps = calls.group_epochs(model, ctx, env, batch, loss_fn, k, "actor", first)
         all_reduce_(counts, ctx.dp_group)
         kl = (data["logprobs"] - data["ref_logprobs"]) * mask
         env.stats.update(

@@ -204,6 +204,31 @@ def optimizer_steps(
     return stats
 
 
+def group_epochs(
+    model, ctx, env, batch: Batch, loss_fn: LossFn, k: int, role: str, first: list[bool]
+) -> list[StepStats]:
+    """`ppo_epochs` passes of optimizer steps over groups of `k` rows (the normaliser counts
+    groups); `first[0]` holds during the first pass only, so statistics a loss gathers per
+    group count each group once."""
+    one = env.exp.model_copy(update={"ppo_epochs": 1})
+    steps: list[StepStats] = []
+    for epoch in range(env.exp.ppo_epochs):
+        first[0] = epoch == 0
+        steps += optimizer_steps(
+            model,
+            ctx,
+            env.opt,
+            one,
+            batch,
+            loss_fn,
+            lambda b: float(b["input_ids"].shape[0] // k),
+            env.n_micro,
+            env.exp.optimizer(role).grad_clip,
+            unit=k,
+        )
+    return steps
+
+
 def step_summary(role: str, steps: list[StepStats]) -> dict[str, float]:
     return {
         f"{role}_loss": sum(s.loss for s in steps) / len(steps),

@@ -171,7 +171,7 @@ class _Preference(Program):
         return data["response_mask"][lo:hi]
 
     def train(self, model, ctx, data: Batch, env: CallEnv) -> None:
-        exp, k = env.exp, self.unit
+        k = self.unit
         dev = data["input_ids"].device
         counts = torch.zeros(3, dtype=torch.float64, device=dev)  # right, truly right, groups
         first_pass = [True]
@@ -186,22 +186,9 @@ class _Preference(Program):
             return loss
 
         batch = self.train_batch(model, ctx, data, env)
-        one = exp.model_copy(update={"ppo_epochs": 1})
-        steps = []
-        for epoch in range(exp.ppo_epochs):
-            first_pass[0] = epoch == 0
-            steps += calls.optimizer_steps(
-                model,
-                ctx,
-                env.opt,
-                one,
-                batch,
-                loss_fn,
-                lambda b: float(b["input_ids"].shape[0] // k),  # groups
-                env.n_micro,
-                exp.optimizer(self.trained_role).grad_clip,
-                unit=k,
-            )
+        steps = calls.group_epochs(
+            model, ctx, env, batch, loss_fn, k, self.trained_role, first_pass
+        )
         all_reduce_(counts, ctx.dp_group)
         env.stats.update(calls.step_summary(self.trained_role, steps))
         if ctx.is_last_stage and counts[2] > 0:
