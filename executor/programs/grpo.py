@@ -48,7 +48,7 @@ class GRPO(PPO):
             return out.loss, out.clip_count
 
         count = sequences if per_sample else (lambda b: float(b["response_mask"].sum()))
-        steps, clip_frac = clipped_policy_steps(model, ctx, env, batch, terms, count)
+        steps, clip_frac, gaps = clipped_policy_steps(model, ctx, env, batch, terms, count)
         with torch.no_grad():
             d = (data["ref_logprobs"] - data["logprobs"]) * mask
             k3 = (torch.exp(d) - d - 1) * mask  # the rollout policy's KL to the reference
@@ -62,3 +62,4 @@ class GRPO(PPO):
         )
         if ctx.is_last_stage:
             env.stats["clip_frac"] = clip_frac
+            env.stats.update(gaps)

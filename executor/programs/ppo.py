@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from executor.data.batching import Batch
 from executor.data.sources import digit_reward
@@ -86,27 +87,50 @@ def tokens(b: Batch) -> float:
 def clipped_policy_steps(model, ctx, env: CallEnv, batch: Batch, loss_terms, count_fn):
     """Optimizer steps of a clipped-ratio policy loss; `loss_terms(lp, mb)` returns the loss
     (a sum over the micro-batch: train_step divides by count_fn's total) and the number of
-    response tokens whose ratio was clipped. Returns the steps and the share of clipped tokens
-    (meaningful on the last pipeline stage, where the loss is computed)."""
+    response tokens whose ratio was clipped. Returns the steps, the share of clipped tokens
+    and the rollout/train log-prob gap (both meaningful on the last pipeline stage, where the
+    loss is computed).
+
+    The gap: during the first optimizer step the weights are still the ones that generated
+    the batch, so the log-probs the trainer computes for the first mini-batch's response
+    tokens should equal `old_logprobs`, which the generation call recorded; the mean and max
+    |difference| over those tokens say how far apart the two code paths are."""
     exp = env.exp
     p, g = exp.prompt_len, exp.gen_len
     dev = batch["input_ids"].device
     clipped = torch.zeros((), dtype=torch.float64, device=dev)  # summed on the device: no sync
+    gap = torch.zeros(3, dtype=torch.float64, device=dev)  # sum |diff|, tokens, max |diff|
+    step = [-1]  # train_step asks count_fn once per optimizer step, before its passes
+
+    def count(b: Batch) -> float:
+        step[0] += 1
+        return count_fn(b)
 
     def loss_fn(logits: torch.Tensor, mb: Batch) -> torch.Tensor:
         nonlocal clipped
-        lp = calls.token_logprobs(model, ctx, logits, mb)
-        loss, n_clipped = loss_terms(lp[:, p - 1 : p - 1 + g], mb)
+        lp = calls.token_logprobs(model, ctx, logits, mb)[:, p - 1 : p - 1 + g]
+        if step[0] == 0:
+            with torch.no_grad():
+                mask = mb["response_mask"]
+                diff = (lp.double() - mb["old_logprobs"].double()).abs() * mask
+                gap[0] += diff.sum()
+                gap[1] += mask.sum()
+                gap[2] = torch.maximum(gap[2], diff.max())
+        loss, n_clipped = loss_terms(lp, mb)
         clipped = clipped + n_clipped.detach().double()
         return loss
 
     grad_clip = exp.optimizer("actor").grad_clip
     steps = calls.optimizer_steps(
-        model, ctx, env.opt, exp, batch, loss_fn, count_fn, env.n_micro, grad_clip
+        model, ctx, env.opt, exp, batch, loss_fn, count, env.n_micro, grad_clip
     )
     all_reduce_(clipped, ctx.dp_group)  # last stage: every dp share's count
+    top = gap[2:].clone()
+    all_reduce_(gap, ctx.dp_group)
+    all_reduce_(top, ctx.dp_group, dist.ReduceOp.MAX)
     total = tokens(batch) * exp.ppo_epochs
-    return steps, float(clipped) / max(total, 1.0)
+    gaps = {"logprob_gap_mean": float(gap[0] / gap[1].clamp(min=1)), "logprob_gap_max": float(top)}
+    return steps, float(clipped) / max(total, 1.0), gaps
 
 
 class PPO(Program):
@@ -184,11 +208,12 @@ class PPO(Program):
             out = policy_loss(lp, mb["old_logprobs"], mb["advantages"], mask, exp.ppo.eps_clip, 1.0)
             return out.loss, out.clip_frac  # denominator 1: clip_frac is a token count here
 
-        steps, clip_frac = clipped_policy_steps(model, ctx, env, batch, terms, tokens)
+        steps, clip_frac, gaps = clipped_policy_steps(model, ctx, env, batch, terms, tokens)
         env.stats.update(rollout_stats(data, adv.kl, env))
         env.stats.update(calls.step_summary("actor", steps))
         if ctx.is_last_stage:  # where the loss, hence the clipping, is computed
             env.stats["clip_frac"] = clip_frac
+            env.stats.update(gaps)
 
     def train_critic(self, model, ctx, data: Batch, env: CallEnv) -> None:
         exp, adv = env.exp, self.advantages(data)

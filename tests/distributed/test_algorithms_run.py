@@ -138,6 +138,13 @@ def test_multi_mesh_matches_one_process(case, tmp_path):
     for key in (*keys, "labelled_pairs", "pair_accuracy", "heldout_accuracy"):
         if key in s_row:
             assert m_row[key] == pytest.approx(s_row[key], abs=1e-5), key
+    # Clipped-ratio programs: the trainer's log-probs of the generated tokens, before its first
+    # update, against the ones generation recorded (same weights; float32): apart only by
+    # rounding, on one process (same layout) and across layouts (generation tp/dp != train's).
+    for row in (s_row, m_row):
+        if "logprob_gap_max" in row:
+            assert 0 <= row["logprob_gap_mean"] <= row["logprob_gap_max"] < 1e-5, row
+    assert ("logprob_gap_max" in s_row) == (exp.algorithm in ("ppo", "grpo")), s_row.keys()
 
 
 def test_evaluation_on_a_local_jsonl_file(tmp_path):
