@@ -43,6 +43,7 @@ from benchmarks.cpu_monitor import Monitor, quiet_wait
 from benchmarks.e2e_analysis import Entry, analyze, clean_rows
 from estimator import CostModel, Profile, load_profile, simulate
 from estimator.report import estimated_plan
+from executor.profiling.profiler import machine_name
 from planner.candidates import candidates
 from planner.context import SearchContext
 from planner.search import search
@@ -314,6 +315,11 @@ def run_one(args, size: str, algorithm: str, out_dir: Path) -> dict:
     """Plan, run and analyze one experiment; returns analyze()'s summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
     base = load_profile(args.profile)
+    here = machine_name("cpu")
+    if base.device_name and base.device_name != here:
+        print(f"note: {args.profile} was measured on {base.device_name!r}, this is {here!r}: "
+              "estimates will be off by the machines' difference (rlhf-plan profile --check)",
+              file=sys.stderr)  # fmt: skip
     exp = experiment(args.quick, args.rule_reward, size, algorithm)
     cluster = cluster_from_dict({"nodes": 1, "gpus_per_node": 2, "device": "cpu"})
     t0 = time.monotonic()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from datetime import timedelta
 from functools import partial
@@ -32,6 +33,29 @@ REPS = {True: 5, False: 10}
 # a training micro-batch's half block (tens of milliseconds).
 CONTEXTS = {True: (5e-4, 8e-3), False: (5e-4, 4e-3, 3.2e-2)}
 ROUNDS = 3  # in-context timing: median of this many loops
+
+
+BUSY_WARN = 0.05  # others' share of the CPUs above which collective timings come out high
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds every process of the machine has run since boot (user, nice, system,
+    steal), from /proc/stat; None where there is no /proc."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return None
+    return (v[0] + v[1] + v[2] + (v[7] if len(v) > 7 else 0)) / os.sysconf("SC_CLK_TCK")
+
+
+def others_share(busy0: float | None, wall0: float, mine: float) -> float | None:
+    """Share of the machine's CPUs that processes other than the timing ranks used since
+    (busy0, wall0); `mine`: the ranks' own CPU seconds (all their threads) in that time."""
+    busy1 = machine_busy_s()
+    if busy0 is None or busy1 is None:
+        return None
+    return max(busy1 - busy0 - mine, 0.0) / ((os.cpu_count() or 1) * (time.monotonic() - wall0))
 
 
 def _burst(seconds: float):
@@ -78,6 +102,8 @@ def time_collectives(
     )
     device = torch.device("cuda") if dev_type == "cuda" else torch.device("cpu")
     sync = torch.cuda.synchronize if dev_type == "cuda" else (lambda: None)
+    # On CPU other jobs delay gloo's threads and the ranks' wake-ups: say so if there were any.
+    busy0, wall0, cpu0 = machine_busy_s(), time.monotonic(), time.process_time()
     sizes = [n for n in (2, 4, 8, 16, 32, 64, 128, 256) if n <= world]
     if world not in sizes:
         sizes.append(world)
@@ -169,5 +195,16 @@ def time_collectives(
     if task is not None:
         progress.advance(task)
     dist.barrier()
+    mine = torch.tensor([time.process_time() - cpu0], dtype=torch.float64)
+    if dev_type == "cpu" and world == local:  # one machine: every rank's CPU is on it
+        dist.all_reduce(mine)
+        share = others_share(busy0, wall0, float(mine))
+        if rank == 0 and share is not None and share > BUSY_WARN:
+            print(
+                f"warning: other processes used {share:.0%} of this machine's CPUs while the "
+                "collectives were timed; their timings come out high (profile on an idle "
+                "machine)",
+                file=sys.stderr,
+            )
     dist.destroy_process_group()
     return out if rank == 0 else None

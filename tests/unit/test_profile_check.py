@@ -63,3 +63,22 @@ def test_cli_check_json(tmp_path):
     doc = json.loads(res.output)
     assert doc["profile_device"] == "some other CPU" and doc["same_device"] is False
     assert len(doc["points"]) == 4 and doc["median_ratio"] < 0.01
+
+
+def testothers_share_of_the_cpus_during_collective_timing():
+    """What the collectives profiler warns about: the machine's CPU time since a moment, less
+    the timing ranks' own, over all cores and the wall time."""
+    import os
+    import time
+
+    from executor.profiling.collectives import machine_busy_s, others_share
+
+    ncpu = os.cpu_count() or 1
+    busy = machine_busy_s()
+    assert busy is not None
+    wall0 = time.monotonic() - 1.0
+    # The machine ran half its cores for that second beyond what /proc says now...
+    half = others_share(busy - 0.5 * ncpu, wall0, 0.0)
+    assert half is not None and 0.45 <= half <= 0.65
+    # ... and all of it was the ranks' own work: nobody else.
+    assert others_share(busy - 0.5 * ncpu, wall0, 0.5 * ncpu) <= 0.15
