@@ -103,8 +103,21 @@ def _say(health: Health, line: str) -> bool:
     if not _said.acquire(blocking=False):
         return False
     health.said()
-    print(line, file=sys.stderr, flush=True)
+    write_line(line)
     return True
+
+
+def write_line(line: str) -> None:
+    """`line` and its newline to stderr in one write: the workers share the launcher's stderr,
+    and print's two writes (text, then newline) of two workers could interleave into one
+    garbled line. One write of under PIPE_BUF bytes reaches a pipe whole."""
+    sys.stderr.flush()
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a stream without a descriptor (tests)
+        print(line, file=sys.stderr, flush=True)
+        return
+    os.write(fd, (line + "\n").encode(errors="backslashreplace"))
 
 
 def describe(e: BaseException) -> str:
@@ -228,7 +241,7 @@ def _spawned(
             _client("127.0.0.1", port, world + 1, timeout),
         )
     except Exception as e:  # the launcher's store is gone: so is the launcher
-        print(f"rank {rank}: cannot reach the launcher ({describe(e)[:120]})", file=sys.stderr)
+        write_line(f"rank {rank}: cannot reach the launcher ({describe(e)[:120]})")
         os._exit(EXIT_LOST_PEER)
     code = _run_worker(fn, task, rank, world, stores, timeout, device)
     sys.stdout.flush()
@@ -247,7 +260,7 @@ def launch(
     if under_torchrun():
         rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         if size != world:
-            print(f"the plan needs {world} workers but torchrun started {size}", file=sys.stderr)
+            write_line(f"the plan needs {world} workers but torchrun started {size}")
             return EXIT_ERROR
         host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]) + 1
         store = dist.TCPStore(host, port, size, is_master=rank == 0, timeout=timeout)
@@ -302,7 +315,7 @@ def _supervise(procs: list, watch: Watch, timeout_s: float, signals: Signals) ->
                 if r not in done and procs[r].is_alive():
                     said.add(r)
                     why = f"stopped responding (no heartbeat for {timeout_s:g} s)"
-                    print(f"rlhf-run: rank {r} {why}; stopping the run", file=sys.stderr)
+                    write_line(f"rlhf-run: rank {r} {why}; stopping the run")
                     done.add(r)
                     first_failure = first_failure or now
                     watch.mark_dead(r)
@@ -318,7 +331,7 @@ def _supervise(procs: list, watch: Watch, timeout_s: float, signals: Signals) ->
         return 0
     if blamed and not said:
         desc = ", ".join(f"rank {r}: {why}" for r, why in sorted(blamed.items()))
-        print(f"rlhf-run: workers failed ({desc})", file=sys.stderr)
+        write_line(f"rlhf-run: workers failed ({desc})")
     return EXIT_ERROR
 
 
