@@ -38,6 +38,23 @@ def shaped(exp: ExperimentSpec, named: dict[str, tuple[str, torch.dtype]]) -> di
     return {k: (dims[d], dt) for k, (d, dt) in named.items()}
 
 
+def sampling_config(
+    exp: ExperimentSpec, tok: Tokenizer, seed: int, greedy: bool = False, **extra
+) -> GenerationConfig:
+    """The experiment's generation settings (gen_len new tokens, its temperature and top-p,
+    the tokenizer's EOS and pad ids); `extra`: further GenerationConfig fields (a tree's)."""
+    return GenerationConfig(
+        max_new_tokens=exp.gen_len,
+        greedy=greedy,
+        temperature=exp.generation.temperature,
+        top_p=exp.generation.top_p,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        seed=seed,
+        **extra,
+    )
+
+
 def rollout(
     model: Transformer,
     ctx: ParallelContext,
@@ -51,16 +68,7 @@ def rollout(
     """Sample (or greedily decode) a response per prompt: this dp rank's rows of
     input_ids/attention_mask [b, T], response_mask [b, G] and the sampling log-probs [b, G]."""
     g = exp.gen_len
-    cfg = GenerationConfig(
-        max_new_tokens=g,
-        greedy=greedy,
-        temperature=exp.generation.temperature,
-        top_p=exp.generation.top_p,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        seed=seed,
-    )
-    out = generate(model, ctx, prompt_ids, prompt_mask, cfg)
+    out = generate(model, ctx, prompt_ids, prompt_mask, sampling_config(exp, tok, seed, greedy))
     lo, hi = split_range(prompt_ids.shape[0], ctx.dp_size, ctx.dp_rank)
     b, n = out.tokens.shape
     dev = out.tokens.device

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from executor.compute.generate import GenerationConfig, generate
+from executor.compute.generate import generate
 from executor.data.batching import Batch
 from executor.data.preferences import synthetic_pairs
 from executor.parallel.collectives import all_gather_dim, all_reduce_
@@ -33,24 +33,15 @@ def tree_rollout(model, ctx, exp, prompt_ids, prompt_mask, tok, seed: int) -> Ba
     input_ids/attention_mask [b, T], response_mask [b, G]. Generation splits the prompts over
     dp; the leaves are then regrouped so the rows follow the store's split of B * leaves."""
     t, g, leaves = exp.tree, exp.gen_len, exp.tree.leaves
-    cfg = GenerationConfig(
-        max_new_tokens=g,
-        greedy=False,
-        temperature=exp.generation.temperature,
-        top_p=exp.generation.top_p,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        seed=seed,
-        branch=t.branch,
-        split_at=tuple(t.depths),
-    )
+    cfg = calls.sampling_config(exp, tok, seed, branch=t.branch, split_at=tuple(t.depths))
     out = generate(model, ctx, prompt_ids, prompt_mask, cfg)
     big_b = prompt_ids.shape[0]
     lo, hi = split_range(big_b, ctx.dp_size, ctx.dp_rank)
     b, n = out.tokens.shape
-    tokens = torch.full((b, g), tok.pad_token_id, dtype=torch.long)
+    dev = out.tokens.device
+    tokens = torch.full((b, g), tok.pad_token_id, dtype=torch.long, device=dev)
     tokens[:, :n] = out.tokens
-    resp = (torch.arange(g)[None, :] < out.lengths[:, None]).long()
+    resp = (torch.arange(g, device=dev)[None, :] < out.lengths[:, None]).long()
     ids = torch.cat([prompt_ids[lo:hi].repeat_interleave(leaves, 0), tokens], dim=1)
     am = torch.cat([prompt_mask[lo:hi].long().repeat_interleave(leaves, 0), resp], dim=1)
     both = torch.cat([ids, am, resp], dim=1)  # one gather for the three tensors
@@ -79,6 +70,14 @@ def bt_tree_loss(score: torch.Tensor, label: torch.Tensor, leaves: int) -> torch
     return -(F.logsigmoid(diff) * leaf_pairs(label, leaves)).sum()
 
 
+def _heldout_rows(tok, exp) -> Batch:
+    """The HELDOUT built-in pairs as (prompt, response) rows, chosen then rejected."""
+    pairs = synthetic_pairs(HELDOUT, HELDOUT_SEED)
+    prompts = [p.prompt for p in pairs for _ in range(2)]
+    responses = [r for p in pairs for r in (p.chosen, p.rejected)]
+    return prompt_response_rows(tok, exp, prompts, responses)
+
+
 class RMTree(Program):
     tensors = {
         "prompts": ("prompt_ids", "prompt_mask"),
@@ -95,6 +94,8 @@ class RMTree(Program):
         self.prompts = PromptSource(exp, tok, self.data_path)
         self.unit = exp.tree.leaves
         self.builtin = exp.dataset is None and exp.reward_function == "builtin:digits"
+        # The held-out pairs as rows, built once on the host (heldout_accuracy moves them).
+        self.heldout = _heldout_rows(tok, exp) if self.builtin else None
 
     def rows(self) -> int:
         return self.exp.batch_size * self.unit
@@ -115,14 +116,15 @@ class RMTree(Program):
 
     def _score(self, model, ctx, out: torch.Tensor, mb: Batch) -> torch.Tensor:
         am = mb["attention_mask"]
-        last = (am * torch.arange(am.shape[1])).argmax(dim=1)
+        last = (am * torch.arange(am.shape[1], device=am.device)).argmax(dim=1)
         return out.float().gather(1, last[:, None]).squeeze(1)  # [b] value at the last token
 
     def train(self, model, ctx, data: Batch, env: CallEnv) -> None:
         exp, k = env.exp, self.unit
         label = calls.rule_score_all(exp, data, env.rule, env.tok, answers=self.prompts.answer_of)
         batch = {**calls.model_batch(data), "label": label.float()}
-        counts = torch.zeros(2, dtype=torch.float64)  # right, labelled
+        dev = data["input_ids"].device
+        counts = torch.zeros(2, dtype=torch.float64, device=dev)  # right, labelled
         first = [True]
 
         def loss_fn(out: torch.Tensor, mb: Batch) -> torch.Tensor:
@@ -159,14 +161,13 @@ class RMTree(Program):
 
     def heldout_accuracy(self, model, ctx, env: CallEnv) -> float | None:
         """Share of the HELDOUT built-in pairs whose chosen response scores strictly higher."""
-        pairs = synthetic_pairs(HELDOUT, HELDOUT_SEED)
-        prompts = [p.prompt for p in pairs for _ in range(2)]
-        responses = [r for p in pairs for r in (p.chosen, p.rejected)]
-        rows = prompt_response_rows(self.tok, env.exp, prompts, responses)
+        assert self.heldout is not None
+        dev = next(model.parameters()).device
+        rows = {k: v.to(dev, non_blocking=True) for k, v in self.heldout.items()}
         with torch.no_grad():
             v = calls.last_token_score(model, ctx, rows, env.n_micro)
         if v is None:
             return None
-        n = len(responses)
+        n = rows["input_ids"].shape[0]
         v = all_gather_dim(v, ctx.dp_group, split_sizes(n, ctx.dp_size), dim=0)
         return float((v[0::2] > v[1::2]).float().mean())

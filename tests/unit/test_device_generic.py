@@ -52,13 +52,23 @@ class NoDefaultDevice(TorchFunctionMode):
 def _exp(name):
     doc = load_experiment(name).model_dump(mode="json")
     doc.update(evaluation=None, batch_size=4, mini_batches=2, ppo_epochs=1)
-    if doc.get("group_size"):
+    if doc.get("group_size", 1) > 1:  # (rm-tree's leaves come from its tree: group_size 1)
         doc["group_size"] = 2
     return experiment_from_dict(doc)
 
 
 @pytest.mark.parametrize(
-    "name", ["ppo-tiny", "grpo-tiny", "remax-tiny", "dpo-tiny", "adpo-tiny", "rm-tiny"]
+    "name",
+    [
+        "ppo-tiny",
+        "grpo-tiny",
+        "remax-tiny",
+        "dpo-tiny",
+        "adpo-tiny",
+        "rm-tiny",
+        "adpo-online-tiny",
+        "rm-tree-tiny",
+    ],
 )
 def test_call_bodies_name_their_device(name):
     exp = _exp(name)
