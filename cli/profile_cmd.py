@@ -104,6 +104,7 @@ def run_check_command(path: Path, as_json: bool) -> None:
     from estimator.profile import load_profile
     from executor.profiling.check import check_profile, verdict
     from executor.profiling.profiler import machine_name
+    from plans.devices import backend
 
     profile = load_profile(path)
     if profile.kind != "measured":
@@ -113,7 +114,7 @@ def run_check_command(path: Path, as_json: bool) -> None:
 
         if not torch.cuda.is_available():
             fail(f"{path}: measured on {profile.device}; torch sees no CUDA device here")
-    here = machine_name("cpu" if profile.device == "cpu" else "cuda")
+    here = machine_name(backend(profile.device))
     with err.status(f"re-timing {path.name} on {here} ..."):
         rows = check_profile(profile)
     ratio, line = verdict(rows)

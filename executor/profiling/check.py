@@ -15,7 +15,9 @@ import time
 from dataclasses import dataclass
 
 from estimator.profile import OpTiming, Profile
+from estimator.shapes import DTYPE_BYTES
 from executor.profiling.kernels import Grid, op_points, shard_pieces, timer
+from plans.devices import backend
 from plans.presets import PRESETS
 
 # Ops worth re-timing: each stands for one kind of work the cost model prices.
@@ -46,8 +48,9 @@ def check_profile(profile: Profile) -> list[CheckRow]:
     op in CHECKED (CPU profiles are timed by process time, GPU ones by the wall clock)."""
     import torch
 
-    device = "cuda" if profile.device != "cpu" else "cpu"
+    device = backend(profile.device)
     cpu = device == "cpu"
+    dt = DTYPE_BYTES[profile.dtype]
     if cpu:
         torch.set_num_threads(profile.threads or 1)
     dtype = torch.float32 if profile.dtype == "float32" else torch.bfloat16
@@ -66,7 +69,6 @@ def check_profile(profile: Profile) -> list[CheckRow]:
         grid = Grid((name,), (tp,), (b,), (s,), (c,), (), 0.05, 3)
         timed = timer(sync, grid, time.process_time if cpu else time.perf_counter)
         model = shard_pieces(name, tp, dtype, torch.device(device))
-        dt = 4 if profile.dtype == "float32" else 2
         got = op_points(grid, model, name, tp, dt, torch.device(device), dtype, timed)
         profiled = {(t.op, t.batch, t.seq_len): t for t in timings}
         for m in got:
