@@ -21,13 +21,17 @@ def node_id(mfc: str, iteration: int) -> str:
     return f"{mfc}@{iteration}"
 
 
-def build_graph(algorithm: str | ExperimentSpec, iterations: int = 1) -> nx.DiGraph:
-    """The call graph of `iterations` consecutive iterations of an algorithm."""
+def build_graph(
+    algorithm: str | ExperimentSpec, iterations: int = 1, staleness: int = 0
+) -> nx.DiGraph:
+    """The call graph of `iterations` consecutive iterations of an algorithm (or of an
+    experiment's calls), the actor's generation `staleness` iterations ahead."""
+    calls = algorithm.mfcs() if isinstance(algorithm, ExperimentSpec) else algorithm
     if isinstance(algorithm, ExperimentSpec):
         algorithm = algorithm.algorithm
     if iterations < 1:
         raise ValueError("iterations must be at least 1")
-    nodes = unrolled(algorithm, iterations)
+    nodes = unrolled(calls, iterations, staleness)
     ids = [node_id(n.mfc.name, n.iteration) for n in nodes]
     g = nx.DiGraph(algorithm=algorithm, iterations=iterations)
     for pos, (nid, n) in enumerate(zip(ids, nodes, strict=True)):

@@ -4,7 +4,8 @@ The planner (planner.graph wraps it in networkx), the estimator's simulator and 
 read it here: nodes are (call, iteration);
 data edges join a key's producer to its consumers in the same iteration; parameter-version edges
 join a trained role's train call of iteration i-1 to the first calls of that role in iteration
-i; the global order is topological with ties broken by (iteration, canonical index). It is pure
+i (for the actor's generate calls under staleness k: of iteration i-1-k, plans.staleness); the
+global order is topological with ties broken by (iteration, canonical index). It is pure
 Python so the simulator can cache it per (algorithm, iterations).
 """
 
@@ -14,7 +15,8 @@ import heapq
 from dataclasses import dataclass
 from functools import lru_cache
 
-from plans import MFC, mfcs, trained_roles
+from plans.algorithms import MFC, mfcs
+from plans.staleness import stale_calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,13 +29,17 @@ class Node:
     data_deps: tuple[tuple[int, tuple[str, ...]], ...]
     """(producer position, keys) for every producer in the same iteration."""
     version_deps: tuple[int, ...]
-    """Positions of the previous iteration's train calls whose weights this call needs."""
+    """Positions of the train calls of an earlier iteration whose weights this call needs."""
+
+
+def unrolled(calls: str | tuple[MFC, ...], iterations: int, staleness: int = 0) -> tuple[Node, ...]:
+    """Nodes of `iterations` iterations in the global order every rank walks; `calls`: an
+    experiment's calls (ExperimentSpec.mfcs) or an algorithm's name (its whole table)."""
+    return _unrolled(mfcs(calls) if isinstance(calls, str) else tuple(calls), iterations, staleness)
 
 
 @lru_cache(maxsize=64)
-def unrolled(algorithm: str, iterations: int) -> tuple[Node, ...]:
-    """Nodes of `iterations` iterations in the global order every rank walks."""
-    calls = mfcs(algorithm)
+def _unrolled(calls: tuple[MFC, ...], iterations: int, staleness: int) -> tuple[Node, ...]:
     producer = {key: i for i, m in enumerate(calls) for key in m.outputs}
     n = len(calls)
     data: dict[int, list[tuple[int, tuple[str, ...]]]] = {}
@@ -48,8 +54,10 @@ def unrolled(algorithm: str, iterations: int) -> tuple[Node, ...]:
         for j in srcs:
             anc |= {j} | ancestors[j]
         ancestors.append(anc)
+    stale = set(stale_calls(calls, staleness))
+    lag = [staleness if m.name in stale else 0 for m in calls]  # extra iterations back
     firsts: dict[int, list[int]] = {}  # canonical index -> train calls it follows
-    for role in sorted(trained_roles(algorithm)):
+    for role in sorted({m.role for m in calls if m.kind == "train"}):
         trains = [i for i, m in enumerate(calls) if m.role == role and m.kind == "train"]
         same = [i for i, m in enumerate(calls) if m.role == role]
         for i in same:
@@ -61,8 +69,8 @@ def unrolled(algorithm: str, iterations: int) -> tuple[Node, ...]:
         for i in range(n):
             g = it * n + i
             preds[g] += [it * n + j for j, _ in data[i]]
-            if it > 0:
-                preds[g] += [(it - 1) * n + t for t in firsts.get(i, [])]
+            if it - 1 - lag[i] >= 0:
+                preds[g] += [(it - 1 - lag[i]) * n + t for t in firsts.get(i, [])]
     indeg = {g: len(p) for g, p in preds.items()}
     succs: dict[int, list[int]] = {g: [] for g in preds}
     for g, ps in preds.items():
@@ -82,7 +90,8 @@ def unrolled(algorithm: str, iterations: int) -> tuple[Node, ...]:
     nodes = []
     for g in order:
         it, i = divmod(g, n)
-        version = tuple(pos[(it - 1) * n + t] for t in firsts.get(i, [])) if it > 0 else ()
+        back = it - 1 - lag[i]
+        version = tuple(pos[back * n + t] for t in firsts.get(i, [])) if back >= 0 else ()
         nodes.append(
             Node(
                 mfc=calls[i],

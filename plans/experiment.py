@@ -16,8 +16,10 @@ from plans.algorithms import ALGORITHM_MFCS, MFC, ROLE_HEAD, Algorithm, mfcs, ro
 from plans.errors import PlanError
 from plans.fields import algorithm_field_problems
 from plans.folders import check_data_files, check_model_folders, resolve_experiment_paths
+from plans.macro import MacroSpec
 from plans.model import ModelSpec, resolve_model
 from plans.optimizer import OptimizerSpec
+from plans.staleness import ASYNC_ALGORITHMS, AsyncSpec
 from plans.strict import SEED_LIMIT, STRICT
 from plans.tree import TreeSpec
 
@@ -68,36 +70,6 @@ class GenerationSpec(_Section):
 
     temperature: float = Field(1.0, gt=0, description="Softmax temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 disables it.")
-
-
-class MacroSpec(_Section):
-    """Macro-action PPO (MA-RLHF): values, rewards and GAE per span of tokens."""
-
-    termination: Literal["none", "fixed", "ppl", "parse"] = Field(
-        "none",
-        description="`none`: plain PPO; `fixed`: a macro every `n` tokens (n=1 is PPO); `ppl`: "
-        "cut where the reference model's per-token perplexity stops falling; `parse`: a macro "
-        "per `unit` of the decoded response.",
-    )
-    unit: Literal["sentence", "clause", "statement", "line"] | None = Field(
-        None,
-        description="Units for `parse` (None = `clause`): text `sentence`s (pysbd) or `clause`s "
-        "(sentences cut after , ; : and whitespace); code `statement`s (Python's tokenizer) or "
-        "`line`s.",
-    )
-    n: int = Field(
-        5, ge=1, le=4096, description="Tokens per macro action for `fixed` (MA-RLHF: 5)."
-    )
-    value_function: Literal["equal", "unit", "position"] = Field(
-        "equal",
-        description="How a macro's value and reward aggregate its tokens' (MA-RLHF `equal`: mean).",
-    )
-
-    @model_validator(mode="after")
-    def _unit_needs_parse(self) -> MacroSpec:
-        if self.unit is not None and self.termination != "parse":
-            raise PlanError("`unit` only applies to termination = 'parse'", field="unit")
-        return self
 
 
 class PPOSpec(_Section):
@@ -181,7 +153,10 @@ class EvalSpec(_Section):
 class ExperimentSpec(BaseModel):
     """An RLHF experiment: everything but the placement."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, **STRICT)
+    # `async` is a Python keyword: the field is `async_`, read and written as `async`.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_by_name=True, serialize_by_alias=True, **STRICT
+    )
 
     name: str = Field(
         "experiment",
@@ -232,6 +207,11 @@ class ExperimentSpec(BaseModel):
     grpo: GRPOSpec = Field(default_factory=GRPOSpec, description="GRPO settings.")
     dpo: DPOSpec = Field(default_factory=DPOSpec, description="DPO/IPO settings.")
     adpo: ADPOSpec = Field(default_factory=ADPOSpec, description="Anchored DPO settings.")
+    async_: AsyncSpec = Field(
+        default_factory=AsyncSpec,
+        alias="async",
+        description="Generation running ahead of training (bounded staleness).",
+    )
     tree: TreeSpec | None = Field(
         None, description="rm-tree: how the actor's tree of responses per prompt branches."
     )
@@ -358,6 +338,9 @@ class ExperimentSpec(BaseModel):
                 f"{self.mini_batches} does not divide batch_size={self.batch_size}", "mini_batches"
             )
         bad += algorithm_field_problems(self)
+        if self.async_.max_staleness and self.algorithm not in ASYNC_ALGORITHMS:
+            names = " and ".join(ASYNC_ALGORITHMS)
+            refuse(f"only {names} correct for stale data", "async.max_staleness")
         if self.evaluation is not None and "actor" not in need:
             refuse(f"{self.algorithm} has no actor to evaluate", "evaluation")
         if bad:

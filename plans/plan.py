@@ -74,6 +74,12 @@ class Plan(BaseModel):
     allocations: dict[str, Allocation] = Field(
         description="One allocation per model function call, by MFC name."
     )
+    max_staleness: int = Field(
+        0,
+        ge=0,
+        description="Iterations the actor's generation runs ahead of its training "
+        "(plans.staleness; at most the experiment's `async.max_staleness`).",
+    )
     estimate: PlanEstimate | None = Field(None, description="The planner's estimate, if any.")
     provenance: Provenance = Field(default_factory=Provenance, description="How the plan was made.")
 
@@ -96,6 +102,14 @@ def check_plan(plan: Plan) -> None:
     exp, cl = plan.experiment, plan.cluster
     calls = {m.name: m for m in exp.mfcs()}
     bad: list[PlanError] = []  # every call's problem, not only the first call's
+    if plan.max_staleness > exp.async_.max_staleness:
+        bad.append(
+            PlanError(
+                f"{plan.max_staleness} exceeds the experiment's async.max_staleness = "
+                f"{exp.async_.max_staleness}",
+                field="max_staleness",
+            )
+        )
     for name in plan.allocations:
         if name not in calls:
             bad.append(

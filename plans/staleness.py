@@ -1,0 +1,74 @@
+"""Bounded staleness: the actor's generation running up to k iterations ahead of its training.
+
+With a plan's `max_staleness` k, the actor's generate calls of iteration i sample with the
+weights written by the actor's train call of iteration i - 1 - k: parameter version
+max(0, i - k), where version v is the weights after v train calls. k = 0 is the synchronous
+order (generation i waits for train i - 1). The data such a call produces is up to k versions
+old when the train call of iteration i reads it, so the policy loss corrects for it
+(decoupled PPO, docs/ASYNC.md).
+
+Where the weights move. A generate call in another layout than the actor's home reads a view
+of the home weights (plans.residency). Under staleness the view that generation i + k will
+read is taken from the home right before the actor's train call of iteration i, the last
+moment the home still holds version i; generation i has used its own view by then (it comes
+earlier in the global order), so k views of the generation layout are alive at most. This is
+the one rule the runtime (which makes the move there) and the simulator (which prices it
+there) share.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from plans.algorithms import MFC
+from plans.strict import STRICT
+
+ASYNC_ALGORITHMS = ("ppo", "grpo")
+"""Algorithms whose policy loss has the decoupled (off-policy) correction."""
+
+MAX_STALENESS = 8
+
+
+class AsyncSpec(BaseModel):
+    """How far the actor's generation may run ahead of its training (`[async]`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, **STRICT)
+
+    max_staleness: int = Field(
+        0,
+        ge=0,
+        le=MAX_STALENESS,
+        description="The most iterations generation may run ahead of training; the search "
+        "picks the fastest k from 0 to this (0: synchronous, as before).",
+    )
+    importance_cap: float = Field(
+        5.0,
+        gt=1,
+        description="Tokens whose behaviour importance weight pi_prox / pi_behav exceeds "
+        "this are left out of the policy loss (AReaL's cap); only used when k > 0.",
+    )
+
+
+def stale_calls(calls: tuple[MFC, ...], k: int) -> tuple[str, ...]:
+    """Names of the calls that sample with stale weights: the actor's generate calls."""
+    if k == 0:
+        return ()
+    return tuple(m.name for m in calls if m.role == "actor" and m.kind == "generate")
+
+
+def refresh_call(calls: tuple[MFC, ...], k: int) -> str | None:
+    """The call before which the staged generation view is refreshed from the home: the
+    actor's train call (None when k == 0: views are taken right before each generate call)."""
+    if k == 0:
+        return None
+    return next(m.name for m in calls if m.role == "actor" and m.kind == "train")
+
+
+def version_used(iteration: int, k: int) -> int:
+    """Parameter version the stale calls of `iteration` sample with."""
+    return max(0, iteration - k)
+
+
+def version_lag(iteration: int, k: int) -> int:
+    """How many train calls the batch of `iteration` is behind when it is trained on."""
+    return iteration - version_used(iteration, k)
