@@ -209,6 +209,8 @@ class Worker:
                 alloc.strategy.micro_batches,
                 self.opts.get(m.role),
             )
+            if m.kind == "train":  # the schedule's rate of this call's first optimizer step
+                rec.stats[f"{m.role}_lr"] = float(env.opt.param_groups[0]["lr"])
             try:
                 out = self.program.run(m, model, ctx, data, env)
             except NonFiniteError as e:  # the weights keep their last finite values

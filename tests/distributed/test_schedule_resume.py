@@ -69,6 +69,12 @@ def test_resume_mid_schedule_matches_uninterrupted_run(tmp_path):
 
     assert [r["iteration"] for r in _rows(parts)] == [0, 1, 2, 3]
     assert _numbers(_rows(parts)) == _numbers(_rows(whole))
+    # Each row reports the rate of the iteration's first optimizer step, resumed or not.
+    for role in SCHEDULES:
+        spec = plan.experiment.optimizer(role)
+        want = [spec.lr_at(it * STEPS_PER_ITERATION) for it in range(4)]
+        for rows in (_rows(whole), _rows(parts)):
+            assert [r[f"{role}_lr"] for r in rows] == pytest.approx(want, rel=1e-12), role
     for role in ("actor", "critic"):
         a, b = _weights(whole, role), _weights(parts, role)
         assert all(torch.equal(a[k], b[k]) for k in a), role
