@@ -67,8 +67,10 @@ def plan_from_dict(doc: Any, source: str | None = None) -> Plan:
 
 
 def load_plan(path: str | Path) -> Plan:
+    """A plan file; the paths its experiment names resolve against the plan's folder, as an
+    experiment file's do against its own (searched plans hold absolute paths already)."""
     path = Path(path)
-    return plan_from_dict(read_document(path), source=str(path))
+    return _validate(Plan, read_document(path), str(path), context={"base_dir": path.parent})
 
 
 def save_plan(plan: Plan, path: str | Path) -> None:

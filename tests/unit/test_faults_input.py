@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from plans import example_path, load_experiment
+from plans import example_path, load_experiment, load_plan
 from plans.folders import INDEX
 
 pytestmark = pytest.mark.faults
@@ -261,6 +261,14 @@ def test_dataset_resolves_against_the_experiment_not_the_cwd(tmp_path):
     refused(cli("plan_app", "validate", exp, cwd=tmp_path), "dataset", str(beside))
     write(beside, '{"prompt": "ab"}\n')
     assert load_experiment(exp).dataset == str(beside)
+
+
+def test_plan_paths_resolve_against_the_plan_not_the_cwd(tmp_path, monkeypatch):
+    doc = load_plan(example_path("ppo-tiny-4cpu", "plan")).model_dump(mode="json")
+    doc["experiment"]["dataset"] = "data/prompts.jsonl"
+    path = write(tmp_path / "plans" / "plan.json", doc)
+    monkeypatch.chdir(tmp_path)  # where a cwd-relative reading would look instead
+    assert load_plan(path).experiment.dataset == str(tmp_path / "plans" / "data" / "prompts.jsonl")
 
 
 def test_missing_evaluation_data_refused(tmp_path):
