@@ -22,12 +22,15 @@ def node_id(mfc: str, iteration: int) -> str:
 
 
 def build_graph(algorithm: str | ExperimentSpec, iterations: int = 1) -> nx.DiGraph:
-    """The call graph of `iterations` consecutive iterations of an algorithm."""
+    """The call graph of `iterations` consecutive iterations: of an experiment's calls
+    (ExperimentSpec.mfcs, which may leave out calls of the table), or of an algorithm's
+    whole table given its name."""
+    calls = algorithm.mfcs() if isinstance(algorithm, ExperimentSpec) else algorithm
     if isinstance(algorithm, ExperimentSpec):
         algorithm = algorithm.algorithm
     if iterations < 1:
         raise ValueError("iterations must be at least 1")
-    nodes = unrolled(algorithm, iterations)
+    nodes = unrolled(calls, iterations)
     ids = [node_id(n.mfc.name, n.iteration) for n in nodes]
     g = nx.DiGraph(algorithm=algorithm, iterations=iterations)
     for pos, (nid, n) in enumerate(zip(ids, nodes, strict=True)):

@@ -1,11 +1,13 @@
-"""The unrolled call graph and the one global order of calls, from plans.algorithms alone.
+"""The unrolled call graph and the one global order of calls, from a tuple of calls alone.
 
 The planner (planner.graph wraps it in networkx), the estimator's simulator and the runtime all
 read it here: nodes are (call, iteration);
 data edges join a key's producer to its consumers in the same iteration; parameter-version edges
 join a trained role's train call of iteration i-1 to the first calls of that role in iteration
 i; the global order is topological with ties broken by (iteration, canonical index). It is pure
-Python so the simulator can cache it per (algorithm, iterations).
+Python so the simulator can cache it per (calls, iterations); the calls are an experiment's
+(`ExperimentSpec.mfcs()`, which may leave out calls of the algorithm's table) or, given a
+name, the algorithm's whole table.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import heapq
 from dataclasses import dataclass
 from functools import lru_cache
 
-from plans import MFC, mfcs, trained_roles
+from plans.algorithms import MFC, Calls, mfcs, trained_roles
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +33,9 @@ class Node:
 
 
 @lru_cache(maxsize=64)
-def unrolled(algorithm: str, iterations: int) -> tuple[Node, ...]:
+def unrolled(calls_or_algorithm: Calls, iterations: int) -> tuple[Node, ...]:
     """Nodes of `iterations` iterations in the global order every rank walks."""
-    calls = mfcs(algorithm)
+    calls = mfcs(calls_or_algorithm)
     producer = {key: i for i, m in enumerate(calls) for key in m.outputs}
     n = len(calls)
     data: dict[int, list[tuple[int, tuple[str, ...]]]] = {}
@@ -49,7 +51,7 @@ def unrolled(algorithm: str, iterations: int) -> tuple[Node, ...]:
             anc |= {j} | ancestors[j]
         ancestors.append(anc)
     firsts: dict[int, list[int]] = {}  # canonical index -> train calls it follows
-    for role in sorted(trained_roles(algorithm)):
+    for role in sorted(trained_roles(calls)):
         trains = [i for i, m in enumerate(calls) if m.role == role and m.kind == "train"]
         same = [i for i, m in enumerate(calls) if m.role == role]
         for i in same:

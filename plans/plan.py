@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from plans.algorithms import MFC
+from plans.algorithms import MFC, mfcs
 from plans.allocation import Allocation
 from plans.cluster import ClusterSpec
 from plans.errors import PlanError
@@ -96,8 +96,19 @@ def check_plan(plan: Plan) -> None:
     exp, cl = plan.experiment, plan.cluster
     calls = {m.name: m for m in exp.mfcs()}
     bad: list[PlanError] = []  # every call's problem, not only the first call's
+    table = {m.name for m in mfcs(exp.algorithm)}
     for name in plan.allocations:
-        if name not in calls:
+        if name in table and name not in calls:
+            # An allocation for a call the experiment leaves out would place, and the
+            # estimate would price, work that never runs.
+            bad.append(
+                PlanError(
+                    f"{name!r} does not run: nothing in this experiment reads its outputs "
+                    f"(kl_coef = 0); remove its allocation",
+                    field=f"allocations.{name}",
+                )
+            )
+        elif name not in calls:
             bad.append(
                 PlanError(
                     f"{exp.algorithm} has no call {name!r} (its calls: {', '.join(calls)})",
