@@ -112,6 +112,11 @@ def reads_reference(exp: Any) -> bool:
     return alg in ("dpo", "adpo", "adpo-online")
 
 
+def kl_setting(exp: Any) -> str:
+    """The field of `exp`'s KL coefficient to the reference."""
+    return "grpo.kl_coef" if exp.algorithm == "grpo" else "ppo.kl_coef"
+
+
 def experiment_calls(exp: Any) -> tuple[MFC, ...]:
     """ExperimentSpec.mfcs: the algorithm's calls, less the reference's when nothing reads it."""
     return mfcs(exp.algorithm) if reads_reference(exp) else without_reference(exp.algorithm)
@@ -120,9 +125,8 @@ def experiment_calls(exp: Any) -> tuple[MFC, ...]:
 def unused_role_notes(exp: Any) -> list[str]:
     """One line per role section `exp` set aside (ExperimentSpec.unused_roles): not an error,
     but the user should know that model is never loaded."""
-    setting = "grpo.kl_coef" if exp.algorithm == "grpo" else "ppo.kl_coef"
     return [
-        f"roles.{role} is not used: with {setting} = 0 no call reads the reference's "
+        f"roles.{role} is not used: with {kl_setting(exp)} = 0 no call reads the reference's "
         "log-probs, so the reference call does not run and its model is not loaded"
         for role in exp.unused_roles
     ]

@@ -9,6 +9,7 @@ from plans.allocation import Allocation
 from plans.cluster import ClusterSpec
 from plans.errors import PlanError
 from plans.experiment import ExperimentSpec
+from plans.fields import kl_setting
 from plans.strict import STRICT
 
 FORMAT_VERSION = 1
@@ -104,7 +105,7 @@ def check_plan(plan: Plan) -> None:
             bad.append(
                 PlanError(
                     f"{name!r} does not run: nothing in this experiment reads its outputs "
-                    f"(kl_coef = 0); remove its allocation",
+                    f"({kl_setting(exp)} = 0); remove its allocation",
                     field=f"allocations.{name}",
                 )
             )
