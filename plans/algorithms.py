@@ -1,9 +1,10 @@
 """Model function calls (MFCs) of each algorithm: the nodes of its dataflow graph.
 
 This table is the single source of what calls an algorithm has, which role runs each, and
-which data keys flow between them; the planner builds its graphs from it and plan validation
-rejects allocations for calls that are not here. Keys with no producer (`prompts`, `pairs`, `candidates`)
-come from the dataset (`candidates`: group_size responses per prompt).
+which data keys flow between them. An experiment runs `ExperimentSpec.mfcs()`: this table less
+the calls its settings leave unread (`without_reference`); the planner, the estimator, plan
+validation and the runtime read that. Keys with no producer (`prompts`, `pairs`,
+`candidates`) come from the dataset (`candidates`: group_size responses per prompt).
 """
 
 from __future__ import annotations
