@@ -59,7 +59,8 @@ def diff_plans(a: Plan, b: Plan, est_a: dict[str, Any], est_b: dict[str, Any]) -
 
     ia, ib = est_a.get("iteration"), est_b.get("iteration")
     return {
-        "same_experiment": a.experiment == b.experiment,
+        # As documents: a role section one of them set aside (unused_roles) runs nothing.
+        "same_experiment": a.experiment.model_dump() == b.experiment.model_dump(),
         "same_cluster": a.cluster == b.cluster,
         "calls": calls,
         "reallocations_added": fmt(rb - ra),
