@@ -328,6 +328,7 @@ def validate(
 def _validated(path: Path, kind: DocKind) -> dict:
     """What `validate` reports of a document that passed."""
     from plans import load_experiment, load_plan
+    from plans.fields import unused_role_notes
     from plans.io import read_document
 
     if kind is DocKind.auto:
@@ -348,9 +349,8 @@ def _validated(path: Path, kind: DocKind) -> dict:
             "roles": list(e.roles),
             "calls": {n: a.label() for n, a in p.allocations.items()},
             "cluster": p.cluster.label(),
+            "notes": unused_role_notes(e),
         }
-    from plans.fields import unused_role_notes
-
     e = load_experiment(path)
     return {
         "kind": "experiment",

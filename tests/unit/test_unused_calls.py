@@ -180,6 +180,12 @@ def test_cli_notes_the_unused_section_and_writes_a_plan_without_it(tmp_path):
     assert json.loads(r.stdout)["notes"] and "ref_inf" not in json.loads(r.stdout)["allocations"]
     written = json.loads(plan.read_text())
     assert "ref" not in written["experiment"]["roles"] and "ref_inf" not in written["allocations"]
+    # A plan whose experiment still has the section: noted, and valid.
+    written["experiment"]["roles"]["ref"] = {"model": "tiny"}
+    plan.write_text(json.dumps(written))
+    r = run("validate", str(plan))
+    assert r.returncode == 0, r.stderr
+    assert "note: roles.ref is not used" in r.stdout
     # A plan that still places the reference: one line naming the allocation.
     whole = Allocation(mesh=DeviceMesh(n_gpus=1), strategy=ParallelStrategy())
     written["allocations"]["ref_inf"] = whole.model_dump(mode="json")
