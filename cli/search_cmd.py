@@ -166,8 +166,8 @@ def run_diff(a_path: Path, b_path: Path, as_json: bool) -> None:
     for c in doc["calls"]:
         table.add_row(
             c["call"],
-            c["a"],
-            c["b"],
+            c["a"] or "-",
+            c["b"] or "-",
             ", ".join(c["changes"]) or "same",
             f(c["time_a_s"]),
             f(c["time_b_s"]),

@@ -13,6 +13,7 @@ from estimator.simulate import simulate
 from executor.losses.grpo import grpo_loss
 from executor.losses.ppo import shaped_rewards
 from executor.losses.remax import kl_penalised_advantages
+from planner.diff import diff_plans
 from planner.graph import build_graph
 from planner.search import search
 from plans import (
@@ -222,3 +223,12 @@ def test_losses_without_reference_equal_a_zero_coefficient():
     ):
         with pytest.raises(ValueError, match="reference"):
             fn()
+
+
+def test_diff_lists_the_call_only_one_plan_runs():
+    exp, kept = experiment("grpo", **ZERO), experiment("grpo", grpo={"kl_coef": 1e-6})
+    a, b = _whole_mesh_plan(kept), _whole_mesh_plan(exp)
+    d = diff_plans(a, b, {"ref_inf": 0.5, "iteration": 3.0}, {"iteration": 2.5})
+    row = next(c for c in d["calls"] if c["call"] == "ref_inf")
+    assert row["b"] is None and row["changes"] == ["only in A"] and row["delta_s"] is None
+    assert [c["call"] for c in d["calls"]] == [m.name for m in kept.mfcs()]
