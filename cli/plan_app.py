@@ -230,6 +230,7 @@ def show(
     from cli.estimate_views import allocation_table, gantt, profile_line, summary, timeline_svg
     from estimator import plan_report
     from plans import load_plan
+    from plans.fields import unused_role_notes
 
     p = load_plan(plan)
     report = plan_report(p)
@@ -250,6 +251,8 @@ def show(
     out.print(gantt(report, width=max(30, out.width - 20)))
     out.print(summary(report))
     out.print(profile_line(report))
+    for line in unused_role_notes(p.experiment):
+        out.print(f"note: {line}", highlight=False)
     if svg is not None:
         _write_svg(svg, timeline_svg(report))
         out.print(f"wrote {svg}", highlight=False)
@@ -318,11 +321,14 @@ def validate(
             f"({', '.join(doc['roles'])})",
             highlight=False,
         )
+    for line in doc.get("notes", []):
+        out.print(f"note: {line}", highlight=False)
 
 
 def _validated(path: Path, kind: DocKind) -> dict:
     """What `validate` reports of a document that passed."""
     from plans import load_experiment, load_plan
+    from plans.fields import unused_role_notes
     from plans.io import read_document
 
     if kind is DocKind.auto:
@@ -343,9 +349,16 @@ def _validated(path: Path, kind: DocKind) -> dict:
             "roles": list(e.roles),
             "calls": {n: a.label() for n, a in p.allocations.items()},
             "cluster": p.cluster.label(),
+            "notes": unused_role_notes(e),
         }
     e = load_experiment(path)
-    return {"kind": "experiment", "algorithm": e.algorithm, "name": e.name, "roles": list(e.roles)}
+    return {
+        "kind": "experiment",
+        "algorithm": e.algorithm,
+        "name": e.name,
+        "roles": list(e.roles),
+        "notes": unused_role_notes(e),
+    }
 
 
 @app.command()

@@ -36,6 +36,7 @@ def run_search(
     from planner.search import search
     from plans import PlanError, load_experiment, save_plan
     from plans.devices import profile_mismatch
+    from plans.fields import unused_role_notes
     from plans.io import cluster_from_dict
 
     exp = load_experiment(experiment)
@@ -105,6 +106,7 @@ def run_search(
         "steps": outcome.steps,
         "timed_out": outcome.timed_out,
         "profile": plan.estimate.profile if plan.estimate else None,
+        "notes": unused_role_notes(exp),
     }
     if as_json:
         print_json(summary)
@@ -134,6 +136,8 @@ def run_search(
         f"{wrote} after {outcome.search_time_s:.1f} s, {outcome.steps} steps{note}",
         highlight=False,
     )
+    for line in summary["notes"]:
+        out.print(f"note: {line}", highlight=False)
 
 
 def run_diff(a_path: Path, b_path: Path, as_json: bool) -> None:
@@ -162,8 +166,8 @@ def run_diff(a_path: Path, b_path: Path, as_json: bool) -> None:
     for c in doc["calls"]:
         table.add_row(
             c["call"],
-            c["a"],
-            c["b"],
+            c["a"] or "-",
+            c["b"] or "-",
             ", ".join(c["changes"]) or "same",
             f(c["time_a_s"]),
             f(c["time_b_s"]),

@@ -93,7 +93,7 @@ class CostModel:
             intra_bw=float(cluster.intra_node_gbps) * 1e9 * eff,
             inter_bw=float(cluster.inter_node_gbps) * 1e9 * eff,
         )
-        self.mfcs = mfc_by_name(experiment.algorithm)
+        self.mfcs = mfc_by_name(experiment.mfcs())
         self.dt = DTYPE_BYTES[experiment.dtype]
         self.memory_bytes = cluster.memory_bytes
         self._calls: dict[tuple[str, Allocation], CallCost] = {}

@@ -20,6 +20,7 @@ from plans import (
     PlanEstimate,
     Provenance,
 )
+from plans.fields import unused_role_notes
 
 GIB = 2**30
 
@@ -149,6 +150,7 @@ def plan_report(
             f"analytic profile: datasheet figures x efficiency (compute {e.compute}, memory "
             f"{e.memory}, links {e.link}); measure one with `rlhf-plan profile`"
         )
+    warnings += unused_role_notes(plan.experiment)
     calls = []
     for m in plan.experiment.mfcs():
         a = plan.allocations[m.name]

@@ -93,7 +93,7 @@ def simulate(
     concurrency of every call)."""
     exp = cm.experiment
     gpn = cm.cluster.gpus_per_node
-    nodes = unrolled(exp.algorithm, iterations)
+    nodes = unrolled(exp.mfcs(), iterations)
     calls = [n.mfc for n in nodes[: len(cm.mfcs)]]
     spans = {m.name: _span(allocations[m.name], gpn) for m in calls}
     bounds = sorted({b for sp in spans.values() for b in sp})

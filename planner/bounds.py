@@ -36,13 +36,13 @@ class Bounds:
 
 def predecessors(exp: ExperimentSpec) -> dict[str, list[str]]:
     """The calls each call reads data from within one iteration."""
-    nodes = unrolled(exp.algorithm, 1)
+    nodes = unrolled(exp.mfcs(), 1)
     return {n.mfc.name: [nodes[p].mfc.name for p, _ in n.data_deps] for n in nodes}
 
 
 def _ancestors(exp: ExperimentSpec) -> dict[str, set[str]]:
     """Same-iteration ancestors (through data edges) of every call."""
-    nodes = unrolled(exp.algorithm, 1)
+    nodes = unrolled(exp.mfcs(), 1)
     anc: dict[str, set[str]] = {}
     for n in nodes:  # the global order is topological
         mine: set[str] = set()

@@ -36,17 +36,18 @@ def _changes(a: Allocation, b: Allocation) -> list[str]:
 def diff_plans(a: Plan, b: Plan, est_a: dict[str, Any], est_b: dict[str, Any]) -> dict[str, Any]:
     """A JSON-ready comparison. `est_*` map call name -> seconds plus "iteration" -> seconds."""
     calls = []
-    for m in a.experiment.mfcs():
-        if m.name not in b.allocations:
-            continue
-        aa, bb = a.allocations[m.name], b.allocations[m.name]
-        ta, tb = est_a.get(m.name), est_b.get(m.name)
+    # A call only one plan runs (e.g. the reference's, left out with kl_coef = 0) is listed too.
+    names = dict.fromkeys([m.name for m in a.experiment.mfcs()] + list(b.allocations))
+    for name in names:
+        aa, bb = a.allocations.get(name), b.allocations.get(name)
+        ta, tb = est_a.get(name), est_b.get(name)
+        only = "only in A" if bb is None else "only in B" if aa is None else None
         calls.append(
             {
-                "call": m.name,
-                "a": aa.label(),
-                "b": bb.label(),
-                "changes": _changes(aa, bb),
+                "call": name,
+                "a": aa and aa.label(),
+                "b": bb and bb.label(),
+                "changes": [only] if only else _changes(aa, bb),
                 "time_a_s": ta,
                 "time_b_s": tb,
                 "delta_s": None if ta is None or tb is None else tb - ta,
@@ -59,7 +60,8 @@ def diff_plans(a: Plan, b: Plan, est_a: dict[str, Any], est_b: dict[str, Any]) -
 
     ia, ib = est_a.get("iteration"), est_b.get("iteration")
     return {
-        "same_experiment": a.experiment == b.experiment,
+        # As documents: a role section one of them set aside (unused_roles) runs nothing.
+        "same_experiment": a.experiment.model_dump() == b.experiment.model_dump(),
         "same_cluster": a.cluster == b.cluster,
         "calls": calls,
         "reallocations_added": fmt(rb - ra),

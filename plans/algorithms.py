@@ -1,13 +1,15 @@
 """Model function calls (MFCs) of each algorithm: the nodes of its dataflow graph.
 
 This table is the single source of what calls an algorithm has, which role runs each, and
-which data keys flow between them; the planner builds its graphs from it and plan validation
-rejects allocations for calls that are not here. Keys with no producer (`prompts`, `pairs`, `candidates`)
-come from the dataset (`candidates`: group_size responses per prompt).
+which data keys flow between them. An experiment runs `ExperimentSpec.mfcs()`: this table less
+the calls its settings leave unread (`without_reference`); the planner, the estimator, plan
+validation and the runtime read that. Keys with no producer (`prompts`, `pairs`,
+`candidates`) come from the dataset (`candidates`: group_size responses per prompt).
 """
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -100,18 +102,39 @@ ALGORITHM_MFCS: dict[str, tuple[MFC, ...]] = {
 }
 
 
-def mfcs(algorithm: str) -> tuple[MFC, ...]:
-    return ALGORITHM_MFCS[algorithm]
+Calls = str | tuple[MFC, ...]
+"""An algorithm's name (its whole table) or the calls of one experiment
+(`ExperimentSpec.mfcs()`, which leaves out calls nothing reads)."""
 
 
-def mfc_by_name(algorithm: str) -> dict[str, MFC]:
-    return {m.name: m for m in ALGORITHM_MFCS[algorithm]}
+def mfcs(calls: Calls) -> tuple[MFC, ...]:
+    return ALGORITHM_MFCS[calls] if isinstance(calls, str) else calls
 
 
-def roles(algorithm: str) -> list[str]:
-    """Roles an algorithm needs, in first-use order."""
-    return list(dict.fromkeys(m.role for m in ALGORITHM_MFCS[algorithm]))
+def mfc_by_name(calls: Calls) -> dict[str, MFC]:
+    return {m.name: m for m in mfcs(calls)}
 
 
-def trained_roles(algorithm: str) -> set[str]:
-    return {m.role for m in ALGORITHM_MFCS[algorithm] if m.kind == "train"}
+def roles(calls: Calls) -> list[str]:
+    """Roles the calls run, in first-use order."""
+    return list(dict.fromkeys(m.role for m in mfcs(calls)))
+
+
+def trained_roles(calls: Calls) -> set[str]:
+    return {m.role for m in mfcs(calls) if m.kind == "train"}
+
+
+REFERENCE_CALL = "ref_inf"
+
+
+@cache  # one tuple per algorithm, so caches keyed on the calls hit
+def without_reference(algorithm: str) -> tuple[MFC, ...]:
+    """The algorithm's calls less the reference's: `ref_inf` goes, and `ref_logprobs` leaves
+    every other call's inputs (ExperimentSpec.mfcs decides when)."""
+    if all(m.name != REFERENCE_CALL for m in ALGORITHM_MFCS[algorithm]):
+        return ALGORITHM_MFCS[algorithm]
+    return tuple(
+        m.model_copy(update={"inputs": tuple(k for k in m.inputs if k != "ref_logprobs")})
+        for m in ALGORITHM_MFCS[algorithm]
+        if m.name != REFERENCE_CALL
+    )

@@ -1,4 +1,4 @@
-"""The unrolled call graph and the one global order of calls, from plans.algorithms alone.
+"""The unrolled call graph and the one global order of calls, from a tuple of calls alone.
 
 The planner (planner.graph wraps it in networkx), the estimator's simulator and the runtime all
 read it here: nodes are (call, iteration);
@@ -6,7 +6,9 @@ data edges join a key's producer to its consumers in the same iteration; paramet
 join a trained role's train call of iteration i-1 to the first calls of that role in iteration
 i (for the actor's generate calls under staleness k: of iteration i-1-k, plans.staleness); the
 global order is topological with ties broken by (iteration, canonical index). It is pure
-Python so the simulator can cache it per (algorithm, iterations).
+Python so the simulator can cache it per (calls, iterations, staleness); the calls are an
+experiment's (`ExperimentSpec.mfcs()`, which may leave out calls of the algorithm's table)
+or, given a name, the algorithm's whole table.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import heapq
 from dataclasses import dataclass
 from functools import lru_cache
 
-from plans.algorithms import MFC, mfcs
+from plans.algorithms import MFC, Calls, mfcs, trained_roles
 from plans.staleness import stale_calls
 
 
@@ -32,10 +34,9 @@ class Node:
     """Positions of the train calls of an earlier iteration whose weights this call needs."""
 
 
-def unrolled(calls: str | tuple[MFC, ...], iterations: int, staleness: int = 0) -> tuple[Node, ...]:
-    """Nodes of `iterations` iterations in the global order every rank walks; `calls`: an
-    experiment's calls (ExperimentSpec.mfcs) or an algorithm's name (its whole table)."""
-    return _unrolled(mfcs(calls) if isinstance(calls, str) else tuple(calls), iterations, staleness)
+def unrolled(calls: Calls, iterations: int, staleness: int = 0) -> tuple[Node, ...]:
+    """Nodes of `iterations` iterations in the global order every rank walks."""
+    return _unrolled(tuple(mfcs(calls)), iterations, staleness)
 
 
 @lru_cache(maxsize=64)
@@ -57,7 +58,7 @@ def _unrolled(calls: tuple[MFC, ...], iterations: int, staleness: int) -> tuple[
     stale = set(stale_calls(calls, staleness))
     lag = [staleness if m.name in stale else 0 for m in calls]  # extra iterations back
     firsts: dict[int, list[int]] = {}  # canonical index -> train calls it follows
-    for role in sorted({m.role for m in calls if m.kind == "train"}):
+    for role in sorted(trained_roles(calls)):
         trains = [i for i, m in enumerate(calls) if m.role == role and m.kind == "train"]
         same = [i for i, m in enumerate(calls) if m.role == role]
         for i in same:

@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from plans.algorithms import ALGORITHM_MFCS, MFC, ROLE_HEAD, Algorithm, mfcs, roles, trained_roles
+from plans.algorithms import ALGORITHM_MFCS, MFC, ROLE_HEAD, Algorithm, roles, trained_roles
 from plans.errors import PlanError
-from plans.fields import algorithm_field_problems
+from plans.fields import algorithm_field_problems, experiment_calls, role_problems
 from plans.folders import check_data_files, check_model_folders, resolve_experiment_paths
 from plans.macro import MacroSpec
 from plans.model import ModelSpec, resolve_model
@@ -76,7 +76,10 @@ class PPOSpec(_Section):
     """PPO loss settings (DeepSpeed-Chat defaults unless noted)."""
 
     kl_coef: float = Field(
-        0.1, ge=0, description="Per-token KL penalty beta folded into the reward."
+        0.1,
+        ge=0,
+        description="Per-token KL penalty beta folded into the reward (PPO, ReMax); 0: no "
+        "reference call runs, unless macro.termination = 'ppl'.",
     )
     reward_clip: float = Field(5.0, gt=0, description="Reward-model score clipped to [-c, c].")
     eps_clip: float = Field(0.2, gt=0, description="Policy ratio clip.")
@@ -92,7 +95,9 @@ class PPOSpec(_Section):
 class GRPOSpec(_Section):
     """GRPO settings (DeepSeekMath recipe)."""
 
-    kl_coef: float = Field(0.04, ge=0, description="Weight of the k3 KL loss term.")
+    kl_coef: float = Field(
+        0.04, ge=0, description="Weight of the k3 KL loss term; 0: no reference call runs."
+    )
     eps_clip: float = Field(0.2, gt=0, description="Policy ratio clip.")
     scale_rewards: bool = Field(
         True,
@@ -157,6 +162,7 @@ class ExperimentSpec(BaseModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, validate_by_name=True, serialize_by_alias=True, **STRICT
     )
+    _unused_roles: tuple[str, ...] = ()  # a private attribute: see unused_roles
 
     name: str = Field(
         "experiment",
@@ -264,11 +270,8 @@ class ExperimentSpec(BaseModel):
         if not isinstance(data.get("roles"), dict):
             return data
         algorithm = data.get("algorithm")
-        train = (
-            trained_roles(algorithm)
-            if isinstance(algorithm, str) and algorithm in ALGORITHM_MFCS
-            else None
-        )
+        known = isinstance(algorithm, str) and algorithm in ALGORITHM_MFCS
+        train = trained_roles(algorithm) if known else None
         resolved = {}
         for role, spec in data["roles"].items():
             if isinstance(spec, str | ModelSpec):
@@ -307,32 +310,20 @@ class ExperimentSpec(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentSpec:
-        need, train = roles(self.algorithm), trained_roles(self.algorithm)
+        need = roles(self.mfcs())
         bad: list[PlanError] = []  # every problem, not only the first
+        # A section for a role the algorithm has but this experiment's calls leave out (a
+        # reference with kl_coef = 0) is not wrong: it is set aside, and rlhf-plan notes it.
+        unused = tuple(r for r in self.roles if r in roles(self.algorithm) and r not in need)
+        if unused:
+            kept = {r: s for r, s in self.roles.items() if r not in unused}
+            object.__setattr__(self, "roles", kept)  # frozen; nothing has read it yet
+            self._unused_roles = unused
 
         def refuse(message: str, field: str) -> None:
             bad.append(PlanError(message, field=field))
 
-        for role in need:
-            if role not in self.roles:
-                refuse(f"{self.algorithm} needs a {role} model", f"roles.{role}")
-        for role, spec in self.roles.items():
-            if role not in need:
-                uses = ", ".join(need)
-                refuse(f"{self.algorithm} has no {role} role (it uses {uses})", f"roles.{role}")
-                continue
-            if spec.trainable is not None and spec.trainable != (role in train):
-                does = "trains" if role in train else "freezes"
-                refuse(f"{self.algorithm} {does} the {role}", f"roles.{role}.trainable")
-            if spec.optimizer is not None and role not in train:
-                refuse(f"the {role} does not train here", f"roles.{role}.optimizer")
-            longest, most = self.prompt_len + self.gen_len, spec.spec.max_position_embeddings
-            if longest > most:
-                refuse(
-                    f"prompt_len + gen_len = {longest} exceeds max_position_embeddings="
-                    f"{most} of the {role} model",
-                    "gen_len",
-                )
+        bad += role_problems(self, need)
         if self.batch_size % self.mini_batches:
             refuse(
                 f"{self.mini_batches} does not divide batch_size={self.batch_size}", "mini_batches"
@@ -355,7 +346,15 @@ class ExperimentSpec(BaseModel):
         return self.roles[role].optimizer or OptimizerSpec()
 
     def mfcs(self) -> tuple[MFC, ...]:
-        return mfcs(self.algorithm)
+        """This experiment's calls, the one source every planner, estimator and runtime path
+        reads: the algorithm's table less calls whose outputs nothing reads (`ref_inf` when
+        no setting reads the reference: plans.fields.reads_reference says when)."""
+        return experiment_calls(self)
+
+    @property
+    def unused_roles(self) -> tuple[str, ...]:
+        """Role sections given but set aside: none of this experiment's calls runs them."""
+        return self._unused_roles
 
     @property
     def seq_len(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from plans.algorithms import MFC, mfcs, trained_roles, without_reference
 from plans.errors import PlanError
 
 
@@ -52,3 +53,80 @@ def algorithm_field_problems(exp: Any) -> list[PlanError]:
     elif exp.tree is not None:
         refuse(f"{alg} does not sample trees; only rm-tree reads [tree]", "tree")
     return bad
+
+
+def role_problems(exp: Any, need: list[str]) -> list[PlanError]:
+    """Every role section of `exp` (an ExperimentSpec) that the roles its calls run (`need`)
+    cannot take as given, each naming the field."""
+    bad: list[PlanError] = []
+
+    def refuse(message: str, field: str) -> None:
+        bad.append(PlanError(message, field=field))
+
+    alg, train = exp.algorithm, trained_roles(exp.mfcs())
+    for role in need:
+        if role not in exp.roles:
+            refuse(f"{alg} needs a {role} model", f"roles.{role}")
+    for role, spec in exp.roles.items():
+        if role not in need:
+            refuse(f"{alg} has no {role} role (it uses {', '.join(need)})", f"roles.{role}")
+            continue
+        if spec.trainable is not None and spec.trainable != (role in train):
+            does = "trains" if role in train else "freezes"
+            refuse(f"{alg} {does} the {role}", f"roles.{role}.trainable")
+        if spec.optimizer is not None and role not in train:
+            refuse(f"the {role} does not train here", f"roles.{role}.optimizer")
+        longest, most = exp.prompt_len + exp.gen_len, spec.spec.max_position_embeddings
+        if longest > most:
+            refuse(
+                f"prompt_len + gen_len = {longest} exceeds max_position_embeddings={most} of "
+                f"the {role} model",
+                "gen_len",
+            )
+    return bad
+
+
+def reads_reference(exp: Any) -> bool:
+    """Whether anything of `exp` (an ExperimentSpec) reads the reference's log-probs; when
+    nothing does, its calls leave out `ref_inf` (ExperimentSpec.mfcs).
+
+    - ppo: the KL penalty folded into the rewards, unless `ppo.kl_coef` is 0; MA-PPO with
+      `ppo.macro.termination = "ppl"` cuts macro actions by the reference's perplexity, so it
+      reads them whatever the coefficient.
+    - grpo: the k3 KL loss term, unless `grpo.kl_coef` is 0.
+    - remax: the KL folded into the return, unless `ppo.kl_coef` is 0.
+    - dpo, adpo, adpo-online: always (their losses or targets are relative to the reference;
+      adpo-online also reports its KL).
+    - rm, rm-tree: have no reference call.
+
+    Without the reference the dropped terms are exactly zero: the same numbers, except that
+    runs report no `kl_mean` (a KL to a model that never ran is unknown, not zero).
+    """
+    alg = exp.algorithm
+    if alg == "ppo":
+        return exp.ppo.kl_coef != 0 or exp.ppo.macro.termination == "ppl"
+    if alg == "grpo":
+        return exp.grpo.kl_coef != 0
+    if alg == "remax":
+        return exp.ppo.kl_coef != 0
+    return alg in ("dpo", "adpo", "adpo-online")
+
+
+def kl_setting(exp: Any) -> str:
+    """The field of `exp`'s KL coefficient to the reference."""
+    return "grpo.kl_coef" if exp.algorithm == "grpo" else "ppo.kl_coef"
+
+
+def experiment_calls(exp: Any) -> tuple[MFC, ...]:
+    """ExperimentSpec.mfcs: the algorithm's calls, less the reference's when nothing reads it."""
+    return mfcs(exp.algorithm) if reads_reference(exp) else without_reference(exp.algorithm)
+
+
+def unused_role_notes(exp: Any) -> list[str]:
+    """One line per role section `exp` set aside (ExperimentSpec.unused_roles): not an error,
+    but the user should know that model is never loaded."""
+    return [
+        f"roles.{role} is not used: with {kl_setting(exp)} = 0 no call reads the reference's "
+        "log-probs, so the reference call does not run and its model is not loaded"
+        for role in exp.unused_roles
+    ]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from plans.algorithms import MFC
+from plans.algorithms import MFC, mfcs
 from plans.allocation import Allocation
 from plans.cluster import ClusterSpec
 from plans.errors import PlanError
 from plans.experiment import ExperimentSpec
+from plans.fields import kl_setting
 from plans.strict import STRICT
 
 FORMAT_VERSION = 1
@@ -110,8 +111,19 @@ def check_plan(plan: Plan) -> None:
                 field="max_staleness",
             )
         )
+    table = {m.name for m in mfcs(exp.algorithm)}
     for name in plan.allocations:
-        if name not in calls:
+        if name in table and name not in calls:
+            # An allocation for a call the experiment leaves out would place, and the
+            # estimate would price, work that never runs.
+            bad.append(
+                PlanError(
+                    f"{name!r} does not run: nothing in this experiment reads its outputs "
+                    f"({kl_setting(exp)} = 0); remove its allocation",
+                    field=f"allocations.{name}",
+                )
+            )
+        elif name not in calls:
             bad.append(
                 PlanError(
                     f"{exp.algorithm} has no call {name!r} (its calls: {', '.join(calls)})",

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
-from plans.algorithms import MFC, mfcs
+from plans.algorithms import MFC, Calls, mfcs
 from plans.allocation import Allocation
 from plans.experiment import ExperimentSpec
 
@@ -43,9 +43,9 @@ def layout_key(alloc: Allocation) -> Layout:
 
 
 @lru_cache(maxsize=64)
-def home_calls(algorithm: str) -> dict[str, str]:
+def home_calls(calls_or_algorithm: Calls) -> dict[str, str]:
     """Role -> the call whose layout is its home: its train call, else its first call."""
-    calls = mfcs(algorithm)
+    calls = mfcs(calls_or_algorithm)
     home: dict[str, str] = {}
     for m in calls:
         if m.role not in home:
@@ -56,9 +56,9 @@ def home_calls(algorithm: str) -> dict[str, str]:
 
 
 @lru_cache(maxsize=64)
-def consumers(algorithm: str) -> dict[str, tuple[str, ...]]:
+def consumers(calls_or_algorithm: Calls) -> dict[str, tuple[str, ...]]:
     """Call -> the calls that read one of its outputs, in canonical order (the push order)."""
-    calls = mfcs(algorithm)
+    calls = mfcs(calls_or_algorithm)
     return {m.name: tuple(c.name for c in calls if set(m.outputs) & set(c.inputs)) for m in calls}
 
 
@@ -93,8 +93,8 @@ class Residency:
 
     @classmethod
     def of(cls, exp: ExperimentSpec, allocations: Mapping[str, Allocation]) -> Residency:
-        home = home_calls(exp.algorithm)
-        calls = mfcs(exp.algorithm)
+        calls = exp.mfcs()
+        home = home_calls(calls)
         layouts = {m.name: layout_key(allocations[m.name]) for m in calls}
         views: dict[str, set[Layout]] = {}
         for m in calls:
@@ -107,9 +107,7 @@ class Residency:
         }
         roles = {m.role for m in calls}
         loaded = {r for r in roles if not rule_replaces(exp, r)}
-        return cls(
-            home, layouts, frozenset(loaded), frozenset(hosting & loaded), consumers(exp.algorithm)
-        )
+        return cls(home, layouts, frozenset(loaded), frozenset(hosting & loaded), consumers(calls))
 
     def home_layout(self, role: str) -> Layout:
         return self.layouts[self.home[role]]

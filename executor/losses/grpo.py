@@ -84,7 +84,7 @@ def aggregate(
 class GRPOStats:
     loss: torch.Tensor  # pg_loss + beta * kl, the scalar to backpropagate
     pg_loss: torch.Tensor  # clipped surrogate alone, same aggregation as loss
-    kl: torch.Tensor  # k3 KL to the reference, same aggregation as loss (so it adds up too)
+    kl: torch.Tensor | None  # k3 KL to the reference, same aggregation as loss; None without one
     clip_count: torch.Tensor  # number of real tokens whose clipped branch was active
     token_count: torch.Tensor  # number of real tokens (clip fraction = clip_count / token_count)
 
@@ -92,7 +92,7 @@ class GRPOStats:
 def grpo_loss(
     logprobs: torch.Tensor,  # [B, T] current policy, with grad
     old_logprobs: torch.Tensor,  # [B, T] rollout policy
-    ref_logprobs: torch.Tensor,  # [B, T] frozen reference
+    ref_logprobs: torch.Tensor | None,  # [B, T] frozen reference; None: none ran (beta = 0)
     advantages: torch.Tensor,  # [B, T] (token_advantages of group_advantages)
     mask: torch.Tensor,  # [B, T]
     eps_clip: float,
@@ -104,16 +104,20 @@ def grpo_loss(
     """max(-A rho, -A clip(rho, 1-eps, 1+eps_high)) + beta * k3 per token, aggregated by `level`.
 
     This is the negated GRPO objective. `eps_clip_high` defaults to `eps_clip` (DAPO's
-    "clip-higher" uses a larger one). With beta = 0 the reference log-probs are unused.
+    "clip-higher" uses a larger one). With beta = 0 the reference log-probs are unused, and
+    may be None: the loss is then the clipped surrogate alone.
     """
     high = eps_clip if eps_clip_high is None else eps_clip_high
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - eps_clip, 1.0 + high)
     surrogate = torch.maximum(unclipped, clipped)
-    kl = k3_kl(logprobs, ref_logprobs, mask)
     pg = aggregate(surrogate, mask, denominator, level)
-    kl_term = aggregate(kl, mask, denominator, level)
     with torch.no_grad():
         clip_count = ((clipped > unclipped).to(mask.dtype) * mask).sum()
+    if ref_logprobs is None:
+        if beta != 0:
+            raise ValueError("a KL term needs the reference's log-probs")
+        return GRPOStats(pg, pg.detach(), None, clip_count, mask.sum())
+    kl_term = aggregate(k3_kl(logprobs, ref_logprobs, mask), mask, denominator, level)
     return GRPOStats(pg + beta * kl_term, pg.detach(), kl_term.detach(), clip_count, mask.sum())

@@ -18,16 +18,21 @@ import torch
 
 def shaped_rewards(
     logprobs: torch.Tensor,  # [B, T] rollout policy
-    ref_logprobs: torch.Tensor,  # [B, T]
+    ref_logprobs: torch.Tensor | None,  # [B, T]; None: no reference ran (kl_coef = 0)
     score: torch.Tensor,  # [B] reward-model score of the whole response
     mask: torch.Tensor,  # [B, T]
     kl_coef: float,
     reward_clip: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token reward -beta * (logp - logp_ref), plus the clipped score on the last real token.
-    Returns (rewards [B, T], per-token k1 KL [B, T])."""
-    kl = (logprobs - ref_logprobs) * mask
-    rewards = -kl_coef * kl
+    Returns (rewards [B, T], per-token k1 KL [B, T], None without a reference)."""
+    if ref_logprobs is None:
+        if kl_coef != 0:
+            raise ValueError("a KL penalty needs the reference's log-probs")
+        kl, rewards = None, torch.zeros_like(logprobs)  # the penalty is exactly 0
+    else:
+        kl = (logprobs - ref_logprobs) * mask
+        rewards = -kl_coef * kl
     last = (mask.sum(dim=1).long() - 1).clamp(min=0)  # [B]
     bonus = score.clamp(-reward_clip, reward_clip) * (mask.sum(dim=1) > 0)
     rewards = rewards.scatter_add(1, last[:, None], bonus[:, None].to(rewards.dtype))

@@ -39,12 +39,16 @@ def remax_advantages(
 def kl_penalised_advantages(
     advantages: torch.Tensor,  # [B, T] from remax_advantages
     logprobs: torch.Tensor,  # [B, T] rollout policy (no grad)
-    ref_logprobs: torch.Tensor,  # [B, T] frozen reference
+    ref_logprobs: torch.Tensor | None,  # [B, T] frozen reference; None: none ran (beta = 0)
     mask: torch.Tensor,  # [B, T]
     kl_coef: float,
 ) -> torch.Tensor:  # [B, T]
     """Fold the per-token k1 KL penalty into the return: A_t - beta * (logp_t - logp_ref_t).
     Computed without grad at rollout time, like PPO-RLHF's shaped rewards."""
+    if ref_logprobs is None:
+        if kl_coef != 0:
+            raise ValueError("a KL penalty needs the reference's log-probs")
+        return advantages * mask
     return (advantages - kl_coef * (logprobs - ref_logprobs)) * mask
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from executor.data.batching import Batch
-from executor.losses.grpo import group_advantages, grpo_loss, token_advantages
+from executor.losses.grpo import group_advantages, grpo_loss, k3_kl, token_advantages
 from executor.programs import calls
 from executor.programs.ppo import PPO, clipped_policy_steps
 from executor.programs.program import CallEnv
@@ -24,10 +24,11 @@ class GRPO(PPO):
         exp, c = env.exp, env.exp.grpo
         mask = data["response_mask"]
         adv = group_advantages(data["score"], exp.group_size, scale=c.scale_rewards)
+        ref = data.get("ref_logprobs")  # None when kl_coef = 0 left the reference out
         batch = {
             **calls.model_batch(data),
             "old_logprobs": data["logprobs"],
-            "ref_logprobs": data["ref_logprobs"],
+            **({} if ref is None else {"ref_logprobs": ref}),
             "advantages": token_advantages(adv, mask),
             "response_mask": mask,
         }
@@ -37,7 +38,7 @@ class GRPO(PPO):
             out = grpo_loss(
                 lp,
                 mb["old_logprobs"],
-                mb["ref_logprobs"],
+                mb.get("ref_logprobs"),
                 mb["advantages"],
                 mb["response_mask"],
                 c.eps_clip,
@@ -49,17 +50,13 @@ class GRPO(PPO):
 
         count = sequences if per_sample else (lambda b: float(b["response_mask"].sum()))
         steps, clip_frac, gaps = clipped_policy_steps(model, ctx, env, batch, terms, count)
-        with torch.no_grad():
-            d = (data["ref_logprobs"] - data["logprobs"]) * mask
-            k3 = (torch.exp(d) - d - 1) * mask  # the rollout policy's KL to the reference
-        env.stats.update(
-            {
-                "reward_mean": float(data["score"].mean()),
-                "kl_mean": float((k3.sum(1) / mask.sum(1).clamp(min=1)).mean()),
-                "response_len": float(mask.sum(1).mean()),
-                **calls.step_summary("actor", steps),
-            }
-        )
+        env.stats["reward_mean"] = float(data["score"].mean())
+        if ref is not None:  # without a reference its KL is unknown, not 0: left out
+            with torch.no_grad():
+                k3 = k3_kl(data["logprobs"], ref, mask)  # the rollout policy's KL to the reference
+            env.stats["kl_mean"] = float((k3.sum(1) / mask.sum(1).clamp(min=1)).mean())
+        env.stats["response_len"] = float(mask.sum(1).mean())
+        env.stats.update(calls.step_summary("actor", steps))
         if ctx.is_last_stage:
             env.stats["clip_frac"] = clip_frac
             env.stats.update(gaps)

@@ -22,7 +22,7 @@ from plans import MFC, ExperimentSpec
 @dataclass
 class Advantages:
     rewards: torch.Tensor
-    kl: torch.Tensor
+    kl: torch.Tensor | None  # None: no reference ran (kl_coef = 0)
     advantages: torch.Tensor
     returns: torch.Tensor
 
@@ -51,7 +51,7 @@ def advantages(exp: ExperimentSpec, data: Batch, tok=None) -> Advantages:
     c = exp.ppo
     mask = data["response_mask"]
     rewards, kl = shaped_rewards(
-        data["logprobs"], data["ref_logprobs"], data["score"], mask, c.kl_coef, c.reward_clip
+        data["logprobs"], data.get("ref_logprobs"), data["score"], mask, c.kl_coef, c.reward_clip
     )
     if c.macro.termination == "none":
         adv, ret = gae(rewards, data["values"], mask, c.gamma, c.lam)
@@ -64,13 +64,14 @@ def advantages(exp: ExperimentSpec, data: Batch, tok=None) -> Advantages:
     return Advantages(rewards, kl, adv, ret)
 
 
-def rollout_stats(data: Batch, kl: torch.Tensor, env: CallEnv) -> dict[str, float]:
+def rollout_stats(data: Batch, kl: torch.Tensor | None, env: CallEnv) -> dict[str, float]:
+    """The rollout's reward, KL to the reference (per-token KL `kl`; left out without a
+    reference: a KL to a model that never ran is unknown, not 0) and response length."""
     mask = data["response_mask"]
-    out = {
-        "reward_mean": float(data["score"].mean()),
-        "kl_mean": float((kl.sum(1) / mask.sum(1).clamp(min=1)).mean()),
-        "response_len": float(mask.sum(1).mean()),
-    }
+    out = {"reward_mean": float(data["score"].mean())}
+    if kl is not None:
+        out["kl_mean"] = float((kl.sum(1) / mask.sum(1).clamp(min=1)).mean())
+    out["response_len"] = float(mask.sum(1).mean())
     if env.rule is None and env.exp.dataset is None:
         # A reward model on the built-in task: also report the task's own rule, the truth the
         # reward model was trained to imitate (the model's score can be gamed; this cannot).

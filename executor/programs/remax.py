@@ -47,9 +47,8 @@ class ReMax(PPO):
         exp = env.exp
         mask = data["response_mask"]
         adv = remax_advantages(data["score"], data["greedy_score"], mask, exp.ppo.reward_clip)
-        adv = kl_penalised_advantages(
-            adv, data["logprobs"], data["ref_logprobs"], mask, exp.ppo.kl_coef
-        )
+        ref = data.get("ref_logprobs")  # None when kl_coef = 0 left the reference out
+        adv = kl_penalised_advantages(adv, data["logprobs"], ref, mask, exp.ppo.kl_coef)
         batch = {**calls.model_batch(data), "advantages": adv, "response_mask": mask}
         p, g = exp.prompt_len, exp.gen_len
 
@@ -68,7 +67,7 @@ class ReMax(PPO):
             env.n_micro,
             exp.optimizer("actor").grad_clip,
         )
-        kl = (data["logprobs"] - data["ref_logprobs"]) * mask
+        kl = None if ref is None else (data["logprobs"] - ref) * mask
         env.stats.update(rollout_stats(data, kl, env))
         env.stats["greedy_reward_mean"] = float(data["greedy_score"].mean())
         env.stats.update(calls.step_summary("actor", steps))

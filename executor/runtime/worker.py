@@ -105,7 +105,7 @@ class Worker:
         self.program = program_for(exp, self.tok, task.data)
         self.store = DataStore(plan.cluster.gpus_per_node, self.program.schema(), env.device)
         self.rule = reward_function(exp.reward_function) if exp.reward_function else None
-        self.order = [node.mfc for node in unrolled(exp.algorithm, 1)]  # the global order
+        self.order = [node.mfc for node in unrolled(exp.mfcs(), 1)]  # the global order
         self.out_dir = Path(task.out_dir)
         keeps = task.resume or task.checkpoint_every  # what checkpoints record: the data
         self.data = checkpoints.data_source(self.program.data_path) if keeps else {}
