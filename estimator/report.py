@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from estimator.cost import CostModel
 from estimator.profile import Profile
-from estimator.simulate import DEFAULT_ITERATIONS, SimResult, simulate
+from estimator.simulate import SimResult, simulate, steady_iterations
 from plans import (
     Allocation,
     CallEstimate,
@@ -94,7 +94,7 @@ def estimate_plan(plan: Plan, profile: Profile | None = None) -> PlanEstimate:
     """The contract's estimate of a plan (analytic profile of the cluster when none given).
     Raises PlanError naming the call and the memory it needs when the plan does not fit."""
     cm = cost_model_for(plan, profile)
-    res = simulate(cm, plan.allocations)
+    res = simulate(cm, plan.allocations, staleness=plan.max_staleness)
     if not res.feasible:
         raise PlanError(f"the plan does not fit: {res.reason}", field="allocations")
     return _to_estimate(cm, res)
@@ -132,10 +132,12 @@ def _to_estimate(cm: CostModel, res: SimResult) -> PlanEstimate:
 
 
 def plan_report(
-    plan: Plan, profile: Profile | None = None, iterations: int = DEFAULT_ITERATIONS
+    plan: Plan, profile: Profile | None = None, iterations: int | None = None
 ) -> PlanReport:
     cm = cost_model_for(plan, profile)
-    res = simulate(cm, plan.allocations, iterations=iterations, record=True)
+    k = plan.max_staleness
+    iterations = iterations or steady_iterations(k)
+    res = simulate(cm, plan.allocations, iterations=iterations, record=True, staleness=k)
     gpn = plan.cluster.gpus_per_node
     warnings = []
     if cm.profile.kind == "measured" and cm.profile.device != plan.cluster.device:
