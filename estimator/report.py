@@ -20,6 +20,7 @@ from plans import (
     PlanEstimate,
     Provenance,
 )
+from plans.staleness import refresh_call
 
 GIB = 2**30
 
@@ -81,6 +82,9 @@ class PlanReport(BaseModel):
     realloc_time_s: float
     data_time_s: float
     iterations_simulated: int
+    max_staleness: int = Field(
+        0, description="Iterations the actor's generation runs ahead of its training."
+    )
     calls: list[CallReport]
     moves: list[MoveReport]
     timeline: list[StepReport]
@@ -105,14 +109,17 @@ def estimated_plan(
     experiment: ExperimentSpec,
     allocations: dict[str, Allocation],
     profile: Profile | None,
+    max_staleness: int = 0,
     **provenance,
 ) -> Plan:
-    """A plan of these allocations with its estimate and provenance (`created`: now)."""
+    """A plan of these allocations, its generation `max_staleness` iterations ahead
+    (plans.staleness), with its estimate and provenance (`created`: now)."""
     created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     plan = Plan(
         cluster=cluster,
         experiment=experiment,
         allocations=allocations,
+        max_staleness=max_staleness,
         provenance=Provenance(created=created, **provenance),
     )
     return plan.model_copy(update={"estimate": estimate_plan(plan, profile)})
@@ -152,9 +159,13 @@ def plan_report(
             f"{e.memory}, links {e.link}); measure one with `rlhf-plan profile`"
         )
     calls = []
+    refresh = refresh_call(plan.experiment.mfcs(), k)
     for m in plan.experiment.mfcs():
         a = plan.allocations[m.name]
         c = cm.call_cost(m.name, a)
+        breakdown = dict(c.breakdown)
+        if m.name == refresh:  # the proximal log-probs' forward pass opens the call
+            breakdown["proximal"] = cm.proximal_cost(m.name, a).time_s
         ranks = a.mesh.ranks(gpn)
         peak = res.peak_memory.get(m.name, c.memory.total)
         calls.append(
@@ -167,13 +178,13 @@ def plan_report(
                 first_rank=ranks[0],
                 last_rank=ranks[-1],
                 strategy=a.strategy.label(),
-                time_s=c.time_s,
+                time_s=c.time_s + breakdown.get("proximal", 0.0),
                 peak_memory_gib=peak / GIB,
                 feasible=peak <= cm.memory_bytes,
                 reason=c.reason
                 if not c.feasible
                 else (res.reason if res.reason.startswith(m.name + ":") else ""),
-                breakdown_s=dict(c.breakdown),
+                breakdown_s=breakdown,
                 memory_gib={k: v / GIB for k, v in c.memory.breakdown().items()},
             )
         )
@@ -203,6 +214,7 @@ def plan_report(
         realloc_time_s=res.realloc_s,
         data_time_s=res.data_s,
         iterations_simulated=iterations,
+        max_staleness=k,
         calls=calls,
         moves=unique,
         timeline=[

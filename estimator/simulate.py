@@ -41,7 +41,7 @@ from functools import lru_cache
 
 from estimator.cost import CostModel
 from estimator.memory import shared_weight_bytes
-from plans import Allocation, ModelSpec
+from plans import Allocation, ModelSpec, PlanError
 from plans.dataflow import unrolled
 from plans.residency import Residency
 from plans.staleness import private_view_roles, refresh_call, stale_calls
@@ -110,6 +110,11 @@ def simulate(
     generation `staleness` iterations ahead; `record` keeps the per-step timeline (and the
     concurrency of every call)."""
     exp = cm.experiment
+    if not 0 <= staleness <= exp.async_.max_staleness:
+        raise PlanError(
+            f"{staleness} is outside 0..{exp.async_.max_staleness} (async.max_staleness)",
+            field="max_staleness",
+        )
     gpn = cm.cluster.gpus_per_node
     iterations = iterations or steady_iterations(staleness)
     nodes = unrolled(exp.mfcs(), iterations, staleness)
