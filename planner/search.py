@@ -287,3 +287,24 @@ def _search_in(
     if not math.isfinite(best.cost):
         return _Found(math.inf, {}, best.steps, timed_out)
     return _Found(best.cost, space.allocations(best.state), best.steps, timed_out)
+
+
+def search_at(
+    exp: ExperimentSpec,
+    cluster: ClusterSpec,
+    k: int,
+    profile: Profile | None = None,
+    time_limit: float = 30.0,
+    seed: int = 0,
+    steps: int = 20_000,
+    chains: int = 2,
+    start: dict[str, Allocation] | None = None,
+) -> tuple[float, dict[str, Allocation]]:
+    """(seconds, allocations) of the fastest plan found that runs with exactly staleness k,
+    started from the baselines, the greedy plan and `start` (benchmarks compare k this way)."""
+    ctx = SearchContext(exp, cluster, CostModel(cluster, exp, profile), staleness=(k,))
+    found = {name: fn(ctx) for name, fn in baselines.BASELINES.items()}
+    deadline = time.monotonic() + time_limit
+    extra = [start] if start else []
+    got = _search_in(ctx, found, "mcmc", seed, steps, chains, deadline, None, extra, k)
+    return got.cost, got.allocations
