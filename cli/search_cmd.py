@@ -217,6 +217,9 @@ def run_diff(a_path: Path, b_path: Path, as_json: bool) -> None:
     for kind in ("added", "removed"):
         for m in doc[f"reallocations_{kind}"]:
             out.print(f"reallocation {kind}: {m['role']} {m['from']} -> {m['to']}", highlight=False)
+    ka, kb = doc["max_staleness_a"], doc["max_staleness_b"]
+    if ka != kb:
+        out.print(f"staleness: k={ka} -> k={kb}", highlight=False)
     if not doc["same_experiment"] or not doc["same_cluster"]:
         out.print(
             "note: the plans differ in experiment or cluster; times are not directly comparable"
