@@ -36,7 +36,8 @@ class SearchOutcome:
     staleness: int = 0
     """The chosen k: iterations the actor's generation runs ahead (plans.staleness)."""
     sync_cost: float | None = None
-    """The best synchronous (k = 0) plan's iteration seconds, for comparison."""
+    """The best synchronous (k = 0) plan's iteration seconds, for comparison (None for a
+    baseline method, which is synchronous and not searched)."""
 
 
 def _state_of(space: Space, allocs: dict[str, Allocation]) -> State | None:
@@ -190,9 +191,7 @@ def search(
         cost, allocs = found[method]
         if allocs is None:
             raise PlanError(f"no {method} plan fits on {cluster.label()}", field="method")
-        return SearchOutcome(
-            method, cost, allocs, base_costs, time.monotonic() - t0, sync_cost=cost
-        )
+        return SearchOutcome(method, cost, allocs, base_costs, time.monotonic() - t0)
     if method not in ("mcmc", "exhaustive"):
         raise PlanError(f"unknown method {method!r}", field="method")
     bound = exp.async_.max_staleness
