@@ -16,7 +16,7 @@ from planner.context import SearchContext
 from planner.mcmc import Space
 from planner.search import search
 from plans import Allocation, ClusterSpec, DeviceMesh, ParallelStrategy, PlanError
-from plans.io import example_path, experiment_from_dict, load_experiment
+from plans.io import example_path, experiment_from_dict, load_experiment, load_plan
 
 CPU2 = ClusterSpec(nodes=1, gpus_per_node=2, device="cpu")
 CPU4 = ClusterSpec(nodes=1, gpus_per_node=4, device="cpu")
@@ -71,6 +71,22 @@ def test_synchronous_iteration_by_hand(split):
     assert res.iteration_time_s == pytest.approx(expected, rel=1e-12)
     assert res.call_time_s["actor_train"] == p["actor_train"]  # no proximal pass at k = 0
     assert simulate(cm, a, staleness=0).iteration_time_s == res.iteration_time_s
+
+
+@pytest.mark.parametrize("name", ["ppo-tiny-4cpu", "ppo-llama2-70b-128xh100"])
+def test_synchronous_examples_keep_their_moves_and_call_times(name):
+    """k = 0 replays as before: three iterations, every actor move right before generation,
+    the calls at their own prices (no proximal pass)."""
+    plan = load_plan(example_path(name, "plan"))
+    cm = CostModel(plan.cluster, plan.experiment)
+    res = simulate(cm, plan.allocations, record=True)
+    assert steady_iterations(0) == 3 and len(res.iter_end) == 3
+    assert res.iteration_time_s == res.iter_end[-1] - res.iter_end[-2]
+    for n, t in res.call_time_s.items():
+        assert t == cm.call_cost(n, plan.allocations[n]).time_s
+    gens = {s.iteration: s for s in res.steps if s.kind == "call" and s.name == "actor_gen"}
+    moves = [s for s in res.steps if s.kind == "realloc" and s.role == "actor"]
+    assert moves and all(s.name == "actor_gen" and s.end <= gens[s.iteration].start for s in moves)
 
 
 def test_one_iteration_ahead_overlaps_generation_with_training(split):
