@@ -9,6 +9,7 @@ import random
 import pytest
 
 from estimator.cost import CostModel
+from estimator.memory import shared_weight_bytes
 from estimator.simulate import simulate, steady_iterations
 from planner.bounds import cycle_spans, cycles, lower_bounds, predecessors
 from planner.candidates import candidates
@@ -140,6 +141,22 @@ def test_k_views_on_the_generation_mesh(split):
     assert t2 == pytest.approx(t1, rel=1e-12)
     ctx = SearchContext(cm.experiment, CPU4, cm, staleness=(1, 2))
     assert ctx.fastest_staleness(a) == (pytest.approx(t1), 1)  # the smaller k on a tie
+
+
+def test_stale_views_share_nothing_with_the_home():
+    """Where generation's devices also hold the home, a synchronous view shares tensors (and
+    hosts rows) with it; a staged view is filled before the train call updates the home in
+    place, so it is a full copy (plans.staleness.private_view_roles)."""
+    plan = load_plan(example_path("ppo-tiny-4cpu", "plan"))
+    exp = allowing("ppo-tiny", 2)
+    cm, a = CostModel(plan.cluster, exp), plan.allocations
+    shared = shared_weight_bytes(exp.model("actor"), exp.dtype, a["actor_train"],
+                                 a["actor_gen"], plan.cluster.gpus_per_node, True)  # fmt: skip
+    assert min(shared[r] for r in (0, 1)) > 0  # generation's devices 0-1 hold the home too
+    view = cm.call_cost("actor_gen", a["actor_gen"]).memory.resident
+    peak = [simulate(cm, a, staleness=k).peak_memory["actor_gen"] for k in (0, 1, 2)]
+    assert peak[1] == pytest.approx(peak[0] + min(shared[r] for r in (0, 1)), rel=1e-12)
+    assert peak[2] == pytest.approx(peak[1] + view, rel=1e-12)
 
 
 def test_staleness_outside_the_bound_is_refused(split):
