@@ -79,9 +79,21 @@ def summary(r: PlanReport) -> Text:
     if not r.feasible:
         return Text.from_markup(f"[bold red]infeasible:[/] {rich_escape(r.reason)}")
     it = r.iteration_time_s or 0.0
-    return Text.from_markup(
+    text = Text.from_markup(
         f"iteration time [bold]{_fmt_s(it)}[/] (steady state of {r.iterations_simulated} simulated"
         f"), reallocation {_fmt_s(r.realloc_time_s)}, data transfer {_fmt_s(r.data_time_s)}"
+    )
+    if r.max_staleness:
+        text.append(f"\n{staleness_line(r.max_staleness)}")
+    return text
+
+
+def staleness_line(k: int) -> str:
+    """What a plan's max_staleness k means, in one line."""
+    ahead = "iteration" if k == 1 else "iterations"
+    return (
+        f"staleness k={k}: the actor's generation runs up to {k} {ahead} ahead of its "
+        "training (decoupled policy loss)"
     )
 
 

@@ -81,6 +81,7 @@ def run_search(
         exp,
         outcome.allocations,
         profile,
+        max_staleness=outcome.staleness,
         method=outcome.method,
         seed=seed,
         search_time_s=round(outcome.search_time_s, 3),
@@ -102,6 +103,12 @@ def run_search(
         "speedup_over_best_baseline": best_base / outcome.cost
         if best_base != float("inf")
         else None,
+        "max_staleness": outcome.staleness,
+        "allowed_max_staleness": exp.async_.max_staleness,
+        "synchronous_iteration_time_s": _finite(outcome.sync_cost),
+        "speedup_over_synchronous": _finite(
+            outcome.sync_cost / outcome.cost if outcome.sync_cost is not None else None
+        ),
         "search_time_s": outcome.search_time_s,
         "steps": outcome.steps,
         "timed_out": outcome.timed_out,
@@ -116,7 +123,12 @@ def run_search(
     )
     for col in ("plan", "s / iteration", "vs searched"):
         table.add_column(col, justify="right" if col != "plan" else "left")
-    table.add_row(f"[bold]{outcome.method}[/] (written)", f"{outcome.cost:.3f}", "1.00x")
+    bound = exp.async_.max_staleness
+    written = f" k={outcome.staleness}" if bound else ""
+    table.add_row(f"[bold]{outcome.method}[/]{written} (written)", f"{outcome.cost:.3f}", "1.00x")
+    if outcome.staleness and outcome.sync_cost is not None:
+        ratio = f"{outcome.sync_cost / outcome.cost:.2f}x slower"
+        table.add_row(f"{outcome.method} k=0 (synchronous)", f"{outcome.sync_cost:.3f}", ratio)
     for name, cost in sorted(outcome.baselines.items(), key=lambda kv: kv[1]):
         shown = "does not fit" if cost == float("inf") else f"{cost:.3f}"
         ratio = (
@@ -130,6 +142,9 @@ def run_search(
     out.print(table)
     for name, alloc in plan.allocations.items():
         out.print(f"  {name:<13} {alloc.label()}", highlight=False)
+    line = staleness_summary(bound, outcome.staleness, outcome.cost, outcome.sync_cost)
+    if line:
+        out.print(line, highlight=False)
     note = " (stopped by the time limit: not reproducible by seed)" if outcome.timed_out else ""
     wrote = f"wrote {path}" if path is not None else "searched (no plan file: --out PATH writes it)"
     out.print(
@@ -138,6 +153,26 @@ def run_search(
     )
     for line in summary["notes"]:
         out.print(f"note: {line}", highlight=False)
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and x != float("inf") else None
+
+
+def staleness_summary(bound: int, k: int, cost: float, sync: float | None) -> str:
+    """The chosen k against the best synchronous plan, in one line ('' when the experiment
+    allows no staleness)."""
+    if bound == 0 or sync is None:
+        return ""
+    if k == 0:
+        return (
+            f"staleness k=0 (synchronous): no plan with k in 1..{bound} "
+            f"(async.max_staleness) beat the synchronous plan's {sync:.3f} s"
+        )
+    return (
+        f"staleness k={k}: {cost:.3f} s/iteration, {sync / cost:.2f}x the synchronous "
+        f"plan's {sync:.3f} s (async.max_staleness = {bound})"
+    )
 
 
 def run_diff(a_path: Path, b_path: Path, as_json: bool) -> None:
@@ -149,7 +184,7 @@ def run_diff(a_path: Path, b_path: Path, as_json: bool) -> None:
     a, b = load_plan(a_path), load_plan(b_path)
 
     def times(plan):
-        res = simulate(cost_model_for(plan), plan.allocations)
+        res = simulate(cost_model_for(plan), plan.allocations, staleness=plan.max_staleness)
         return {**res.call_time_s, "iteration": res.iteration_time_s if res.feasible else None}
 
     doc = diff_plans(a, b, times(a), times(b))
@@ -186,6 +221,9 @@ def run_diff(a_path: Path, b_path: Path, as_json: bool) -> None:
     for kind in ("added", "removed"):
         for m in doc[f"reallocations_{kind}"]:
             out.print(f"reallocation {kind}: {m['role']} {m['from']} -> {m['to']}", highlight=False)
+    ka, kb = doc["max_staleness_a"], doc["max_staleness_b"]
+    if ka != kb:
+        out.print(f"staleness: k={ka} -> k={kb}", highlight=False)
     if not doc["same_experiment"] or not doc["same_cluster"]:
         out.print(
             "note: the plans differ in experiment or cluster; times are not directly comparable"

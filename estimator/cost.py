@@ -122,6 +122,18 @@ class CostModel:
         self._by_id[(name, id(alloc))] = (alloc, cost)
         return cost
 
+    def proximal_cost(self, train: str, alloc: Allocation) -> CallCost:
+        """The forward pass a train call runs first under staleness (plans.staleness): its
+        role's log-probs of the whole batch before any update, which the decoupled policy loss
+        needs; priced as an inference call of that role in the train call's layout."""
+        m = self.mfcs[train]
+        name = f"{train}:proximal"
+        cost = self._calls.get((name, alloc))
+        if cost is None:
+            probe = MFC(name=name, role=m.role, kind="inference", inputs=m.inputs)
+            cost = self._calls[(name, alloc)] = self._compute(probe, alloc)
+        return cost
+
     def time(self, mfc: MFC | str, alloc: Allocation) -> float:
         return self.call_cost(mfc, alloc).time_s
 

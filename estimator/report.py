@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from estimator.cost import CostModel
 from estimator.profile import Profile
-from estimator.simulate import DEFAULT_ITERATIONS, SimResult, simulate
+from estimator.simulate import SimResult, simulate, steady_iterations
 from plans import (
     Allocation,
     CallEstimate,
@@ -21,6 +21,7 @@ from plans import (
     Provenance,
 )
 from plans.fields import unused_role_notes
+from plans.staleness import refresh_call
 
 GIB = 2**30
 
@@ -82,6 +83,9 @@ class PlanReport(BaseModel):
     realloc_time_s: float
     data_time_s: float
     iterations_simulated: int
+    max_staleness: int = Field(
+        0, description="Iterations the actor's generation runs ahead of its training."
+    )
     calls: list[CallReport]
     moves: list[MoveReport]
     timeline: list[StepReport]
@@ -95,7 +99,7 @@ def estimate_plan(plan: Plan, profile: Profile | None = None) -> PlanEstimate:
     """The contract's estimate of a plan (analytic profile of the cluster when none given).
     Raises PlanError naming the call and the memory it needs when the plan does not fit."""
     cm = cost_model_for(plan, profile)
-    res = simulate(cm, plan.allocations)
+    res = simulate(cm, plan.allocations, staleness=plan.max_staleness)
     if not res.feasible:
         raise PlanError(f"the plan does not fit: {res.reason}", field="allocations")
     return _to_estimate(cm, res)
@@ -106,14 +110,17 @@ def estimated_plan(
     experiment: ExperimentSpec,
     allocations: dict[str, Allocation],
     profile: Profile | None,
+    max_staleness: int = 0,
     **provenance,
 ) -> Plan:
-    """A plan of these allocations with its estimate and provenance (`created`: now)."""
+    """A plan of these allocations, its generation `max_staleness` iterations ahead
+    (plans.staleness), with its estimate and provenance (`created`: now)."""
     created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     plan = Plan(
         cluster=cluster,
         experiment=experiment,
         allocations=allocations,
+        max_staleness=max_staleness,
         provenance=Provenance(created=created, **provenance),
     )
     return plan.model_copy(update={"estimate": estimate_plan(plan, profile)})
@@ -133,10 +140,12 @@ def _to_estimate(cm: CostModel, res: SimResult) -> PlanEstimate:
 
 
 def plan_report(
-    plan: Plan, profile: Profile | None = None, iterations: int = DEFAULT_ITERATIONS
+    plan: Plan, profile: Profile | None = None, iterations: int | None = None
 ) -> PlanReport:
     cm = cost_model_for(plan, profile)
-    res = simulate(cm, plan.allocations, iterations=iterations, record=True)
+    k = plan.max_staleness
+    iterations = iterations or steady_iterations(k)
+    res = simulate(cm, plan.allocations, iterations=iterations, record=True, staleness=k)
     gpn = plan.cluster.gpus_per_node
     warnings = []
     if cm.profile.kind == "measured" and cm.profile.device != plan.cluster.device:
@@ -152,9 +161,13 @@ def plan_report(
         )
     warnings += unused_role_notes(plan.experiment)
     calls = []
+    refresh = refresh_call(plan.experiment.mfcs(), k)
     for m in plan.experiment.mfcs():
         a = plan.allocations[m.name]
         c = cm.call_cost(m.name, a)
+        breakdown = dict(c.breakdown)
+        if m.name == refresh:  # the proximal log-probs' forward pass opens the call
+            breakdown["proximal"] = cm.proximal_cost(m.name, a).time_s
         ranks = a.mesh.ranks(gpn)
         peak = res.peak_memory.get(m.name, c.memory.total)
         calls.append(
@@ -167,13 +180,13 @@ def plan_report(
                 first_rank=ranks[0],
                 last_rank=ranks[-1],
                 strategy=a.strategy.label(),
-                time_s=c.time_s,
+                time_s=c.time_s + breakdown.get("proximal", 0.0),
                 peak_memory_gib=peak / GIB,
                 feasible=peak <= cm.memory_bytes,
                 reason=c.reason
                 if not c.feasible
                 else (res.reason if res.reason.startswith(m.name + ":") else ""),
-                breakdown_s=dict(c.breakdown),
+                breakdown_s=breakdown,
                 memory_gib={k: v / GIB for k, v in c.memory.breakdown().items()},
             )
         )
@@ -203,6 +216,7 @@ def plan_report(
         realloc_time_s=res.realloc_s,
         data_time_s=res.data_s,
         iterations_simulated=iterations,
+        max_staleness=k,
         calls=calls,
         moves=unique,
         timeline=[

@@ -11,10 +11,18 @@ Every rank of rlhf-run walks the same global order of calls (plans.dataflow) and
 Iterations end without a barrier (metrics go through the store), so calls of the next
 iteration overlap the tail of this one wherever the dependencies allow.
 
+With a plan's staleness k > 0 (plans.staleness) the actor's generation of iteration i reads
+the weights of train call i - 1 - k, from a view staged right before the actor's train call
+of iteration i - k: that move (home and generation meshes both busy) replaces the one before
+the generate call (iterations below k read initial views, moved before their generate call as
+the synchronous order does), the generation mesh holds k such views, none sharing memory with
+the home, and the train call first runs a forward pass for the proximal log-probs.
+
 The simulator replays exactly that as list scheduling: each step (reallocation, call) starts
 when every device it involves is free, in the global order, and a call also waits for its
 inputs to arrive. The iteration time is the time between the ends of the last two simulated
-iterations (the steady state; the first iteration already pays the steady-state moves). With
+iterations (the steady state; the first iteration already pays the steady-state moves; under
+staleness the mean of the last two iterations, `steady_time`). With
 a calibrated contention factor (CPU cores of one node slow each other down), a first replay
 finds how busy the other devices of each call's node are while it runs, the call's compute is
 stretched accordingly, and the plan is replayed again.
@@ -33,11 +41,19 @@ from functools import lru_cache
 
 from estimator.cost import CostModel
 from estimator.memory import shared_weight_bytes
-from plans import Allocation, ModelSpec
+from plans import Allocation, ModelSpec, PlanError
 from plans.dataflow import unrolled
 from plans.residency import Residency
+from plans.staleness import private_view_roles, refresh_call, stale_calls
 
 DEFAULT_ITERATIONS = 3
+
+
+def steady_iterations(staleness: int = 0) -> int:
+    """Iterations to replay so the last ones are in the steady state: the synchronous three,
+    plus two for each iteration generation runs ahead (the first k read initial views; the
+    replays of random plans settle within k iterations, tests/unit/test_staleness_plan.py)."""
+    return DEFAULT_ITERATIONS + 2 * staleness
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,14 +102,22 @@ def _span(alloc: Allocation, gpn: int) -> tuple[int, int]:
 def simulate(
     cm: CostModel,
     allocations: dict[str, Allocation],
-    iterations: int = DEFAULT_ITERATIONS,
+    iterations: int | None = None,
     record: bool = False,
+    staleness: int = 0,
 ) -> SimResult:
-    """Simulate `iterations` iterations; `record` keeps the per-step timeline (and the
+    """Simulate `iterations` iterations (None: steady_iterations(staleness)) with the actor's
+    generation `staleness` iterations ahead; `record` keeps the per-step timeline (and the
     concurrency of every call)."""
     exp = cm.experiment
+    if not 0 <= staleness <= exp.async_.max_staleness:
+        raise PlanError(
+            f"{staleness} is outside 0..{exp.async_.max_staleness} (async.max_staleness)",
+            field="max_staleness",
+        )
     gpn = cm.cluster.gpus_per_node
-    nodes = unrolled(exp.mfcs(), iterations)
+    iterations = iterations or steady_iterations(staleness)
+    nodes = unrolled(exp.mfcs(), iterations, staleness)
     calls = [n.mfc for n in nodes[: len(cm.mfcs)]]
     spans = {m.name: _span(allocations[m.name], gpn) for m in calls}
     bounds = sorted({b for sp in spans.values() for b in sp})
@@ -102,28 +126,66 @@ def simulate(
     costs = {m.name: cm.call_cost(m.name, allocations[m.name]) for m in calls}
     res = SimResult(math.inf, True)
     res.call_time_s = {k: c.time_s for k, c in costs.items()}
+    compute = {k: c.compute_s for k, c in costs.items()}
+    refresh = refresh_call(tuple(calls), staleness)
+    if refresh is not None:  # the proximal log-probs' forward pass opens the train call
+        prox = cm.proximal_cost(refresh, allocations[refresh])
+        res.call_time_s[refresh] += prox.time_s
+        compute[refresh] += prox.compute_s
     rules = Residency.of(exp, allocations)
-    if not _memory(cm, rules, calls, allocations, atoms, costs, bounds, res) and not record:
+    stale = _Stale.of(tuple(calls), staleness, rules)
+    if not _memory(cm, rules, calls, allocations, atoms, costs, bounds, res, stale) and not record:
         return res  # the search needs only the verdict; `show` still wants the timeline
-    shape = (nodes, calls, spans, bounds, atoms, rules)
+    shape = (nodes, calls, spans, bounds, atoms, rules, stale)
+    base = dict(res.call_time_s)
     kappa = cm.contention
     if kappa > 0:
         # Cores of one CPU node slow each other down: replay once, see how busy the other
         # devices of each call's node are while it runs, stretch its compute, replay again.
         first = SimResult(math.inf, True)
-        _replay(cm, allocations, shape, res.call_time_s, first, True)
+        _replay(cm, allocations, shape, base, first, True)
         busy = _concurrency(first.steps, iterations - 1, spans, gpn)
-        res.call_time_s = {
-            k: c.time_s + kappa * busy.get(k, 0.0) * c.compute_s for k, c in costs.items()
-        }
+        res.call_time_s = {k: t + kappa * busy.get(k, 0.0) * compute[k] for k, t in base.items()}
     _replay(cm, allocations, shape, res.call_time_s, res, record)
     if record:
         res.concurrency = _concurrency(res.steps, iterations - 1, spans, gpn)
     if res.feasible:
-        res.iteration_time_s = (
-            res.iter_end[-1] - res.iter_end[-2] if iterations > 1 else res.iter_end[0]
-        )
+        res.iteration_time_s = steady_time(res.iter_end, staleness)
     return res
+
+
+def steady_time(iter_end: list[float], staleness: int = 0) -> float:
+    """Seconds per iteration in the steady state: the last iteration's (synchronous), or the
+    mean of the last two (with staleness: the generation mesh can alternate between two
+    iteration times, generation and the staged move trading places)."""
+    if len(iter_end) == 1:
+        return iter_end[0]
+    if staleness == 0 or len(iter_end) < 3:
+        return iter_end[-1] - iter_end[-2]
+    return (iter_end[-1] - iter_end[-3]) / 2
+
+
+@dataclass(frozen=True, slots=True)
+class _Stale:
+    """What staleness k changes in a replay (plans.staleness): the generate calls whose views
+    are staged before `refresh` (the actor's train call) from iteration k on, and the roles
+    whose views share nothing with their home."""
+
+    k: int
+    calls: frozenset[str]
+    staged: tuple[str, ...]  # the stale calls that read a view, in canonical order
+    refresh: str | None
+    private: frozenset[str]
+
+    @classmethod
+    def of(cls, calls: tuple, k: int, rules: Residency) -> _Stale:
+        names = frozenset(stale_calls(calls, k))
+        layouts: dict = {}  # one staged view per layout, however many stale calls read it
+        for m in calls:
+            if m.name in names and rules.is_view(m):
+                layouts.setdefault(rules.layouts[m.name], m.name)
+        staged = tuple(layouts.values())
+        return cls(k, names, staged, refresh_call(calls, k), private_view_roles(calls, k))
 
 
 def _concurrency(
@@ -156,7 +218,7 @@ def _concurrency(
 
 def _replay(cm, allocations, shape, times: dict[str, float], res: SimResult, record: bool):
     """List-schedule every step in rlhf-run's order with the given call times; fills res."""
-    nodes, calls, spans, bounds, atoms, rules = shape
+    nodes, calls, spans, bounds, atoms, rules, stale = shape
     iterations = nodes[-1].iteration + 1
     home, consumers = rules.home, rules.consumers
     view = rules.steady_views(calls)  # the views an iteration leaves behind
@@ -165,24 +227,35 @@ def _replay(cm, allocations, shape, times: dict[str, float], res: SimResult, rec
     end = [0.0] * len(nodes)
     iter_end = [0.0] * iterations
     last = iterations - 1
+
+    def move(role: str, name: str, it: int) -> None:
+        """Reallocate `role` from its home into the layout of call `name`: every device of
+        both meshes takes part."""
+        hosting = role in rules.hosting and role not in stale.private
+        cost = cm.realloc_cost(role, allocations[home[role]], allocations[name], hosting)
+        if cost.time_s <= 0 and cost.bytes_total <= 0:
+            return
+        both = sorted(set(atoms[home[role]]) | set(atoms[name]))
+        t0 = max(free[a] for a in both)
+        t1 = t0 + cost.time_s
+        for a in both:
+            free[a] = t1
+        if it == last:
+            res.realloc_s += cost.time_s
+        if record:
+            for sp in {spans[home[role]], spans[name]}:
+                res.steps.append(Step("realloc", name, role, it, sp[0], sp[1] - 1, t0, t1))
+
     arrive: dict[tuple[int, str], float] = {}  # (producer node, consumer) -> inputs there
     for k, node in enumerate(nodes):
         m, it = node.mfc, node.iteration
         name, role = m.name, m.role
         alloc, mine = allocations[name], atoms[name]
-        if rules.move_before(view.get(role), m):
-            move = cm.realloc_cost(role, allocations[home[role]], alloc, role in rules.hosting)
-            if move.time_s > 0 or move.bytes_total > 0:
-                both = sorted(set(atoms[home[role]]) | set(mine))
-                t0 = max(free[a] for a in both)
-                t1 = t0 + move.time_s
-                for a in both:
-                    free[a] = t1
-                if it == last:
-                    res.realloc_s += move.time_s
-                if record:
-                    for sp in {spans[home[role]], spans[name]}:
-                        res.steps.append(Step("realloc", name, role, it, sp[0], sp[1] - 1, t0, t1))
+        if name == stale.refresh:  # stage the views generation k iterations ahead reads
+            for g in stale.staged:
+                move(role, g, it)
+        if rules.move_before(view.get(role), m) and not (name in stale.calls and it >= stale.k):
+            move(role, name, it)
         view[role] = rules.view_after(view.get(role), m)
         start = max(free[a] for a in mine)
         for p in node.version_deps:
@@ -198,14 +271,14 @@ def _replay(cm, allocations, shape, times: dict[str, float], res: SimResult, rec
             sp = spans[name]
             res.steps.append(Step("call", name, role, it, sp[0], sp[1] - 1, start, finish))
         for c in consumers[name]:  # posted now, received once the consumer gets here
-            move = cm.data_cost(m.outputs, c, alloc, allocations[c])
-            if move.bytes_total <= 0:
+            data = cm.data_cost(m.outputs, c, alloc, allocations[c])
+            if data.bytes_total <= 0:
                 continue
             t0 = max(finish, max(free[a] for a in atoms[c]))
-            t1 = t0 + move.time_s
+            t1 = t0 + data.time_s
             arrive[(k, c)] = t1
             if it == last:
-                res.data_s += move.time_s
+                res.data_s += data.time_s
             if record:
                 sp = spans[c]
                 res.steps.append(Step("data", c, cm.mfcs[c].role, it, sp[0], sp[1] - 1, t0, t1))
@@ -229,13 +302,16 @@ def _shared_on(
     return min(shared.get(d, 0.0) for d in range(lo, hi))
 
 
-def _memory(cm, rules: Residency, calls, allocations, atoms, costs, bounds, res: SimResult) -> bool:
+def _memory(
+    cm, rules: Residency, calls, allocations, atoms, costs, bounds, res: SimResult, stale: _Stale
+) -> bool:
     """Plan-level memory: on each atom, every role's home shards (plus optimizer states of a
     trained role) and its largest copy in another layout, plus the running call's transient
     memory. rlhf-run keeps a role's home while a copy in another layout exists, and keeps the
     copy's memory for the next one after the weights change (plans.residency), so on
     devices holding both it needs both -- less what the copy shares with the home there
-    (estimator.memory.shared_weight_bytes; the least over the atom's devices)."""
+    (estimator.memory.shared_weight_bytes; the least over the atom's devices). Under
+    staleness k the generation mesh holds k staged views, none sharing with the home."""
     home = rules.home
     n_atoms = len(bounds) - 1
     resident = [0.0] * n_atoms
@@ -249,6 +325,11 @@ def _memory(cm, rules: Residency, calls, allocations, atoms, costs, bounds, res:
         if not (copy and c.memory.weights > 0):
             for a in atoms[m.name]:
                 row[a] = max(row[a], keep)
+            continue
+        if m.role in stale.private:
+            views = stale.k if m.name in stale.calls else 1
+            for a in atoms[m.name]:
+                row[a] = max(row[a], views * keep)
             continue
         model, h_alloc = cm.experiment.model(m.role), allocations[home[m.role]]
         args = (model, dtype, h_alloc, allocations[m.name], m.role in rules.hosting, gpn)
@@ -274,8 +355,11 @@ def _memory(cm, rules: Residency, calls, allocations, atoms, costs, bounds, res:
 
 
 def estimate_allocations(
-    cm: CostModel, allocations: dict[str, Allocation], iterations: int = DEFAULT_ITERATIONS
+    cm: CostModel,
+    allocations: dict[str, Allocation],
+    iterations: int | None = None,
+    staleness: int = 0,
 ) -> tuple[float, SimResult]:
     """The search's cost function: (steady-state iteration seconds or inf, details)."""
-    res = simulate(cm, allocations, iterations)
+    res = simulate(cm, allocations, iterations, staleness=staleness)
     return res.iteration_time_s, res

@@ -8,7 +8,9 @@ add to a plan, so two bounds hold for every plan the search could return:
 - *cycle*: a trained role's calls of one iteration, from its first call to its train call, form
   a chain (data edges), and its next first call waits for that train call (version edge): the
   longest such chain of `t_min` bounds the steady-state iteration although iterations overlap
-  (rlhf-run ends an iteration without a barrier).
+  (rlhf-run ends an iteration without a barrier). Under staleness k (plans.staleness) the
+  actor's version edge runs from train call i to generation i + 1 + k: its chain then repeats
+  once every k + 1 iterations, so it bounds k + 1 iterations, and the iteration by chain / (k + 1).
 
 `dependency_layers` groups the calls into consecutive layers, each depending on all of the
 layer before (PPO: generation; the three inference calls; the two train calls); the greedy
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from planner.candidates import Scored
 from plans import ExperimentSpec
 from plans.dataflow import unrolled
+from plans.staleness import stale_calls
 
 
 @dataclass(frozen=True)
@@ -99,36 +102,52 @@ def cycles(exp: ExperimentSpec) -> list[tuple[str, str]]:
     return out
 
 
-def cycle_time(exp: ExperimentSpec, t: dict[str, float]) -> float:
+def cycle_spans(exp: ExperimentSpec, staleness: int = 0) -> list[int]:
+    """Iterations each of `cycles(exp)` spans: k + 1 for the cycle of a call that runs k
+    iterations ahead under staleness k, else 1."""
+    stale = set(stale_calls(exp.mfcs(), staleness))
+    return [staleness + 1 if f in stale else 1 for f, _ in cycles(exp)]
+
+
+def cycle_time(exp: ExperimentSpec, t: dict[str, float], staleness: int = 0) -> float:
     """Seconds per iteration at the least when each call takes `t`: the longest call, or the
-    longest chain a version edge closes into a cycle."""
+    longest chain a version edge closes into a cycle, over the iterations that cycle spans."""
     chain = _chains(exp, t)
-    return max([*t.values(), *(chain[tr].get(f, 0.0) for f, tr in cycles(exp))])
+    spans = cycle_spans(exp, staleness)
+    loops = [chain[tr].get(f, 0.0) / n for (f, tr), n in zip(cycles(exp), spans, strict=True)]
+    return max([*t.values(), *loops])
 
 
 def prune_slow(
-    exp: ExperimentSpec, cands: dict[str, list[Scored]], limit: float
+    exp: ExperimentSpec, cands: dict[str, list[Scored]], limit: float, staleness: int = 0
 ) -> dict[str, list[Scored]]:
     """Drop candidates that no plan faster than `limit` seconds per iteration can use: a call
     repeats on its mesh every iteration, so its own time bounds the iteration; a call on a
     trained role's cycle bounds it together with the fastest candidates of the rest of the
-    longest cycle through it."""
+    longest cycle through it (over the iterations the cycle spans, `cycle_spans`). A bound
+    valid under staleness k holds for every smaller k too."""
     t_min = {n: min(c.time_s for c in lst) for n, lst in cands.items()}
     fwd = _chains(exp, t_min)
     anc = _ancestors(exp)
-    # Seconds the rest of the longest cycle through each call adds at the least.
-    rest = {n: 0.0 for n in cands}
-    for f, tr in cycles(exp):
+    # Per call: (seconds the rest of a cycle through it adds at the least, iterations spanned).
+    rest: dict[str, list[tuple[float, int]]] = {n: [] for n in cands}
+    for (f, tr), span in zip(cycles(exp), cycle_spans(exp, staleness), strict=True):
         for n in cands:
             if n in (f, tr) or (f in anc[n] and n in anc[tr]):
                 through = fwd[n].get(f, t_min[n]) + fwd[tr].get(n, t_min[n]) - 2 * t_min[n]
-                rest[n] = max(rest[n], through)
+                rest[n].append((through, span))
+
+    def bound(n: str, t: float) -> float:
+        return max([t, *((t + r) / span for r, span in rest[n])])
+
     return {
-        n: [c for c in lst if c.time_s + rest[n] < limit] or lst[:1] for n, lst in cands.items()
+        n: [c for c in lst if bound(n, c.time_s) < limit] or lst[:1] for n, lst in cands.items()
     }
 
 
-def lower_bounds(exp: ExperimentSpec, world: int, cands: dict[str, list[Scored]]) -> Bounds:
+def lower_bounds(
+    exp: ExperimentSpec, world: int, cands: dict[str, list[Scored]], staleness: int = 0
+) -> Bounds:
     t_min = {n: min(c.time_s for c in lst) for n, lst in cands.items()}
     area = {n: min(c.time_s * c.alloc.mesh.size for c in lst) for n, lst in cands.items()}
-    return Bounds(area_s=sum(area.values()) / world, cycle_s=cycle_time(exp, t_min))
+    return Bounds(area_s=sum(area.values()) / world, cycle_s=cycle_time(exp, t_min, staleness))

@@ -9,12 +9,21 @@ from plans import MFC, Allocation, ClusterSpec, DeviceMesh, ExperimentSpec, Para
 
 
 class SearchContext:
-    """Cost queries of one (experiment, cluster, profile), shared by baselines and search."""
+    """Cost queries of one (experiment, cluster, profile), shared by baselines and search.
+    `staleness`: the k a plan may run with (plans.staleness); a plan costs as much as its
+    fastest k (the synchronous order alone by default)."""
 
-    def __init__(self, exp: ExperimentSpec, cluster: ClusterSpec, cost_model: CostModel):
+    def __init__(
+        self,
+        exp: ExperimentSpec,
+        cluster: ClusterSpec,
+        cost_model: CostModel,
+        staleness: tuple[int, ...] = (0,),
+    ):
         self.exp = exp
         self.cluster = cluster
         self.cm = cost_model
+        self.staleness = staleness
         self._strategies: dict[tuple[str, int, int], list[ParallelStrategy]] = {}
         self._fastest: dict[tuple, ParallelStrategy | None] = {}
         self._scores: dict[tuple[str, int, int, ParallelStrategy], tuple[float, float, bool]] = {}
@@ -55,5 +64,16 @@ class SearchContext:
         return self._fastest[key]
 
     def plan_cost(self, allocations: dict[str, Allocation]) -> float:
-        """Simulated steady-state iteration seconds; inf when the plan does not fit."""
-        return estimate_allocations(self.cm, allocations)[0]
+        """Simulated steady-state iteration seconds at the fastest k; inf when the plan does
+        not fit."""
+        return self.fastest_staleness(allocations)[0]
+
+    def fastest_staleness(self, allocations: dict[str, Allocation]) -> tuple[float, int]:
+        """(seconds, k) of the fastest k of `staleness` for these allocations; the smallest k
+        of equally fast ones (fewer views, fresher data)."""
+        best, best_k = float("inf"), self.staleness[0]
+        for k in self.staleness:
+            t = estimate_allocations(self.cm, allocations, staleness=k)[0]
+            if t < best:
+                best, best_k = t, k
+        return best, best_k

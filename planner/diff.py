@@ -69,4 +69,6 @@ def diff_plans(a: Plan, b: Plan, est_a: dict[str, Any], est_b: dict[str, Any]) -
         "iteration_a_s": ia,
         "iteration_b_s": ib,
         "iteration_delta_s": None if ia is None or ib is None else ib - ia,
+        "max_staleness_a": a.max_staleness,
+        "max_staleness_b": b.max_staleness,
     }

@@ -57,6 +57,7 @@ class Space:
         gpus_per_node: int | None = None,
         after: dict[str, list[str]] | None = None,
         cycles: list[tuple[str, str]] | None = None,
+        spans: list[int] | None = None,
     ):
         self.names = list(cands)
         # Calls each call waits for within an iteration (data edges), and the (first call,
@@ -64,6 +65,9 @@ class Space:
         # must then be in a topological order (the algorithm's canonical order is).
         self.preds = [[self.names.index(p) for p in (after or {}).get(n, [])] for n in self.names]
         self.cycles = [(self.names.index(f), self.names.index(t)) for f, t in cycles or []]
+        # Iterations each cycle spans (planner.bounds.cycle_spans: k + 1 for the actor's under
+        # staleness k).
+        self.spans = list(spans) if spans is not None else [1] * len(self.cycles)
         # Calls that share a model: moving them together keeps them co-located, which a
         # one-call move can only reach through a costly reallocating middle state.
         self.groups = [[self.names.index(n) for n in g] for g in (groups or []) if len(g) > 1]
@@ -103,16 +107,16 @@ class Space:
         """Iteration seconds at the least (planner.bounds.cycle_time for this state): a call
         repeats on its mesh every iteration, and a trained role's chain from its first call to
         its train call repeats after the train call (the version edge), however iterations
-        overlap."""
+        overlap (over the iterations the cycle spans)."""
         t = [self.cands[k][i].time_s for k, i in enumerate(state)]
         best = max(t)
-        for first, train in self.cycles:
+        for (first, train), n in zip(self.cycles, self.spans, strict=True):
             reach = [-math.inf] * len(t)  # longest chain from `first` to each call
             reach[first] = t[first]
             for k in range(first + 1, train + 1):
                 before = max((reach[p] for p in self.preds[k]), default=-math.inf)
                 reach[k] = before + t[k]
-            best = max(best, reach[train])
+            best = max(best, reach[train] / n)
         return best
 
     def allocations(self, state: State) -> dict[str, Allocation]:

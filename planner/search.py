@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from estimator.cost import CostModel
 from estimator.profile import Profile
 from planner import baselines
-from planner.bounds import cycles, predecessors, prune_slow
+from planner.bounds import cycle_spans, cycles, predecessors, prune_slow
 from planner.candidates import Scored, candidates
 from planner.context import SearchContext
 from planner.mcmc import ChainResult, Space, State, polish, run_chain
@@ -33,6 +33,11 @@ class SearchOutcome:
     search_time_s: float
     steps: int = 0
     timed_out: bool = False
+    staleness: int = 0
+    """The chosen k: iterations the actor's generation runs ahead (plans.staleness)."""
+    sync_cost: float | None = None
+    """The best synchronous (k = 0) plan's iteration seconds, for comparison (None for a
+    baseline method, which is synchronous and not searched)."""
 
 
 def _state_of(space: Space, allocs: dict[str, Allocation]) -> State | None:
@@ -170,9 +175,16 @@ def search(
     progress: Progress | None = None,
 ) -> SearchOutcome:
     """Find a fast plan. Same inputs and seed give the same plan whenever the step budget
-    finishes inside the time limit (the outcome says whether it did)."""
+    finishes inside the time limit (the outcome says whether it did).
+
+    With `async.max_staleness` K > 0 two searches share the time limit: the synchronous one
+    (k = 0), then one whose plans cost as much as their fastest k in 1..K, started from the
+    synchronous result; the faster plan wins (the synchronous one on a tie). A plan and its k
+    are searched together because they go together: generation running ahead only pays off
+    on devices of its own, which the synchronous optimum rarely gives it."""
     t0 = time.monotonic()
-    ctx = SearchContext(exp, cluster, CostModel(cluster, exp, profile))
+    cm = CostModel(cluster, exp, profile)
+    ctx = SearchContext(exp, cluster, cm)
     found = {name: fn(ctx) for name, fn in baselines.BASELINES.items()}
     base_costs = {name: c for name, (c, _) in found.items()}
     if method in found:
@@ -180,49 +192,118 @@ def search(
         if allocs is None:
             raise PlanError(f"no {method} plan fits on {cluster.label()}", field="method")
         return SearchOutcome(method, cost, allocs, base_costs, time.monotonic() - t0)
+    if method not in ("mcmc", "exhaustive"):
+        raise PlanError(f"unknown method {method!r}", field="method")
+    bound = exp.async_.max_staleness
+    phases = 2 if bound else 1
+
+    def phase(i: int) -> Progress | None:
+        if progress is None:
+            return None
+        return lambda frac, best: progress((i + frac) / phases, best)
+
+    share = t0 + time_limit / phases
+    sync = _search_in(ctx, found, method, seed, steps, chains, share, phase(0), [], 0)
+    if not math.isfinite(sync.cost):
+        raise PlanError(f"no plan fits on {cluster.label()}", field="method")
+    outcome = SearchOutcome(
+        method,
+        sync.cost,
+        sync.allocations,
+        base_costs,
+        0.0,
+        steps=sync.steps,
+        timed_out=sync.timed_out,
+        sync_cost=sync.cost,
+    )
+    if bound:
+        actx = SearchContext(exp, cluster, cm, staleness=tuple(range(1, bound + 1)))
+        ahead = _search_in(
+            actx, found, method, seed, steps, chains, t0 + time_limit, phase(1),
+            [sync.allocations], bound,
+        )  # fmt: skip
+        outcome.steps += ahead.steps
+        outcome.timed_out = outcome.timed_out or ahead.timed_out
+        if ahead.cost < sync.cost:
+            outcome.cost, k = actx.fastest_staleness(ahead.allocations)
+            outcome.allocations, outcome.staleness = ahead.allocations, k
+    outcome.search_time_s = time.monotonic() - t0
+    return outcome
+
+
+@dataclass
+class _Found:
+    cost: float
+    allocations: dict[str, Allocation]
+    steps: int = 0
+    timed_out: bool = False
+
+
+def _search_in(
+    ctx: SearchContext,
+    found: dict[str, tuple[float, dict[str, Allocation] | None]],
+    method: str,
+    seed: int,
+    steps: int,
+    chains: int,
+    deadline: float,
+    progress: Progress | None,
+    extra: list[dict[str, Allocation]],
+    staleness: int,
+) -> _Found:
+    """One search under `ctx`'s cost (its plans' fastest k of `ctx.staleness`), started from
+    the baselines, the greedy plan and `extra`; `staleness`: the largest k, for the bounds."""
+    exp = ctx.exp
     cands = candidates(ctx)
     best_name = min(found, key=lambda n: found[n][0])
     # Starting plans: the greedy layered plan and the baselines, fastest first.
-    seed_plans = [greedy(ctx, found[best_name][1])] + [a for _, a in found.values()]
+    seed_plans = [greedy(ctx, found[best_name][1])] + [a for _, a in found.values()] + extra
     seed_plans = sorted((a for a in seed_plans if a is not None), key=ctx.plan_cost)
     # A candidate slower than the best starting plan's whole iteration (alone, or together with
     # the fastest candidates of the rest of a cycle it lies on) cannot be part of a better plan.
     limit = ctx.plan_cost(seed_plans[0]) if seed_plans else math.inf
     if math.isfinite(limit):
-        cands = prune_slow(exp, cands, limit * (1 + 1e-9))
+        cands = prune_slow(exp, cands, limit * (1 + 1e-9), staleness)
     for allocs in seed_plans:
         _ensure(cands, ctx, allocs)
     space = Space(
         cands,
         [[m.name for m in exp.mfcs() if m.role == r] for r in exp.roles],
-        cluster.gpus_per_node,
+        ctx.cluster.gpus_per_node,
         predecessors(exp),
         cycles(exp),
+        cycle_spans(exp, staleness),
     )
     if method == "exhaustive":
         cost, state = exhaustive(space, ctx)
-        if state is None:
-            raise PlanError(f"no plan fits on {cluster.label()}", field="method")
-        return SearchOutcome(
-            method, cost, space.allocations(state), base_costs, time.monotonic() - t0
-        )
-    if method != "mcmc":
-        raise PlanError(f"unknown method {method!r}", field="method")
+        return _Found(cost, space.allocations(state) if state is not None else {})
     # The chains' first rounds start from the starting plans, dealt out in turn; their other
     # rounds from random states.
     seeded = list(dict.fromkeys(s for a in seed_plans if (s := _state_of(space, a)) is not None))
     starts = [seeded[c::chains] or None for c in range(chains)]
-    seeds = [seed * 1000 + i for i in range(chains)]
-    deadline = t0 + time_limit
+    seeds = [seed * 1000 + staleness * chains + i for i in range(chains)]
     best, timed_out = optimize(space, ctx, seeds, steps, deadline, starts, progress)
     if not math.isfinite(best.cost):
-        raise PlanError(f"no plan fits on {cluster.label()}", field="method")
-    return SearchOutcome(
-        "mcmc",
-        best.cost,
-        space.allocations(best.state),
-        base_costs,
-        time.monotonic() - t0,
-        steps=best.steps,
-        timed_out=timed_out,
-    )
+        return _Found(math.inf, {}, best.steps, timed_out)
+    return _Found(best.cost, space.allocations(best.state), best.steps, timed_out)
+
+
+def search_at(
+    exp: ExperimentSpec,
+    cluster: ClusterSpec,
+    k: int,
+    profile: Profile | None = None,
+    time_limit: float = 30.0,
+    seed: int = 0,
+    steps: int = 20_000,
+    chains: int = 2,
+    start: dict[str, Allocation] | None = None,
+) -> tuple[float, dict[str, Allocation]]:
+    """(seconds, allocations) of the fastest plan found that runs with exactly staleness k,
+    started from the baselines, the greedy plan and `start` (benchmarks compare k this way)."""
+    ctx = SearchContext(exp, cluster, CostModel(cluster, exp, profile), staleness=(k,))
+    found = {name: fn(ctx) for name, fn in baselines.BASELINES.items()}
+    deadline = time.monotonic() + time_limit
+    extra = [start] if start else []
+    got = _search_in(ctx, found, "mcmc", seed, steps, chains, deadline, None, extra, k)
+    return got.cost, got.allocations

@@ -72,3 +72,11 @@ def version_used(iteration: int, k: int) -> int:
 def version_lag(iteration: int, k: int) -> int:
     """How many train calls the batch of `iteration` is behind when it is trained on."""
     return iteration - version_used(iteration, k)
+
+
+def private_view_roles(calls: tuple[MFC, ...], k: int) -> frozenset[str]:
+    """Roles whose views must be copies that share no memory with the home: a stale call's
+    view is filled before the train call that then updates the home in place, so a tensor (or
+    hosted rows) shared with the home would hand the generation weights newer than the
+    version it claims. Such a view is priced as a full copy: no hosting, nothing shared."""
+    return frozenset(m.role for m in calls if m.name in stale_calls(calls, k))

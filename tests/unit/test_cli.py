@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from plans import example_names, example_path
+from plans import example_names, example_path, load_experiment
 
 EXE = shutil.which("rlhf-plan") or f"{sys.executable} -m cli.plan_app"
 
@@ -211,6 +211,41 @@ def test_every_result_command_prints_json(tmp_path):
         assert isinstance(json.loads(r.stdout), dict), args
     shown = json.loads(run("show", plan, "--json").stdout)
     assert set(shown["allocations"]) == {c["name"] for c in shown["calls"]}
+
+
+def test_search_shows_the_chosen_staleness_next_to_the_synchronous_plan(tmp_path):
+    """One prompt per iteration on two devices: generating one iteration ahead wins, and
+    search, estimate and show say so."""
+    doc = load_experiment(example_path("ppo-tiny", "experiment")).model_dump(mode="json")
+    doc.update(batch_size=1, mini_batches=1)
+    doc["async"] = {"max_staleness": 1}
+    exp, plan = tmp_path / "ppo-async.json", tmp_path / "plan.json"
+    exp.write_text(json.dumps(doc))
+    args = ("search", str(exp), "--gpus-per-node", "2", "--device", "cpu",
+            "--method", "exhaustive", "--out", str(plan))  # fmt: skip
+    r = run(*args, "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["max_staleness"] == 1 and got["allowed_max_staleness"] == 1
+    assert got["synchronous_iteration_time_s"] > got["iteration_time_s"]
+    assert got["speedup_over_synchronous"] == pytest.approx(
+        got["synchronous_iteration_time_s"] / got["iteration_time_s"]
+    )
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    assert "staleness k=1: " in r.stdout and "x the synchronous plan's" in r.stdout
+    assert "k=0 (synchronous)" in r.stdout
+    assert json.loads(plan.read_text())["max_staleness"] == 1
+    est = json.loads(run("estimate", str(plan), "--json").stdout)
+    assert est["max_staleness"] == 1
+    assert est["iteration_time_s"] == pytest.approx(got["iteration_time_s"])
+    train = next(c for c in est["calls"] if c["name"] == "actor_train")
+    assert train["breakdown_s"]["proximal"] > 0
+    for cmd in ("estimate", "show"):
+        r = run(cmd, str(plan))
+        assert r.returncode == 0 and "staleness k=1" in r.stdout, (cmd, r.stderr)
+    r = run("estimate", str(example_path("ppo-tiny-4cpu", "plan")))
+    assert "staleness" not in r.stdout
 
 
 def test_search_writes_a_plan_only_where_out_says(tmp_path):

@@ -50,3 +50,11 @@ def test_diff_reports_changes_and_moves():
     removed = {(m["role"], m["from"], m["to"]) for m in d["reallocations_removed"]}
     assert ("actor", "actor_gen", "actor_train") in removed
     assert gen != b.allocations["actor_gen"]
+
+
+def test_diff_names_a_change_of_staleness():
+    a = _plan()
+    b = a.model_copy(update={"max_staleness": 1})
+    d = diff_plans(a, b, {"iteration": 3.0}, {"iteration": 2.5})
+    assert (d["max_staleness_a"], d["max_staleness_b"]) == (0, 1)
+    assert diff_plans(a, a, {}, {})["max_staleness_b"] == 0
