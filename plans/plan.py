@@ -9,6 +9,8 @@ from plans.allocation import Allocation
 from plans.cluster import ClusterSpec
 from plans.errors import PlanError
 from plans.experiment import ExperimentSpec
+from plans.residency import layout_key
+from plans.staleness import home_layout_calls
 from plans.strict import STRICT
 
 FORMAT_VERSION = 1
@@ -110,6 +112,16 @@ def check_plan(plan: Plan) -> None:
                 field="max_staleness",
             )
         )
+    if plan.max_staleness and set(calls) <= set(plan.allocations):
+        layouts = {n: layout_key(plan.allocations[n]) for n in calls}
+        for name in home_layout_calls(exp.mfcs(), plan.max_staleness, layouts):
+            bad.append(
+                PlanError(
+                    f"{name} shares the layout of its role's train call: generating ahead "
+                    "would gain no time there (set it to 0, or give generation its own devices)",
+                    field="max_staleness",
+                )
+            )
     for name in plan.allocations:
         if name not in calls:
             bad.append(

@@ -18,9 +18,12 @@ there) share.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from plans.algorithms import MFC
+from plans.errors import PlanError
 from plans.strict import STRICT
 
 ASYNC_ALGORITHMS = ("ppo", "grpo")
@@ -62,6 +65,31 @@ def refresh_call(calls: tuple[MFC, ...], k: int) -> str | None:
     if k == 0:
         return None
     return next(m.name for m in calls if m.role == "actor" and m.kind == "train")
+
+
+def home_layout_calls(
+    calls: tuple[MFC, ...], k: int, layout_of: Mapping[str, Hashable]
+) -> tuple[str, ...]:
+    """Stale calls that run in their role's home layout (`layout_of`: call -> layout, as
+    plans.residency.layout_key gives it). Refused: generation and training then share the
+    devices and run one after the other, so running ahead buys no time, and sampling with
+    an old version would need a copy of the weights next to the home."""
+    stale = stale_calls(calls, k)
+    home = {m.role: layout_of[m.name] for m in calls if m.kind == "train"}
+    return tuple(m.name for m in calls if m.name in stale and layout_of[m.name] == home[m.role])
+
+
+def checkpoint_refusal(k: int, resume: bool, checkpoint_every: int) -> PlanError | None:
+    """Runs with k > 0 neither save nor resume checkpoints: a checkpoint would have to hold
+    the older versions the next k generations still read, not only the home weights."""
+    if k == 0 or not (resume or checkpoint_every):
+        return None
+    flag = "--resume" if resume else "--checkpoint-every"
+    return PlanError(
+        f"not with max_staleness = {k}: a checkpoint would need the older weights generation "
+        "still reads (run with max_staleness = 0 to checkpoint)",
+        field=flag,
+    )
 
 
 def version_used(iteration: int, k: int) -> int:

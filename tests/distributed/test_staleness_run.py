@@ -1,0 +1,152 @@
+"""Bounded staleness in rlhf-run (docs/ASYNC.md): k = 0 changes nothing; with k = 1 and the
+generation on its own device, generation of iteration i samples with exactly the weights
+after max(0, i - 1) train calls, the runs finish and report their version lags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from executor.compute import forward
+from executor.model import Transformer
+from executor.parallel.context import ParallelContext
+from executor.programs.calls import model_batch
+from executor.realloc.model_shards import adopt_shards_
+from executor.runtime.launch import launch
+from executor.runtime.worker import RunTask, Worker, run
+from plans import (
+    Allocation,
+    ClusterSpec,
+    DeviceMesh,
+    ParallelStrategy,
+    Plan,
+    experiment_from_dict,
+    load_experiment,
+    save_plan,
+)
+
+pytestmark = pytest.mark.distributed
+
+ITERATIONS = 3
+TRAIN = DeviceMesh(n_gpus=2, gpu_start=0)
+GEN = DeviceMesh(n_gpus=1, gpu_start=2)
+STATS = ("reward_mean", "response_len", "kl_mean", "actor_loss", "actor_grad_norm", "clip_frac")
+
+
+def _experiment(name: str, bound: int, **changes):
+    doc = load_experiment(name).model_dump(mode="json", by_alias=True)
+    doc.update(batch_size=4, evaluation=None, mini_batches=2, **changes)
+    if bound:
+        doc["async"] = {"max_staleness": bound}
+    return experiment_from_dict(doc)
+
+
+def _plan(exp, k: int) -> Plan:
+    """Generation alone on device 2, everything else data parallel on devices 0 and 1."""
+    allocs = {
+        m.name: Allocation(
+            mesh=GEN if m.kind == "generate" else TRAIN,
+            strategy=ParallelStrategy(dp=1 if m.kind == "generate" else 2),
+        )
+        for m in exp.mfcs()
+    }
+    cluster = ClusterSpec(nodes=1, gpus_per_node=3, device="cpu")
+    return Plan(cluster=cluster, experiment=exp, allocations=allocs, max_staleness=k)
+
+
+def _recording_worker(env, task) -> None:
+    """rlhf-run's worker, also keeping what the actor's generate calls returned (on the
+    generation rank) and the actor's weights before the run and after each train call (rank
+    0, which holds them whole: train is dp only)."""
+    w = Worker(env, task)
+    gens, weights = {}, {}
+    if env.rank == 0:
+        weights[0] = {k: v.clone() for k, v in w.roles["actor"].shards().items()}
+    inner = w.program.run
+
+    def run_call(m, model, ctx, data, call_env):
+        out = inner(m, model, ctx, data, call_env)
+        if m.name == "actor_gen" and out is not None:
+            gens[call_env.iteration] = {k: v.clone() for k, v in out.items()}
+        if m.name == "actor_train" and env.rank == 0:
+            shards = w.roles["actor"].shards()
+            weights[call_env.iteration + 1] = {k: v.clone() for k, v in shards.items()}
+        return out
+
+    w.program.run = run_call
+    try:
+        for it in range(task.iterations):
+            w.iteration(it)
+        w.drain()
+    finally:
+        w.close()
+    torch.save({"gens": gens, "weights": weights}, Path(task.out_dir) / f"rec{env.rank}.pt")
+
+
+def _run(tmp, tag, plan, fn=run):
+    path = tmp / f"{tag}.json"
+    save_plan(plan, path)
+    out = tmp / tag
+    task = RunTask(str(path), ITERATIONS, str(out), save_final=True)
+    assert launch(fn, task, world=plan.cluster.world_size, timeout_s=120) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return out, rows
+
+
+def _stats(row: dict) -> dict:
+    times = ("iteration_s", "realloc_s", "peak_memory_mib", "calls")
+    return {k: v for k, v in row.items() if k not in times}
+
+
+def test_k0_with_a_bound_is_the_synchronous_run(tmp_path):
+    """An experiment that allows staleness, run with k = 0, is bitwise the run without it."""
+    (a_out, a), (b_out, b) = (
+        _run(tmp_path, "plain", _plan(_experiment("grpo-tiny", 0, group_size=2), 0)),
+        _run(tmp_path, "bound", _plan(_experiment("grpo-tiny", 2, group_size=2), 0)),
+    )
+    assert [_stats(r) for r in a] == [_stats(r) for r in b]
+    assert [r["version_lag"] for r in a] == [0] * ITERATIONS
+    x = (a_out / "final/actor/model.safetensors").read_bytes()
+    assert x == (b_out / "final/actor/model.safetensors").read_bytes()
+
+
+def _logprobs(spec, weights: dict, gen: dict, exp) -> torch.Tensor:
+    model = adopt_shards_(Transformer(spec), weights)
+    lp = forward.logprobs(model, ParallelContext.single(), model_batch(gen))
+    p = exp.prompt_len
+    return lp[:, p - 1 : p - 1 + exp.gen_len] * gen["response_mask"]
+
+
+@pytest.mark.parametrize("name", ["grpo-tiny", "ppo-tiny"])
+def test_k1_generation_samples_with_the_older_version(name, tmp_path):
+    changes = {"group_size": 2} if name == "grpo-tiny" else {}
+    exp = _experiment(name, 1, **changes)
+    out, rows = _run(tmp_path, "k1", _plan(exp, 1), _recording_worker)
+    _, sync = _run(tmp_path, "k0", _plan(exp, 0))
+    assert [r["version_lag"] for r in rows] == [0, 1, 1]
+    assert [r["version_lag"] for r in sync] == [0, 0, 0]
+    for r in rows:
+        assert 0 <= r["behav_dropped_frac"] <= 1 and r["behav_weight_mean"] > 0, r
+        assert r["actor_loss"] == r["actor_loss"]  # finite
+    assert "behav_weight_mean" not in sync[0]
+    # Iteration 0 samples version 0 either way: the same rollouts.
+    for key in ("reward_mean", "response_len", "kl_mean"):
+        assert rows[0][key] == sync[0][key], key
+    # Iteration 1 samples version 0 under k = 1 but version 1 synchronously.
+    assert rows[1]["kl_mean"] != sync[1]["kl_mean"]
+    rec = torch.load(out / "rec2.pt")
+    weights = torch.load(out / "rec0.pt")["weights"]
+    assert sorted(rec["gens"]) == list(range(ITERATIONS))
+    assert sorted(weights) == list(range(ITERATIONS + 1))
+    spec = exp.model("actor")
+    for it, gen in rec["gens"].items():
+        used = max(0, it - 1)
+        for version in range(ITERATIONS):
+            gap = (_logprobs(spec, weights[version], gen, exp) - gen["logprobs"]).abs().max()
+            if version == used:  # recomputed from the weights it should have used
+                assert gap < 1e-5, (it, version, float(gap))
+            else:
+                assert gap > 1e-4, (it, version, float(gap))  # another version would show
