@@ -1,6 +1,7 @@
-"""Bounded staleness in rlhf-run (docs/ASYNC.md): k = 0 changes nothing; with k = 1 and the
+"""Bounded staleness in rlhf-run (docs/ASYNC.md): k = 0 changes nothing; with k > 0 and the
 generation on its own device, generation of iteration i samples with exactly the weights
-after max(0, i - 1) train calls, the runs finish and report their version lags."""
+after max(0, i - k) train calls (recomputed on one process from the recorded versions),
+the runs finish and report their version lags."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.distributed
 ITERATIONS = 3
 TRAIN = DeviceMesh(n_gpus=2, gpu_start=0)
 GEN = DeviceMesh(n_gpus=1, gpu_start=2)
-STATS = ("reward_mean", "response_len", "kl_mean", "actor_loss", "actor_grad_norm", "clip_frac")
+SHARED = DeviceMesh(n_gpus=2, gpu_start=2)
 
 
 def _experiment(name: str, bound: int, **changes):
@@ -44,26 +45,31 @@ def _experiment(name: str, bound: int, **changes):
     return experiment_from_dict(doc)
 
 
-def _plan(exp, k: int) -> Plan:
-    """Generation alone on device 2, everything else data parallel on devices 0 and 1."""
-    allocs = {
-        m.name: Allocation(
-            mesh=GEN if m.kind == "generate" else TRAIN,
-            strategy=ParallelStrategy(dp=1 if m.kind == "generate" else 2),
-        )
-        for m in exp.mfcs()
-    }
-    cluster = ClusterSpec(nodes=1, gpus_per_node=3, device="cpu")
+def _plan(exp, k: int, shared: bool = False) -> Plan:
+    """Generation alone on device 2, everything else data parallel on devices 0 and 1; or
+    (`shared`, 4 devices) the actor's training data parallel on devices 2 and 3, so that the
+    generation device holds a home replica too (a view there would be that very memory)."""
+
+    def alloc(m):
+        if m.kind == "generate":
+            return Allocation(mesh=GEN, strategy=ParallelStrategy())
+        if shared and m.kind == "train" and m.role == "actor":
+            return Allocation(mesh=SHARED, strategy=ParallelStrategy(dp=2))
+        return Allocation(mesh=TRAIN, strategy=ParallelStrategy(dp=2))
+
+    allocs = {m.name: alloc(m) for m in exp.mfcs()}
+    cluster = ClusterSpec(nodes=1, gpus_per_node=4 if shared else 3, device="cpu")
     return Plan(cluster=cluster, experiment=exp, allocations=allocs, max_staleness=k)
 
 
 def _recording_worker(env, task) -> None:
     """rlhf-run's worker, also keeping what the actor's generate calls returned (on the
-    generation rank) and the actor's weights before the run and after each train call (rank
-    0, which holds them whole: train is dp only)."""
+    generation rank) and the actor's weights before the run and after each train call (on
+    its train ranks, which hold them whole: train is dp only)."""
     w = Worker(env, task)
-    gens, weights = {}, {}
-    if env.rank == 0:
+    gens, weights, alive = {}, {}, []
+    trains = w.roles["actor"].model is not None
+    if trains:
         weights[0] = {k: v.clone() for k, v in w.roles["actor"].shards().items()}
     inner = w.program.run
 
@@ -71,7 +77,7 @@ def _recording_worker(env, task) -> None:
         out = inner(m, model, ctx, data, call_env)
         if m.name == "actor_gen" and out is not None:
             gens[call_env.iteration] = {k: v.clone() for k, v in out.items()}
-        if m.name == "actor_train" and env.rank == 0:
+        if m.name == "actor_train" and trains:
             shards = w.roles["actor"].shards()
             weights[call_env.iteration + 1] = {k: v.clone() for k, v in shards.items()}
         return out
@@ -80,17 +86,20 @@ def _recording_worker(env, task) -> None:
     try:
         for it in range(task.iterations):
             w.iteration(it)
+            alive.extend(sv.alive for sv in w.staged.values())
         w.drain()
     finally:
         w.close()
-    torch.save({"gens": gens, "weights": weights}, Path(task.out_dir) / f"rec{env.rank}.pt")
+    torch.save(
+        {"gens": gens, "weights": weights, "alive": alive}, Path(task.out_dir) / f"rec{env.rank}.pt"
+    )
 
 
-def _run(tmp, tag, plan, fn=run):
+def _run(tmp, tag, plan, fn=run, iterations=ITERATIONS):
     path = tmp / f"{tag}.json"
     save_plan(plan, path)
     out = tmp / tag
-    task = RunTask(str(path), ITERATIONS, str(out), save_final=True)
+    task = RunTask(str(path), iterations, str(out), save_final=True)
     assert launch(fn, task, world=plan.cluster.world_size, timeout_s=120) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return out, rows
@@ -120,14 +129,23 @@ def _logprobs(spec, weights: dict, gen: dict, exp) -> torch.Tensor:
     return lp[:, p - 1 : p - 1 + exp.gen_len] * gen["response_mask"]
 
 
-@pytest.mark.parametrize("name", ["grpo-tiny", "ppo-tiny"])
-def test_k1_generation_samples_with_the_older_version(name, tmp_path):
-    changes = {"group_size": 2} if name == "grpo-tiny" else {}
-    exp = _experiment(name, 1, **changes)
-    out, rows = _run(tmp_path, "k1", _plan(exp, 1), _recording_worker)
-    _, sync = _run(tmp_path, "k0", _plan(exp, 0))
-    assert [r["version_lag"] for r in rows] == [0, 1, 1]
-    assert [r["version_lag"] for r in sync] == [0, 0, 0]
+CASES = {  # experiment, k, shared
+    "grpo-k1": ("grpo-tiny", 1, False),
+    "ppo-k1": ("ppo-tiny", 1, False),
+    "grpo-k2": ("grpo-tiny", 2, False),
+    "grpo-k1-shared": ("grpo-tiny", 1, True),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_generation_samples_with_the_older_version(case, tmp_path):
+    name, k, shared = CASES[case]
+    n = k + 2  # a lag of k, and a generation of version 1
+    exp = _experiment(name, k, **({"group_size": 2} if name == "grpo-tiny" else {}))
+    out, rows = _run(tmp_path, "stale", _plan(exp, k, shared), _recording_worker, n)
+    _, sync = _run(tmp_path, "sync", _plan(exp, 0, shared), iterations=n)
+    assert [r["version_lag"] for r in rows] == [min(i, k) for i in range(n)]
+    assert [r["version_lag"] for r in sync] == [0] * n
     for r in rows:
         assert 0 <= r["behav_dropped_frac"] <= 1 and r["behav_weight_mean"] > 0, r
         assert r["actor_loss"] == r["actor_loss"]  # finite
@@ -135,16 +153,17 @@ def test_k1_generation_samples_with_the_older_version(name, tmp_path):
     # Iteration 0 samples version 0 either way: the same rollouts.
     for key in ("reward_mean", "response_len", "kl_mean"):
         assert rows[0][key] == sync[0][key], key
-    # Iteration 1 samples version 0 under k = 1 but version 1 synchronously.
+    # Iteration 1 samples version 0 under k > 0 but version 1 synchronously.
     assert rows[1]["kl_mean"] != sync[1]["kl_mean"]
     rec = torch.load(out / "rec2.pt")
-    weights = torch.load(out / "rec0.pt")["weights"]
-    assert sorted(rec["gens"]) == list(range(ITERATIONS))
-    assert sorted(weights) == list(range(ITERATIONS + 1))
+    weights = torch.load(out / f"rec{3 if shared else 0}.pt")["weights"]
+    assert sorted(rec["gens"]) == list(range(n))
+    assert sorted(weights) == list(range(n + 1))
+    assert max(rec["alive"]) <= k  # staged views held at once on the generation device
     spec = exp.model("actor")
     for it, gen in rec["gens"].items():
-        used = max(0, it - 1)
-        for version in range(ITERATIONS):
+        used = max(0, it - k)
+        for version in range(n):
             gap = (_logprobs(spec, weights[version], gen, exp) - gen["logprobs"]).abs().max()
             if version == used:  # recomputed from the weights it should have used
                 assert gap < 1e-5, (it, version, float(gap))
