@@ -93,7 +93,6 @@ def run(
     from plans import PlanError, load_plan
     from plans.devices import backend, run_refusal
     from plans.folders import check_plan_folders
-    from plans.staleness import checkpoint_refusal
 
     p = load_plan(plan)
     # A GPU plan needs CUDA and a GPU per worker of this machine; said in one line before any
@@ -108,9 +107,6 @@ def run(
         )
     if resume and out_dir is None:
         raise PlanError("--resume needs the run folder given with --out", field="--resume")
-    stale = checkpoint_refusal(p.max_staleness, resume, checkpoint_every)
-    if stale is not None:
-        raise stale
     estimate_plan(p)  # a plan that does not fit in memory stops here, naming the call
     # Everything the workers would read is read here first, so a broken input is one line
     # before any worker starts, not a traceback in each of them.

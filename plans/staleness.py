@@ -23,7 +23,6 @@ from collections.abc import Hashable, Mapping
 from pydantic import BaseModel, ConfigDict, Field
 
 from plans.algorithms import MFC
-from plans.errors import PlanError
 from plans.strict import STRICT
 
 ASYNC_ALGORITHMS = ("ppo", "grpo")
@@ -77,19 +76,6 @@ def home_layout_calls(
     stale = stale_calls(calls, k)
     home = {m.role: layout_of[m.name] for m in calls if m.kind == "train"}
     return tuple(m.name for m in calls if m.name in stale and layout_of[m.name] == home[m.role])
-
-
-def checkpoint_refusal(k: int, resume: bool, checkpoint_every: int) -> PlanError | None:
-    """Runs with k > 0 neither save nor resume checkpoints: a checkpoint would have to hold
-    the older versions the next k generations still read, not only the home weights."""
-    if k == 0 or not (resume or checkpoint_every):
-        return None
-    flag = "--resume" if resume else "--checkpoint-every"
-    return PlanError(
-        f"not with max_staleness = {k}: a checkpoint would need the older weights generation "
-        "still reads (run with max_staleness = 0 to checkpoint)",
-        field=flag,
-    )
 
 
 def version_used(iteration: int, k: int) -> int:

@@ -39,7 +39,6 @@ from plans.dataflow import unrolled
 from plans.residency import Residency, layout_key
 from plans.staleness import (
     ASYNC_ALGORITHMS,
-    checkpoint_refusal,
     refresh_call,
     stale_calls,
     version_lag,
@@ -104,9 +103,6 @@ class Worker:
         self.plan = plan = load_plan(task.plan_path)
         exp = self.exp = plan.experiment
         self.k = k = plan.max_staleness
-        stale = checkpoint_refusal(k, task.resume, task.checkpoint_every)
-        if stale is not None:  # rlhf-run says so before any worker starts
-            raise stale
         self.rules = Residency.of(exp, plan.allocations, k)
         self.ctxs = build_contexts(plan)
         # The one place the device is chosen (executor.runtime.launch); models, batches, KV
@@ -121,6 +117,13 @@ class Worker:
         self.out_dir = Path(task.out_dir)
         keeps = task.resume or task.checkpoint_every  # what checkpoints record: the data
         self.data = checkpoints.data_source(self.program.data_path) if keeps else {}
+        # Generate calls that sample with older weights, from views staged before the
+        # actor's train calls (plans.staleness); none with k = 0.
+        self.staged = {
+            name: StagedViews(self.roles[plan.mfc(name).role], plan.allocations[name], k)
+            for name in stale_calls(exp.mfcs(), k)
+        }
+        self.refresh = refresh_call(exp.mfcs(), k)
         self.start = self._resume() if task.resume else 0  # before anything is written
         if env.rank == 0:
             try:
@@ -136,15 +139,6 @@ class Worker:
         self.display = RunDisplay(self.start, task.iterations) if env.rank == 0 else None
         self.board = MetricsBoard(env.store, env.rank, env.world, env.timeout)
         self.sent: list[tuple[int, Pending]] = []  # outputs handed over, by iteration
-        # Generate calls that sample with older weights, from views staged before the
-        # actor's train calls (plans.staleness); none with k = 0.
-        self.staged = {
-            name: StagedViews(
-                self.roles[plan.mfc(name).role], plan.allocations[name], k, task.iterations
-            )
-            for name in stale_calls(exp.mfcs(), k)
-        }
-        self.refresh = refresh_call(exp.mfcs(), k)
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """The optimizer of every role this rank trains (home shards only)."""
@@ -171,7 +165,7 @@ class Worker:
             raise PlanError(f"no complete checkpoint in {where}", field="--resume")
         field = "--data" if self.task.data else "experiment.dataset"
         checkpoints.check_resume(path, self.plan, self.data, field)
-        done = checkpoints.load(path, self.env.rank, self.plan, self.roles, self.opts)
+        done = checkpoints.load(path, self.env.rank, self.plan, self.roles, self.opts, self.staged)
         if self.env.rank == 0:
             metrics.truncate(self.out_dir, done)
         return done
@@ -210,6 +204,7 @@ class Worker:
                 self.opts,
                 self.tok,
                 self.data,
+                self.staged,
             )
 
     def call(self, m: MFC, it: int, dataset: dict, rec: Iteration) -> None:

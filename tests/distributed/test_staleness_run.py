@@ -169,3 +169,42 @@ def test_generation_samples_with_the_older_version(case, tmp_path):
                 assert gap < 1e-5, (it, version, float(gap))
             else:
                 assert gap > 1e-4, (it, version, float(gap))  # another version would show
+
+
+@pytest.mark.parametrize(("k", "stop"), [(1, 2), (2, 1)])
+def test_a_resumed_stale_run_continues_exactly(k, stop, tmp_path):
+    """The checkpoint holds the staged older versions: stopped after `stop` iterations and
+    resumed, the run ends bitwise where an uninterrupted one does (k = 2, stop = 1: the
+    version-0 view generation 1 still reads and the one staged for generation 2)."""
+    plan = _plan(_experiment("grpo-tiny", k, group_size=2), k)
+    path = tmp_path / "plan.json"
+    save_plan(plan, path)
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    world, n = plan.cluster.world_size, 4
+
+    def go(out, iterations, **kw):
+        task = RunTask(str(path), iterations, str(out), checkpoint_every=stop, **kw)
+        assert launch(run, task, world=world, timeout_s=120) == 0
+
+    go(whole, n, save_final=True)
+    go(parts, stop)
+    go(parts, n, save_final=True, resume=True)
+    a, b = (
+        [_stats(json.loads(x)) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        for out in (whole, parts)
+    )
+    assert [r["iteration"] for r in b] == list(range(n))
+    assert [r["version_lag"] for r in b] == [min(i, k) for i in range(n)]
+    assert a == b
+    x = (whole / "final/actor/model.safetensors").read_bytes()
+    assert x == (parts / "final/actor/model.safetensors").read_bytes()
+    # The last checkpoint: the views generation n .. n + k - 1 will read, on the generation
+    # rank only, each of its own version (n - k + j).
+    last = parts / "checkpoints" / f"iter-{n:06d}"
+    gen, train = (torch.load(last / f"rank{r:05d}.pt")["staged"]["actor_gen"] for r in (2, 0))
+    assert [g["iterations"] for g in gen] == [[n + j] for j in range(k)]
+    assert [g["iterations"] for g in train] == [[n + j] for j in range(k)]
+    assert all(g["params"] for g in gen) and not any(g["params"] for g in train)
+    if k == 2:  # two different versions
+        first, second = gen[0]["params"], gen[1]["params"]
+        assert not all(torch.equal(first[t], second[t]) for t in first)

@@ -3,12 +3,12 @@ rules (plans.staleness, docs/ASYNC.md)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import hashlib
 
 import pytest
 
-from executor.runtime.worker import RunTask, Worker
-from plans import PlanError, load_plan, save_plan
+from executor.runtime import checkpoints
+from plans import PlanError, load_plan
 from plans.io import example_path, plan_from_dict
 from plans.residency import Residency
 
@@ -29,17 +29,14 @@ def test_generation_in_the_train_layout_is_refused():
     assert "actor_gen" in e.value.reason
 
 
-@pytest.mark.parametrize(
-    ("changes", "field"),
-    [({"checkpoint_every": 1}, "--checkpoint-every"), ({"resume": True}, "--resume")],
-)
-def test_checkpoints_are_refused_with_k_above_0(tmp_path, changes, field):
-    path = tmp_path / "k1.json"
-    save_plan(plan_from_dict({**_plan_doc(1), "max_staleness": 1}), path)
-    with pytest.raises(PlanError) as e:
-        Worker(SimpleNamespace(rank=0), RunTask(str(path), 2, str(tmp_path / "o"), **changes))
-    assert e.value.field == field
-    assert "max_staleness" in e.value.reason
+def test_a_checkpoint_is_resumed_with_the_same_staleness_only():
+    doc = _plan_doc(2)
+    ids = {checkpoints.plan_id(plan_from_dict({**doc, "max_staleness": k})) for k in (0, 1, 2)}
+    assert len(ids) == 3
+    # Without staleness the identity is the one checkpoints had before the field existed.
+    plain = plan_from_dict({**doc, "max_staleness": 0})
+    before = plain.model_dump_json(include={"cluster", "experiment", "allocations"})
+    assert checkpoints.plan_id(plain) == hashlib.sha256(before.encode()).hexdigest()[:16]
 
 
 def test_a_stale_role_never_hosts_its_home_in_a_view():
