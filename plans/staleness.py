@@ -11,9 +11,15 @@ Where the weights move. A generate call in another layout than the actor's home 
 of the home weights (plans.residency). Under staleness the view that generation i + k will
 read is taken from the home right before the actor's train call of iteration i, the last
 moment the home still holds version i; generation i has used its own view by then (it comes
-earlier in the global order), so k views of the generation layout are alive at most. This is
-the one rule the runtime (which makes the move there) and the simulator (which prices it
-there) share.
+earlier in the global order), so k views of the generation layout are alive at most.
+Generation of iterations 0 .. k - 1 reads one view of version 0, taken right before the
+generate call of iteration 0 (a move there, as with k = 0). Views are staged before every
+train call, also those whose generation lies past the run's end (a checkpoint keeps them for
+a longer resumed run). A staged view is a copy: the role never hosts home rows inside it
+(plans.residency.Residency.of with the plan's k), and it is refused when generation runs in
+the train call's own layout (`home_layout_calls`). This is the one rule the runtime (which
+makes the moves there, executor.runtime.staged) and the simulator (which prices them there)
+share.
 """
 
 from __future__ import annotations
