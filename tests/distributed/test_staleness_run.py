@@ -24,8 +24,11 @@ from plans import (
     DeviceMesh,
     ParallelStrategy,
     Plan,
+    example_path,
     experiment_from_dict,
     load_experiment,
+    load_plan,
+    plan_from_dict,
     save_plan,
 )
 
@@ -150,9 +153,12 @@ def test_generation_samples_with_the_older_version(case, tmp_path):
         assert 0 <= r["behav_dropped_frac"] <= 1 and r["behav_weight_mean"] > 0, r
         assert r["actor_loss"] == r["actor_loss"]  # finite
     assert "behav_weight_mean" not in sync[0]
-    # Iteration 0 samples version 0 either way: the same rollouts.
+    # Iteration 0 samples version 0 either way: the same rollouts, and the proximal policy
+    # is the behaviour policy up to rounding (w = 1, nothing dropped).
     for key in ("reward_mean", "response_len", "kl_mean"):
         assert rows[0][key] == sync[0][key], key
+    assert rows[0]["behav_weight_mean"] == pytest.approx(1, abs=1e-5)
+    assert rows[0]["behav_dropped_frac"] == 0
     # Iteration 1 samples version 0 under k > 0 but version 1 synchronously.
     assert rows[1]["kl_mean"] != sync[1]["kl_mean"]
     rec = torch.load(out / "rec2.pt")
@@ -208,3 +214,28 @@ def test_a_resumed_stale_run_continues_exactly(k, stop, tmp_path):
     if k == 2:  # two different versions
         first, second = gen[0]["params"], gen[1]["params"]
         assert not all(torch.equal(first[t], second[t]) for t in first)
+
+
+@pytest.mark.parametrize("train", ["dp2-tp2", "dp2-pp2"])
+def test_example_plan_runs_stale_with_other_train_layouts(train, tmp_path):
+    """ppo-tiny-4cpu (generation dp 2 on devices 0-1, the actor's training over all 4) with
+    k = 1: the proximal log-probs are put together from every dp share and pipeline stage of
+    the train layout, so in iteration 0 (version-0 data, version-0 weights) every behaviour
+    weight is 1 up to rounding and the loss is the synchronous one's."""
+    doc = load_plan(example_path("ppo-tiny-4cpu", "plan")).model_dump(mode="json", by_alias=True)
+    doc["experiment"].update(batch_size=8, mini_batches=2)
+    doc["experiment"]["async"] = {"max_staleness": 1}
+    if train == "dp2-pp2":
+        doc["allocations"]["actor_train"]["strategy"].update(tp=1, pp=2)
+
+    def runs(k):
+        return _run(tmp_path, f"k{k}", plan_from_dict({**doc, "max_staleness": k}), iterations=2)
+
+    (_, stale), (_, sync) = runs(1), runs(0)
+    assert [r["version_lag"] for r in stale] == [0, 1]
+    assert stale[0]["behav_weight_mean"] == pytest.approx(1, abs=1e-5)
+    assert stale[0]["behav_dropped_frac"] == 0
+    for key in ("reward_mean", "response_len", "kl_mean", "critic_loss"):
+        assert stale[0][key] == sync[0][key], key
+    assert stale[0]["actor_loss"] == pytest.approx(sync[0]["actor_loss"], abs=1e-5)
+    assert stale[1]["kl_mean"] != sync[1]["kl_mean"]
