@@ -6,11 +6,14 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+import torch
 
 from executor.runtime import checkpoints
+from executor.runtime.staged import StagedViews
 from plans import PlanError, load_plan
 from plans.io import example_path, plan_from_dict
 from plans.residency import Residency
+from plans.staleness import version_used
 
 
 def _plan_doc(bound: int) -> dict:
@@ -49,3 +52,28 @@ def test_a_stale_role_never_hosts_its_home_in_a_view():
     plan = plan_from_dict({**doc, "max_staleness": 1})
     assert "actor" in Residency.of(plan.experiment, plan.allocations).hosting
     assert "actor" not in Residency.of(plan.experiment, plan.allocations, 1).hosting
+
+
+class _Role:
+    """Stands in for a RoleModel: a snapshot is the home's version number."""
+
+    def __init__(self):
+        self.version, self.last_move = 0, None
+
+    def snapshot(self, alloc, buffers):
+        return ("version", self.version), [torch.zeros(1)]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_staged_views_follow_the_rule_in_the_global_order(k):
+    """generate i, then (before train i) a view for generation i + k, then train i: generation
+    i reads version max(0, i - k), and at most k views are alive."""
+    role = _Role()
+    views = StagedViews(role, None, k)
+    for it in range(3 * k + 4):
+        assert views.for_generate(it) == ("version", version_used(it, k))
+        views.after_generate(it)
+        views.before_train(it)
+        assert views.alive <= k
+        role.version += 1  # the train call
+    assert views.alive == k  # those the next k generations would read
