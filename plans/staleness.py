@@ -17,7 +17,10 @@ generate call of iteration 0 (a move there, as with k = 0). Views are staged bef
 train call, also those whose generation lies past the run's end (a checkpoint keeps them for
 a longer resumed run). A staged view is a copy: the role never hosts home rows inside it
 (plans.residency.Residency.of with the plan's k), and it is refused when generation runs in
-the train call's own layout (`home_layout_calls`). This is the one rule the runtime (which
+the train call's own layout (`home_layout_calls`). The generation ranks take part in every
+staging move where the global order has it, so they run at most one iteration ahead of the
+actor's train call: generation i + 1 overlaps train call i from k = 1 on, and k > 1 adds
+no overlap (only views and staleness). This is the one rule the runtime (which
 makes the moves there, executor.runtime.staged) and the simulator (which prices them there)
 share.
 """
