@@ -44,7 +44,7 @@ from estimator.memory import shared_weight_bytes
 from plans import Allocation, ModelSpec, PlanError
 from plans.dataflow import unrolled
 from plans.residency import Residency
-from plans.staleness import private_view_roles, refresh_call, stale_calls
+from plans.staleness import home_layout_calls, refresh_call, stale_calls
 
 DEFAULT_ITERATIONS = 3
 
@@ -132,7 +132,12 @@ def simulate(
         prox = cm.proximal_cost(refresh, allocations[refresh])
         res.call_time_s[refresh] += prox.time_s
         compute[refresh] += prox.compute_s
-    rules = Residency.of(exp, allocations)
+    rules = Residency.of(exp, allocations, staleness)
+    shared = home_layout_calls(tuple(calls), staleness, rules.layouts)
+    if shared:  # the plan check refuses these (plans.staleness): never a search's answer
+        res.feasible = False
+        res.reason = f"{shared[0]} shares its role's train layout under max_staleness {staleness}"
+        return res
     stale = _Stale.of(tuple(calls), staleness, rules)
     if not _memory(cm, rules, calls, allocations, atoms, costs, bounds, res, stale) and not record:
         return res  # the search needs only the verdict; `show` still wants the timeline
@@ -185,7 +190,7 @@ class _Stale:
             if m.name in names and rules.is_view(m):
                 layouts.setdefault(rules.layouts[m.name], m.name)
         staged = tuple(layouts.values())
-        return cls(k, names, staged, refresh_call(calls, k), private_view_roles(calls, k))
+        return cls(k, names, staged, refresh_call(calls, k), rules.private)
 
 
 def _concurrency(

@@ -10,6 +10,8 @@ from plans.cluster import ClusterSpec
 from plans.errors import PlanError
 from plans.experiment import ExperimentSpec
 from plans.fields import kl_setting
+from plans.residency import layout_key
+from plans.staleness import home_layout_calls
 from plans.strict import STRICT
 
 FORMAT_VERSION = 1
@@ -111,6 +113,16 @@ def check_plan(plan: Plan) -> None:
                 field="max_staleness",
             )
         )
+    if plan.max_staleness and set(calls) <= set(plan.allocations):
+        layouts = {n: layout_key(plan.allocations[n]) for n in calls}
+        for name in home_layout_calls(exp.mfcs(), plan.max_staleness, layouts):
+            bad.append(
+                PlanError(
+                    f"{name} shares the layout of its role's train call: generating ahead "
+                    "would gain no time there (set it to 0, or give generation its own devices)",
+                    field="max_staleness",
+                )
+            )
     table = {m.name for m in mfcs(exp.algorithm)}
     for name in plan.allocations:
         if name in table and name not in calls:

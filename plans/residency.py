@@ -11,8 +11,9 @@ estimator's simulator replays, written once.
 - A role may *host* its home rows inside its view (tp shrinks on the same rank: the view's
   tensor contains the home's rows, which then live there and are never copied again) only
   when it has exactly one view layout (with two, the first view's tensors would stay
-  allocated while the second exists) and its home is not ZeRO-1 (its optimizer keeps views of
-  the parameters' memory).
+  allocated while the second exists), its home is not ZeRO-1 (its optimizer keeps views of
+  the parameters' memory) and its calls do not sample with stale weights (plans.staleness:
+  a staged view must keep its version while the home trains).
 - A rule reward (`experiment.reward_function`) stands in for a reward role whose calls are
   all inference: that role's weights are never loaded, it has no views and no memory.
 - Every call's outputs go to its *consumers*: the calls that read one of its keys.
@@ -31,6 +32,7 @@ from functools import lru_cache
 from plans.algorithms import MFC, Calls, mfcs
 from plans.allocation import Allocation
 from plans.experiment import ExperimentSpec
+from plans.staleness import private_view_roles
 
 Layout = tuple
 """(mesh, dp, tp, pp): what `layout_key` returns."""
@@ -90,11 +92,17 @@ class Residency:
     hosting: frozenset[str]
     """Roles whose home rows may live inside their (single) view."""
     consumers: Mapping[str, tuple[str, ...]]
+    private: frozenset[str] = frozenset()
+    """Roles whose views share no memory with the home (plans.staleness.private_view_roles)."""
 
     @classmethod
-    def of(cls, exp: ExperimentSpec, allocations: Mapping[str, Allocation]) -> Residency:
+    def of(
+        cls, exp: ExperimentSpec, allocations: Mapping[str, Allocation], staleness: int = 0
+    ) -> Residency:
+        """The rules for one plan; `staleness` is its max_staleness."""
         calls = exp.mfcs()
         home = home_calls(calls)
+        private = private_view_roles(calls, staleness)
         layouts = {m.name: layout_key(allocations[m.name]) for m in calls}
         views: dict[str, set[Layout]] = {}
         for m in calls:
@@ -103,11 +111,12 @@ class Residency:
         hosting = {
             role
             for role, ls in views.items()
-            if len(ls) == 1 and not allocations[home[role]].strategy.zero1
+            if len(ls) == 1 and not allocations[home[role]].strategy.zero1 and role not in private
         }
         roles = {m.role for m in calls}
         loaded = {r for r in roles if not rule_replaces(exp, r)}
-        return cls(home, layouts, frozenset(loaded), frozenset(hosting & loaded), consumers(calls))
+        hosting &= loaded
+        return cls(home, layouts, frozenset(loaded), frozenset(hosting), consumers(calls), private)
 
     def home_layout(self, role: str) -> Layout:
         return self.layouts[self.home[role]]

@@ -11,12 +11,23 @@ Where the weights move. A generate call in another layout than the actor's home 
 of the home weights (plans.residency). Under staleness the view that generation i + k will
 read is taken from the home right before the actor's train call of iteration i, the last
 moment the home still holds version i; generation i has used its own view by then (it comes
-earlier in the global order), so k views of the generation layout are alive at most. This is
-the one rule the runtime (which makes the move there) and the simulator (which prices it
-there) share.
+earlier in the global order), so k views of the generation layout are alive at most.
+Generation of iterations 0 .. k - 1 reads one view of version 0, taken right before the
+generate call of iteration 0 (a move there, as with k = 0). Views are staged before every
+train call, also those whose generation lies past the run's end (a checkpoint keeps them for
+a longer resumed run). A staged view is a copy: the role never hosts home rows inside it
+(plans.residency.Residency.of with the plan's k), and it is refused when generation runs in
+the train call's own layout (`home_layout_calls`). The generation ranks take part in every
+staging move where the global order has it, so they run at most one iteration ahead of the
+actor's train call: generation i + 1 overlaps train call i from k = 1 on, and k > 1 adds
+no overlap (only views and staleness). This is the one rule the runtime (which
+makes the moves there, executor.runtime.staged) and the simulator (which prices them there)
+share.
 """
 
 from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -62,6 +73,18 @@ def refresh_call(calls: tuple[MFC, ...], k: int) -> str | None:
     if k == 0:
         return None
     return next(m.name for m in calls if m.role == "actor" and m.kind == "train")
+
+
+def home_layout_calls(
+    calls: tuple[MFC, ...], k: int, layout_of: Mapping[str, Hashable]
+) -> tuple[str, ...]:
+    """Stale calls that run in their role's home layout (`layout_of`: call -> layout, as
+    plans.residency.layout_key gives it). Refused: generation and training then share the
+    devices and run one after the other, so running ahead buys no time, and sampling with
+    an old version would need a copy of the weights next to the home."""
+    stale = stale_calls(calls, k)
+    home = {m.role: layout_of[m.name] for m in calls if m.kind == "train"}
+    return tuple(m.name for m in calls if m.name in stale and layout_of[m.name] == home[m.role])
 
 
 def version_used(iteration: int, k: int) -> int:

@@ -100,18 +100,24 @@ def grpo_loss(
     denominator: float,
     level: str = "sample",
     eps_clip_high: float | None = None,
+    weight: torch.Tensor | None = None,
 ) -> GRPOStats:
     """max(-A rho, -A clip(rho, 1-eps, 1+eps_high)) + beta * k3 per token, aggregated by `level`.
 
     This is the negated GRPO objective. `eps_clip_high` defaults to `eps_clip` (DAPO's
     "clip-higher" uses a larger one). With beta = 0 the reference log-probs are unused, and
     may be None: the loss is then the clipped surrogate alone.
+    A `weight` [B, T] (executor.losses.ppo.behaviour_weights, for data of an older policy)
+    multiplies each token's clipped surrogate, not the KL term; `old_logprobs` are then the
+    proximal policy's (decoupled PPO, docs/ASYNC.md).
     """
     high = eps_clip if eps_clip_high is None else eps_clip_high
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - eps_clip, 1.0 + high)
     surrogate = torch.maximum(unclipped, clipped)
+    if weight is not None:  # without one: the synchronous code path, unchanged
+        surrogate = surrogate * weight
     pg = aggregate(surrogate, mask, denominator, level)
     with torch.no_grad():
         clip_count = ((clipped > unclipped).to(mask.dtype) * mask).sum()

@@ -83,16 +83,63 @@ def policy_loss(
     mask: torch.Tensor,
     eps_clip: float,
     denominator: float,
+    weight: torch.Tensor | None = None,  # [B, T] behaviour weights (decoupled PPO)
 ) -> PolicyStats:
-    """max(-A rho, -A clip(rho, 1-eps, 1+eps)) summed over tokens / denominator."""
+    """max(-A rho, -A clip(rho, 1-eps, 1+eps)) summed over tokens / denominator; with a
+    `weight` (behaviour_weights, for data of an older policy) each token's term is multiplied
+    by it and `old_logprobs` are the proximal policy's."""
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - eps_clip, 1.0 + eps_clip)
     per_token = torch.maximum(unclipped, clipped)
+    if weight is not None:  # without one: the synchronous code path, unchanged
+        per_token = per_token * weight
     with torch.no_grad():
         clip_frac = ((clipped > unclipped).float() * mask).sum() / denominator
         approx_kl = ((old_logprobs - logprobs) * mask).sum() / denominator
     return PolicyStats((per_token * mask).sum() / denominator, clip_frac, approx_kl)
+
+
+@dataclass
+class BehaviourWeights:
+    """Decoupled PPO's correction of data sampled by an older (behaviour) policy."""
+
+    weight: torch.Tensor  # [B, T] pi_prox / pi_behav on kept tokens, 0 on dropped and padding
+    kept: torch.Tensor  # [B, T] 0/1: real tokens whose weight is within the cap
+    dropped: torch.Tensor  # number of real tokens left out by the cap
+
+
+def behaviour_weights(
+    prox_logprobs: torch.Tensor,  # [B, T] the actor at the start of its train call
+    behav_logprobs: torch.Tensor,  # [B, T] the policy that generated the batch
+    mask: torch.Tensor,  # [B, T]
+    cap: float,
+) -> BehaviourWeights:
+    """w = exp(prox - behav) per token; tokens with w > cap are left out (w = 0), as AReaL
+    does (docs/ASYNC.md). No gradient: both log-probs are fixed for the whole train call."""
+    with torch.no_grad():
+        w = torch.exp(prox_logprobs - behav_logprobs)
+        kept = ((w <= cap) & (mask > 0)).to(mask.dtype)
+        dropped = (mask * (1 - kept)).sum()
+        # where, not w * kept: a dropped weight may be inf, and inf * 0 is nan
+        return BehaviourWeights(torch.where(kept > 0, w, torch.zeros_like(w)), kept, dropped)
+
+
+def decoupled_policy_loss(
+    logprobs: torch.Tensor,  # [B, T] current policy, with grad
+    prox_logprobs: torch.Tensor,  # [B, T] proximal policy
+    behav_logprobs: torch.Tensor,  # [B, T] behaviour policy (the generating version)
+    advantages: torch.Tensor,  # [B, T]
+    mask: torch.Tensor,
+    eps_clip: float,
+    cap: float,
+    denominator: float,
+) -> PolicyStats:
+    """Decoupled PPO (AReaL, docs/ASYNC.md): per token
+    w * max(-A r, -A clip(r, 1-eps, 1+eps)) with r = pi / pi_prox and w = pi_prox / pi_behav
+    (0 above `cap`), summed over tokens / denominator. With prox == behav it is policy_loss."""
+    w = behaviour_weights(prox_logprobs, behav_logprobs, mask, cap).weight
+    return policy_loss(logprobs, prox_logprobs, advantages, mask, eps_clip, denominator, w)
 
 
 def value_loss(

@@ -8,6 +8,7 @@ import torch
 from executor.data.batching import Batch
 from executor.losses.grpo import group_advantages, grpo_loss, k3_kl, token_advantages
 from executor.programs import calls
+from executor.programs.decoupled import proximal_inputs, ratio_inputs
 from executor.programs.ppo import PPO, clipped_policy_steps
 from executor.programs.program import CallEnv
 
@@ -32,12 +33,14 @@ class GRPO(PPO):
             "advantages": token_advantages(adv, mask),
             "response_mask": mask,
         }
+        batch.update(proximal_inputs(model, ctx, env, data))  # stale data: decoupled PPO
         per_sample = c.loss_level == "sample"
 
         def terms(lp, mb):
+            old, w = ratio_inputs(mb, env.staleness > 0)
             out = grpo_loss(
                 lp,
-                mb["old_logprobs"],
+                old,
                 mb.get("ref_logprobs"),
                 mb["advantages"],
                 mb["response_mask"],
@@ -45,6 +48,7 @@ class GRPO(PPO):
                 c.kl_coef,
                 1.0,  # train_step divides by the mini-batch's count
                 c.loss_level,
+                weight=w,
             )
             return out.loss, out.clip_count
 

@@ -15,6 +15,7 @@ from executor.losses.macro import fixed_ngram_starts, macro_gae, parse_starts, p
 from executor.losses.ppo import gae, policy_loss, shaped_rewards, value_loss, whiten
 from executor.parallel.collectives import all_reduce_
 from executor.programs import calls
+from executor.programs.decoupled import proximal_inputs, ratio_inputs
 from executor.programs.program import CallEnv, Program, PromptSource
 from plans import MFC, ExperimentSpec
 
@@ -203,10 +204,11 @@ class PPO(Program):
             "advantages": adv.advantages,
             "response_mask": data["response_mask"],
         }
+        batch.update(proximal_inputs(model, ctx, env, data))  # stale data: decoupled PPO
 
         def terms(lp, mb):
-            mask = mb["response_mask"]
-            out = policy_loss(lp, mb["old_logprobs"], mb["advantages"], mask, exp.ppo.eps_clip, 1.0)
+            mask, (old, w) = mb["response_mask"], ratio_inputs(mb, env.staleness > 0)
+            out = policy_loss(lp, old, mb["advantages"], mask, exp.ppo.eps_clip, 1.0, w)
             return out.loss, out.clip_frac  # denominator 1: clip_frac is a token count here
 
         steps, clip_frac, gaps = clipped_policy_steps(model, ctx, env, batch, terms, tokens)

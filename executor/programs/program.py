@@ -45,6 +45,8 @@ class CallEnv:
     n_micro: int
     opt: object | None = None
     stats: dict = field(default_factory=dict)
+    staleness: int = 0
+    """The plan's max_staleness: > 0 when the actor trains on data of an older policy."""
 
 
 class Program:

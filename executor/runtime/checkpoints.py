@@ -33,7 +33,11 @@ KEEP = 2  # complete checkpoints kept; older ones are removed
 
 def plan_id(plan: Plan) -> str:
     """Identity of what a checkpoint's shards depend on: cluster, experiment and layouts."""
-    doc = plan.model_dump_json(include={"cluster", "experiment", "allocations"})
+    # max_staleness only when set: identities of earlier checkpoints stay as they were.
+    fields = {"cluster", "experiment", "allocations"} | (
+        {"max_staleness"} if plan.max_staleness else set()
+    )
+    doc = plan.model_dump_json(include=fields)
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 
@@ -71,9 +75,18 @@ def save_hf(rm, folder: Path, tokenizer) -> None:
 
 
 def save(
-    out_dir: Path, done: int, rank: int, plan: Plan, roles, opts, tokenizer, data: dict
+    out_dir: Path,
+    done: int,
+    rank: int,
+    plan: Plan,
+    roles,
+    opts,
+    tokenizer,
+    data: dict,
+    staged: dict | None = None,
 ) -> None:
-    """Collective over the world. `data`: the run's data_source."""
+    """Collective over the world. `data`: the run's data_source; `staged`: call -> its
+    StagedViews under max_staleness (the older weights generation still reads)."""
     final = _dir(out_dir, done)
     tmp = final.with_name(f".{final.name}.tmp")
     if rank == 0:
@@ -87,6 +100,8 @@ def save(
             "params": {k: v.detach().to("cpu", copy=True) for k, v in roles[role].shards().items()},
             "optim": opt.state_dict(),
         }
+    if staged:
+        state["staged"] = {name: sv.state() for name, sv in staged.items()}
     part = tmp / f"rank{rank:05d}.pt.part"
     try:
         with open(part, "wb") as f:  # a file object: a full disk is an OSError, not torch's
@@ -188,8 +203,9 @@ def _data_words(d: dict) -> str:
     return f"{d['dataset']} (sha256 {d.get('sha256', '?')[:12]})"
 
 
-def load(path: Path, rank: int, plan: Plan, roles, opts) -> int:
-    """Restore this rank's shards and optimizer states; returns the iterations already done."""
+def load(path: Path, rank: int, plan: Plan, roles, opts, staged: dict | None = None) -> int:
+    """Restore this rank's shards, optimizer states and staged views; returns the iterations
+    already done."""
     # Onto this worker's device, whichever device index wrote the file.
     device = next((rm.device for rm in roles.values()), torch.device("cpu"))
     state = torch.load(path / f"rank{rank:05d}.pt", weights_only=False, map_location=device)
@@ -206,4 +222,6 @@ def load(path: Path, rank: int, plan: Plan, roles, opts) -> int:
             for name, value in saved["params"].items():
                 params[name].copy_(value)
         opt.load_state_dict(saved["optim"])
+    for name, sv in (staged or {}).items():  # the plan's identity says they were saved
+        sv.restore(state["staged"][name])
     return int(state["iteration"])

@@ -132,6 +132,34 @@ class RoleModel:
         self._view = (key, model, added(shards, self.shards()))
         return model
 
+    def snapshot(self, alloc: Allocation, buffers: Buffers) -> tuple[Transformer | None, list]:
+        """A copy of the home weights in `alloc`'s layout that later train steps leave as it
+        is (a staged view, plans.staleness): (model on this rank or None, its tensors, to give
+        back to `buffers` when dropped). Collective like `view`; never hosts home rows."""
+        self.last_move = None
+        key = layout_key(alloc)
+        if key not in self._plans:
+            self._plans[key] = plan_params(self.home, alloc, self.spec, self.gpus_per_node)
+        home = self.shards()
+        plan, rank = self._plans[key], this_rank()
+        start = time.time()
+        shards = reallocate(
+            plan, home, self.dtype, keep_source=True, device=self.device, buffers=buffers
+        )
+        if plan.sends(rank) or plan.recvs(rank):
+            self.last_move = (start, time.time())
+        # A piece that is home memory (or a view into it) would change with the next train
+        # step: copy it.
+        homes = {t.untyped_storage().data_ptr() for t in home.values()}
+        for name, t in shards.items():
+            if t.untyped_storage().data_ptr() in homes:
+                shards[name] = buffers.take(t.shape, t.dtype, t.device).copy_(t)
+        ctx, model = self.ctxs[key], None
+        if ctx.in_mesh:
+            shell = Transformer.for_context(self.spec, ctx, self.dtype, "meta")
+            model = adopt_shards_(shell, shards)
+        return model, list(shards.values())
+
     def _host_home(self, key: tuple, plan: TransferPlan, rank: int, out: dict) -> None:
         """Let home shards that are whole, contiguous parts of this view's tensors (rows of a
         tp shard when the view has less tp) live there from now on: their old memory is

@@ -31,11 +31,18 @@ from executor.runtime.display import RunDisplay
 from executor.runtime.launch import RunError, WorkerEnv
 from executor.runtime.metrics import MetricsBoard
 from executor.runtime.roles import build_contexts, build_roles
+from executor.runtime.staged import StagedViews
 from executor.runtime.store import DataStore
 from plans import MFC, PlanError, load_plan, save_plan
 from plans.algorithms import DATASET_KEYS
 from plans.dataflow import unrolled
 from plans.residency import Residency, layout_key
+from plans.staleness import (
+    ASYNC_ALGORITHMS,
+    refresh_call,
+    stale_calls,
+    version_lag,
+)
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,8 @@ class Worker:
         self.env, self.task = env, task
         self.plan = plan = load_plan(task.plan_path)
         exp = self.exp = plan.experiment
-        self.rules = Residency.of(exp, plan.allocations)
+        self.k = k = plan.max_staleness
+        self.rules = Residency.of(exp, plan.allocations, k)
         self.ctxs = build_contexts(plan)
         # The one place the device is chosen (executor.runtime.launch); models, batches, KV
         # caches, pipeline buffers and every move follow it from here.
@@ -109,6 +117,13 @@ class Worker:
         self.out_dir = Path(task.out_dir)
         keeps = task.resume or task.checkpoint_every  # what checkpoints record: the data
         self.data = checkpoints.data_source(self.program.data_path) if keeps else {}
+        # Generate calls that sample with older weights, from views staged before the
+        # actor's train calls (plans.staleness); none with k = 0.
+        self.staged = {
+            name: StagedViews(self.roles[plan.mfc(name).role], plan.allocations[name], k)
+            for name in stale_calls(exp.mfcs(), k)
+        }
+        self.refresh = refresh_call(exp.mfcs(), k)
         self.start = self._resume() if task.resume else 0  # before anything is written
         if env.rank == 0:
             try:
@@ -150,7 +165,7 @@ class Worker:
             raise PlanError(f"no complete checkpoint in {where}", field="--resume")
         field = "--data" if self.task.data else "experiment.dataset"
         checkpoints.check_resume(path, self.plan, self.data, field)
-        done = checkpoints.load(path, self.env.rank, self.plan, self.roles, self.opts)
+        done = checkpoints.load(path, self.env.rank, self.plan, self.roles, self.opts, self.staged)
         if self.env.rank == 0:
             metrics.truncate(self.out_dir, done)
         return done
@@ -158,6 +173,8 @@ class Worker:
     # ---- one iteration ----------------------------------------------------------------------
     def iteration(self, it: int) -> None:
         rec = Iteration(time.time(), inbox={m.name: [] for m in self.exp.mfcs()})
+        if self.exp.algorithm in ASYNC_ALGORITHMS and self.env.rank == 0:
+            rec.stats["version_lag"] = version_lag(it, self.k)
         dataset = to_device(self.program.dataset(it), self.env.device)
         for m in self.order:
             self.call(m, it, dataset, rec)
@@ -187,13 +204,14 @@ class Worker:
                 self.opts,
                 self.tok,
                 self.data,
+                self.staged,
             )
 
     def call(self, m: MFC, it: int, dataset: dict, rec: Iteration) -> None:
         """The four steps of one call on this rank (most do nothing off the call's mesh)."""
         alloc = self.plan.allocations[m.name]
         ctx = self.ctxs[layout_key(alloc)]
-        model = self._model_for(m, rec)
+        model = self._model_for(m, it, rec)
         t1 = time.time()
         data = self._inputs(m, dataset, rec)
         t2 = time.time()
@@ -208,6 +226,7 @@ class Worker:
                 it,
                 alloc.strategy.micro_batches,
                 self.opts.get(m.role),
+                staleness=self.k,
             )
             if m.kind == "train":  # the schedule's rate of this call's first optimizer step
                 rec.stats[f"{m.role}_lr"] = float(env.opt.param_groups[0]["lr"])
@@ -220,6 +239,8 @@ class Worker:
             rec.stats.update(env.stats)
         t3 = time.time()
         self._hand_over(m, it, out, rec)
+        if m.name in self.staged:
+            self.staged[m.name].after_generate(it)
         if ctx.in_mesh:
             rec.calls[m.name] = {
                 "wait_s": t2 - t1,
@@ -228,8 +249,20 @@ class Worker:
                 "end": t3,
             }
 
-    def _model_for(self, m: MFC, rec: Iteration):
-        """Step 1: the role's model in the call's layout (a move where the view is not held)."""
+    def _model_for(self, m: MFC, it: int, rec: Iteration):
+        """Step 1: the role's model in the call's layout (a move where the view is not held);
+        under staleness, a staged view for generation, and a new one before the train call."""
+        if m.name in self.staged:
+            sv = self.staged[m.name]
+            model = sv.for_generate(it)
+            if sv.last_move is not None:
+                rec.moves[m.name] = sv.last_move
+            return model
+        if m.name == self.refresh:
+            for sv in self.staged.values():
+                sv.before_train(it)
+                if sv.last_move is not None:
+                    rec.moves[m.name] = sv.last_move
         rm = self.roles[m.role]
         model = rm.view(self.plan.allocations[m.name])
         if rm.last_move is not None:
