@@ -7,6 +7,9 @@ from estimator.simulate import estimate_allocations
 from planner import candidates
 from plans import MFC, Allocation, ClusterSpec, DeviceMesh, ExperimentSpec, ParallelStrategy
 
+TIE = 1e-9
+"""Relative difference below which two estimates are equally fast."""
+
 
 class SearchContext:
     """Cost queries of one (experiment, cluster, profile), shared by baselines and search.
@@ -74,6 +77,6 @@ class SearchContext:
         best, best_k = float("inf"), self.staleness[0]
         for k in self.staleness:
             t = estimate_allocations(self.cm, allocations, staleness=k)[0]
-            if t < best:
+            if t < best * (1 - TIE):  # a larger k must gain more than rounding
                 best, best_k = t, k
         return best, best_k

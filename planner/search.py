@@ -14,7 +14,7 @@ from estimator.profile import Profile
 from planner import baselines
 from planner.bounds import cycle_spans, cycles, predecessors, prune_slow
 from planner.candidates import Scored, candidates
-from planner.context import SearchContext
+from planner.context import TIE, SearchContext
 from planner.mcmc import ChainResult, Space, State, polish, run_chain
 from planner.seeds import greedy
 from plans import Allocation, ClusterSpec, ExperimentSpec, PlanError
@@ -224,7 +224,7 @@ def search(
         )  # fmt: skip
         outcome.steps += ahead.steps
         outcome.timed_out = outcome.timed_out or ahead.timed_out
-        if ahead.cost < sync.cost:
+        if ahead.cost < sync.cost * (1 - TIE):
             outcome.cost, k = actx.fastest_staleness(ahead.allocations)
             outcome.allocations, outcome.staleness = ahead.allocations, k
     outcome.search_time_s = time.monotonic() - t0

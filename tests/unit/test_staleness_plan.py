@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,7 @@ from planner.search import search
 from plans import Allocation, ClusterSpec, DeviceMesh, ParallelStrategy, PlanError
 from plans.io import example_path, experiment_from_dict, load_experiment, load_plan
 
+PROFILES = Path(__file__).parents[2] / "estimator" / "profiles"
 CPU2 = ClusterSpec(nodes=1, gpus_per_node=2, device="cpu")
 CPU4 = ClusterSpec(nodes=1, gpus_per_node=4, device="cpu")
 H100x2 = ClusterSpec(nodes=2, gpus_per_node=8, device="h100")
@@ -238,3 +240,25 @@ def test_search_picks_the_faster_k_within_the_bound():
     assert simulate(cm, out.allocations, staleness=1).iteration_time_s == out.cost
     sync = search(allowing("ppo-tiny", 0, batch_size=1, mini_batches=1), CPU2, method="exhaustive")
     assert sync.cost == out.sync_cost and sync.staleness == 0
+
+
+def test_a_larger_k_must_gain_more_than_rounding():
+    """k = 1 and k = 2 price this plan the same but for the last bits (k > 1 adds no overlap,
+    plans.staleness); the search keeps the smaller k, with fewer views and fresher data."""
+    from estimator import load_profile
+
+    exp = allowing("grpo-tiny", 2)
+    one = ParallelStrategy(dp=1, tp=1, pp=1)
+    two = ParallelStrategy(dp=2, tp=1, pp=1, micro_batches=2)
+    allocs = {
+        "actor_gen": Allocation(mesh=mesh(0, 1), strategy=one),
+        "ref_inf": Allocation(mesh=mesh(0, 2), strategy=two),
+        "rew_inf": Allocation(mesh=mesh(0, 2), strategy=ParallelStrategy(dp=2, tp=1, pp=1)),
+        "actor_train": Allocation(mesh=mesh(2, 1), strategy=one),
+    }
+    profile = load_profile(PROFILES / "cpu-epyc-2core-1thread_4workers.json")
+    ctx = SearchContext(exp, CPU4, CostModel(CPU4, exp, profile), staleness=(1, 2))
+    t1 = simulate(ctx.cm, allocs, staleness=1).iteration_time_s
+    t2 = simulate(ctx.cm, allocs, staleness=2).iteration_time_s
+    assert math.isclose(t1, t2, rel_tol=1e-12)
+    assert ctx.fastest_staleness(allocs) == (t1, 1)
