@@ -18,6 +18,7 @@ from plans.fields import algorithm_field_problems
 from plans.folders import check_data_files, check_model_folders, resolve_experiment_paths
 from plans.model import ModelSpec, resolve_model
 from plans.optimizer import OptimizerSpec
+from plans.packing import PackingSpec
 from plans.strict import SEED_LIMIT, STRICT
 from plans.tree import TreeSpec
 
@@ -243,6 +244,9 @@ class ExperimentSpec(BaseModel):
     )
     evaluation: EvalSpec | None = Field(
         None, description="Held-out exact-match evaluation of the actor every N iterations."
+    )
+    packing: PackingSpec | None = Field(
+        None, description="Train and inference calls on packed sequences (plans.packing)."
     )
     tokenizer: str | None = Field(
         None,

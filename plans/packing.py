@@ -1,0 +1,95 @@
+"""Sequence packing: the rules the runtime (executor.data.packing) and the estimator share.
+
+With `[packing]` in the experiment, the train and inference calls (not generation) run each
+micro-batch's real tokens (attention_mask == 1) concatenated into packed rows instead of the
+padded [b, prompt_len + gen_len] layout: position ids restart at 0 per sequence and each token
+attends to its own sequence only, so every real token's result equals the padded one's.
+
+- Micro-batches of a dp rank's share are consecutive sequences with about equal token counts
+  (`token_cuts`), not equal row counts; groups of `unit` rows stay whole.
+- A micro-batch's sequences go into rows of at most `capacity` tokens, the padded row width,
+  first fit in decreasing length (`pack_rows`): no packed row is longer than a padded one and
+  there are never more rows, so no call does more work than padded.
+- The estimator prices a packed call by the rows `expected_rows` gives from the expected
+  tokens per sequence.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from plans.strict import STRICT
+
+
+class PackingSpec(BaseModel):
+    """Packed variable-length sequences in the train and inference calls."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, **STRICT)
+
+    expected_response_len: float | None = Field(
+        None,
+        gt=0,
+        description="Mean response tokens the estimator prices packed calls with; None = "
+        "gen_len, or the mean response_len of the run's metrics when a profile is calibrated "
+        "from a run.",
+    )
+    expected_prompt_len: float | None = Field(
+        None,
+        gt=0,
+        description="Mean real (unpadded) prompt tokens the estimator prices packed calls "
+        "with; None = prompt_len.",
+    )
+
+
+def token_cuts(lengths: list[int], parts: int, unit: int = 1) -> list[tuple[int, int]]:
+    """Row ranges [start, stop) of `parts` consecutive pieces of rows with token counts
+    `lengths`, each about sum/parts tokens, cut between groups of `unit` rows only. Piece i
+    ends at the group boundary whose running token count is nearest to (i+1)/parts of the
+    total (ties: the earlier boundary). Empty pieces are dropped; the same lengths give the
+    same cuts on every rank."""
+    if len(lengths) % unit:
+        raise ValueError(f"a batch of {len(lengths)} rows is not made of groups of {unit}")
+    groups = len(lengths) // unit
+    running = [0]
+    for g in range(groups):
+        running.append(running[-1] + sum(lengths[g * unit : (g + 1) * unit]))
+    total = running[-1]
+    cuts, prev = [0], 0
+    for i in range(1, parts):
+        target = total * i / parts
+        best = min(range(prev, groups + 1), key=lambda k: (abs(running[k] - target), k))
+        cuts.append(best)
+        prev = best
+    cuts.append(groups)
+    return [(a * unit, z * unit) for a, z in zip(cuts, cuts[1:], strict=False) if z > a]
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Sequence indices per packed row: first fit in decreasing length (ties by index) into
+    rows of at most `capacity` tokens; within a row, sequences in the order they were placed.
+    A sequence longer than `capacity` is an error (the padded row holds every sequence)."""
+    if any(n > capacity for n in lengths):
+        raise ValueError(f"a sequence of {max(lengths)} tokens exceeds the row of {capacity}")
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for r, room in enumerate(free):
+            if lengths[i] <= room:
+                rows[r].append(i)
+                free[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            free.append(capacity - lengths[i])
+    return rows
+
+
+def expected_rows(sequences: float, tokens_per_sequence: float, capacity: int) -> float:
+    """Packed rows of `capacity` tokens that `sequences` sequences of `tokens_per_sequence`
+    tokens fill on average (at least one, never more than the padded rows)."""
+    if sequences <= 0:
+        return 0.0
+    fill = min(max(tokens_per_sequence, 1.0), capacity) / capacity
+    return min(sequences, max(1.0, math.ceil(sequences * fill)))
