@@ -10,8 +10,8 @@ attends to its own sequence only, so every real token's result equals the padded
 - A micro-batch's sequences go into rows of at most `capacity` tokens, the padded row width,
   first fit in decreasing length (`pack_rows`): no packed row is longer than a padded one and
   there are never more rows, so no call does more work than padded.
-- The estimator prices a packed call by the rows `expected_rows` gives from the expected
-  tokens per sequence.
+- The estimator prices a packed call's micro-batch at the (rows, width) `expected_shape`
+  gives for the expected tokens per sequence (`sequence_tokens`).
 """
 
 from __future__ import annotations
@@ -86,10 +86,33 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def expected_rows(sequences: float, tokens_per_sequence: float, capacity: int) -> float:
-    """Packed rows of `capacity` tokens that `sequences` sequences of `tokens_per_sequence`
-    tokens fill on average (at least one, never more than the padded rows)."""
+def sequence_tokens(exp) -> float:
+    """Expected real tokens of one sequence of a packed call of `exp` (an ExperimentSpec with
+    `packing`): the expected prompt and response lengths, each at most its padded length."""
+    pk = exp.packing
+    p = exp.prompt_len if pk.expected_prompt_len is None else pk.expected_prompt_len
+    r = exp.gen_len if pk.expected_response_len is None else pk.expected_response_len
+    return min(p, exp.prompt_len) + min(r, exp.gen_len)
+
+
+def expected_shape(sequences: int, tokens: float, capacity: int) -> tuple[int, int]:
+    """(rows, width) of the packed micro-batch of `sequences` sequences of `tokens` tokens on
+    average, in rows of `capacity`: as few full rows as the tokens need (first fit gets close
+    to that when sequences are short against the row), never more rows than sequences and
+    never wider than the padded row."""
     if sequences <= 0:
-        return 0.0
-    fill = min(max(tokens_per_sequence, 1.0), capacity) / capacity
-    return min(sequences, max(1.0, math.ceil(sequences * fill)))
+        return 0, capacity
+    total = sequences * min(max(tokens, 1.0), capacity)
+    rows = min(sequences, max(1, math.ceil(total / capacity)))
+    return rows, min(capacity, math.ceil(total / rows))
+
+
+def with_measured_lengths(exp, response_lens: list[float]):
+    """`exp` with the mean of a run's measured `response_len` (its metrics rows') as the
+    expected response length, where it packs and does not set one itself; else `exp`."""
+    pk = exp.packing
+    if pk is None or pk.expected_response_len is not None or not response_lens:
+        return exp
+    mean = min(max(sum(response_lens) / len(response_lens), 1.0), float(exp.gen_len))
+    packing = pk.model_copy(update={"expected_response_len": mean})
+    return exp.model_copy(update={"packing": packing})

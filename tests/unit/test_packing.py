@@ -12,7 +12,7 @@ from executor.compute.logprobs import next_token_logprobs
 from executor.data.packing import row_spans, stage_inputs
 from executor.parallel.context import ParallelContext
 from plans import PlanError, experiment_from_dict, load_experiment
-from plans.packing import expected_rows, pack_rows, token_cuts
+from plans.packing import expected_shape, pack_rows, token_cuts
 from tests.families import FAMILIES, family_model
 
 P, G = 6, 10
@@ -55,9 +55,10 @@ def test_pack_rows_first_fit_decreasing():
     assert rows == [[2], [0, 1], [4, 3]]
     with pytest.raises(ValueError):
         pack_rows([9], capacity=8)
-    assert expected_rows(16, 40.0, 80) == 8
-    assert expected_rows(16, 80.0, 80) == 16
-    assert expected_rows(0, 40.0, 80) == 0
+    assert expected_shape(16, 40.0, 80) == (8, 80)
+    assert expected_shape(16, 80.0, 80) == (16, 80)  # nothing to pack: the padded shape
+    assert expected_shape(1, 30.0, 80) == (1, 30)
+    assert expected_shape(3, 50.0, 80) == (2, 75)
 
 
 def test_packed_rows_are_shorter_and_fewer():
