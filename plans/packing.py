@@ -7,15 +7,16 @@ attends to its own sequence only, so every real token's result equals the padded
 
 - Micro-batches of a dp rank's share are consecutive sequences with about equal token counts
   (`token_cuts`), not equal row counts; groups of `unit` rows stay whole.
-- A micro-batch's sequences go into rows of at most `capacity` tokens, the padded row width,
-  first fit in decreasing length (`pack_rows`): no packed row is longer than a padded one and
-  there are never more rows, so no call does more work than padded.
+- A micro-batch's sequences go into rows of about equal length (`pack_rows`), as many as make
+  the fewest slots (rows x width) without more slots or more attention pairs than the padded
+  rows, so no call does more work than padded.
 - The estimator prices a packed call's micro-batch at the (rows, width) `expected_shape`
   gives for the expected tokens per sequence (`sequence_tokens`).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -66,24 +67,47 @@ def token_cuts(lengths: list[int], parts: int, unit: int = 1) -> list[tuple[int,
     return [(a * unit, z * unit) for a, z in zip(cuts, cuts[1:], strict=False) if z > a]
 
 
-def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Sequence indices per packed row: first fit in decreasing length (ties by index) into
-    rows of at most `capacity` tokens; within a row, sequences in the order they were placed.
-    A sequence longer than `capacity` is an error (the padded row holds every sequence)."""
-    if any(n > capacity for n in lengths):
-        raise ValueError(f"a sequence of {max(lengths)} tokens exceeds the row of {capacity}")
-    rows: list[list[int]] = []
-    free: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        for r, room in enumerate(free):
-            if lengths[i] <= room:
-                rows[r].append(i)
-                free[r] -= lengths[i]
-                break
-        else:
-            rows.append([i])
-            free.append(capacity - lengths[i])
+def _deal(lengths: list[int], order: list[int], r: int) -> list[list[int]]:
+    """Sequences dealt longest first, each to the row with the fewest tokens so far (the
+    lowest index among equals)."""
+    heap = [(0, k) for k in range(r)]
+    rows: list[list[int]] = [[] for _ in range(r)]
+    for i in order:
+        load, k = heapq.heappop(heap)
+        rows[k].append(i)
+        heapq.heappush(heap, (load + lengths[i], k))
     return rows
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Sequence indices per packed row, for sequences of `lengths` tokens whose padded rows
+    are `capacity` wide. Rows are as even as dealing longest first to the shortest row makes
+    them; the row count r is the one whose r * width (width: the longest row) is least, ties
+    to fewer attention pairs (r * width^2), then fewer rows. Counts from the fewest rows of
+    2 * capacity tokens to twice the fewest of capacity are tried, and one sequence per row;
+    a count is kept only if it does no more work than the padded rows: r * width <= n *
+    capacity and r * width^2 <= n * capacity^2. Empty rows are dropped."""
+    n = len(lengths)
+    if n == 0:
+        return []
+    if max(lengths) > capacity:
+        raise ValueError(f"a sequence of {max(lengths)} tokens exceeds the row of {capacity}")
+    total = sum(lengths)
+    order = sorted(range(n), key=lambda i: (-lengths[i], i))
+    lo = max(1, math.ceil(total / (2 * capacity)))
+    hi = min(n, max(lo, 2 * math.ceil(total / capacity)))
+    best: tuple[tuple[int, int, int], list[list[int]]] | None = None
+    for r in [*range(lo, hi + 1), *([n] if hi < n else [])]:
+        rows = [row for row in _deal(lengths, order, r) if row]
+        width = max(sum(lengths[i] for i in row) for row in rows)
+        slots, pairs = len(rows) * width, len(rows) * width * width
+        if slots > n * capacity or pairs > n * capacity * capacity:
+            continue
+        key = (slots, pairs, len(rows))
+        if best is None or key < best[0]:
+            best = (key, rows)
+    assert best is not None, "one sequence per row is always allowed"
+    return best[1]
 
 
 def sequence_tokens(exp) -> float:

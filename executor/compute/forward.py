@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from executor.compute.logprobs import next_token_logprobs
+from executor.compute.logprobs import next_token_logprobs, token_logprobs
 from executor.data.batching import Batch, dp_share
-from executor.data.packing import stage_inputs
+from executor.data.packing import StageInput, stage_inputs
 from executor.model import Transformer
 from executor.parallel.collectives import all_gather_dim
 from executor.parallel.context import ParallelContext
@@ -39,11 +39,20 @@ def logprobs(
 ) -> torch.Tensor | None:
     """log p(input_ids[:, t+1] | prefix) [B_local, T-1] in float32, computed micro-batch by
     micro-batch with the vocab-parallel log-softmax (never a full-vocab tensor)."""
+
+    def on_output(lg: torch.Tensor, inp: StageInput) -> torch.Tensor:
+        lo, group = model.vocab_rows[0], ctx.tp_group
+        if inp.slots is None:
+            return next_token_logprobs(lg, inp.mb["input_ids"], lo, group)
+        # Scored in the packed rows (no vocabulary-wide work on padding), then scattered.
+        return inp.restore(token_logprobs(lg, inp.next_tokens(), lo, group))[:, :-1]
+
     out = pipeline_forward(
         model,
         ctx,
         stage_inputs(dp_share(batch, ctx.dp_size, ctx.dp_rank), n_micro, pack=pack),
-        lambda lg, mb: next_token_logprobs(lg, mb["input_ids"], model.vocab_rows[0], ctx.tp_group),
+        on_output,  # type: ignore[arg-type]
+        raw=True,
     )
     return None if out is None else torch.cat(out)
 

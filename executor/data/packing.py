@@ -1,10 +1,10 @@
 """What a pipeline stage runs for each micro-batch: the padded micro-batch as it is, or its
 real tokens packed into rows (plans.packing) with the results put back into the padded layout.
 
-A packed micro-batch of b padded rows of width T becomes r <= b rows of width L <= T: each
-sequence's real tokens (one contiguous run per padded row: left-padded prompt, right-padded
-response) with position ids 0..n-1, and a bool mask that lets a token see the earlier tokens
-of its own sequence only. `StageInput.restore` scatters the head output of the packed rows
+A packed micro-batch of b padded rows of width T becomes r rows of width L (r * L <= b * T,
+plans.packing.pack_rows): each sequence's real tokens (one contiguous run per padded row:
+left-padded prompt, right-padded response) with position ids 0..n-1, and a bool mask that lets
+a token see the earlier tokens of its own sequence only. `StageInput.restore` scatters the head output of the packed rows
 back to [b, T, ...] (zeros where the padded row has padding, which every loss and result
 masks), so losses and callers see the padded layout. Every stage derives the same rows from
 the same batch, hence the same hidden shapes to send and receive.
@@ -47,6 +47,14 @@ class StageInput:
         real = out.reshape(-1, *rest).index_select(0, self.slots)
         return real.new_zeros(b * t, *rest).index_copy(0, self.dest, real).view(b, t, *rest)
 
+    def next_tokens(self) -> torch.Tensor:
+        """[r, L]: at each packed slot the token of the next column of its padded row (what
+        the padded log-probs score there; the last column scores itself, and is dropped)."""
+        ids = self.mb["input_ids"]
+        nxt = torch.cat([ids[:, 1:], ids[:, -1:]], dim=1).reshape(-1).index_select(0, self.dest)
+        flat = self.ids.new_zeros(self.ids.numel()).index_copy(0, self.slots, nxt)
+        return flat.view(self.ids.shape)
+
 
 def plain_inputs(micro: list[Batch]) -> list[StageInput]:
     """The padded micro-batches as they are (one host sync for all of them)."""
@@ -76,7 +84,7 @@ def row_spans(batch: Batch) -> list[tuple[int, int]]:
 
 
 def pack_micro(mb: Batch, spans: list[tuple[int, int]]) -> StageInput:
-    """One micro-batch packed into rows no wider than its padded rows (plans.packing)."""
+    """One micro-batch packed into rows (plans.packing.pack_rows)."""
     ids = mb["input_ids"]
     b, t = ids.shape
     lengths = [k for _, k in spans]

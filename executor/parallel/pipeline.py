@@ -57,17 +57,18 @@ def pipeline_forward(
     ctx: ParallelContext,
     micro: list[Batch] | list[StageInput],
     on_output: Callable[[torch.Tensor, Batch], R],
+    raw: bool = False,
 ) -> list[R] | None:
     """Forward each micro-batch through the stages; on the last stage `on_output(head_out, mb)`
     turns each head output (logits shard [b, T, V_local] or values [b, T]) into a result right
     away, so no more than one micro-batch of logits is alive. Returns the results on the last
     stage, None on the others. A packed micro-batch's head output reaches `on_output` in the
-    padded layout."""
+    padded layout; with `raw`, as the model gave it, next to its StageInput instead."""
     results: list[R] = []
     for inp in _inputs(micro):  # prepared at once: the loop never waits on the device
         out = model(stage_input(model, ctx, inp), inp.pos, inp.mask)
         if ctx.is_last_stage:
-            results.append(on_output(inp.restore(out), inp.mb))
+            results.append(on_output(out, inp) if raw else on_output(inp.restore(out), inp.mb))
         else:
             _send(out, ctx, ctx.next_stage_rank)  # type: ignore[arg-type]
     return results if ctx.is_last_stage else None
