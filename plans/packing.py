@@ -82,22 +82,25 @@ def _deal(lengths: list[int], order: list[int], r: int) -> list[list[int]]:
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     """Sequence indices per packed row, for sequences of `lengths` tokens whose padded rows
     are `capacity` wide. Rows are as even as dealing longest first to the shortest row makes
-    them; the row count r is the one whose r * width (width: the longest row) is least, ties
-    to fewer attention pairs (r * width^2), then fewer rows. Counts from the fewest rows of
-    2 * capacity tokens to twice the fewest of capacity are tried, and one sequence per row;
-    a count is kept only if it does no more work than the padded rows: r * width <= n *
-    capacity and r * width^2 <= n * capacity^2. Empty rows are dropped."""
+    them. The row count r is chosen among a few: for target widths from the longest sequence
+    to twice it (in eighths), the r and r + 1 rows the tokens need at that width, and one
+    sequence per row; kept are the counts that do no more work than the padded rows
+    (r * width <= n * capacity slots, r * width^2 <= n * capacity^2 attention pairs), and of
+    those the one with the fewest slots, then pairs, then rows. Empty rows are dropped."""
     n = len(lengths)
     if n == 0:
         return []
-    if max(lengths) > capacity:
-        raise ValueError(f"a sequence of {max(lengths)} tokens exceeds the row of {capacity}")
+    longest = max(lengths)
+    if longest > capacity:
+        raise ValueError(f"a sequence of {longest} tokens exceeds the row of {capacity}")
     total = sum(lengths)
     order = sorted(range(n), key=lambda i: (-lengths[i], i))
-    lo = max(1, math.ceil(total / (2 * capacity)))
-    hi = min(n, max(lo, 2 * math.ceil(total / capacity)))
+    counts = {n}
+    for j in range(9):
+        r = math.ceil(total / (longest * (8 + j) / 8))
+        counts |= {min(n, max(1, r)), min(n, r + 1)}
     best: tuple[tuple[int, int, int], list[list[int]]] | None = None
-    for r in [*range(lo, hi + 1), *([n] if hi < n else [])]:
+    for r in sorted(counts):
         rows = [row for row in _deal(lengths, order, r) if row]
         width = max(sum(lengths[i] for i in row) for row in rows)
         slots, pairs = len(rows) * width, len(rows) * width * width

@@ -92,32 +92,35 @@ def pack_micro(mb: Batch, spans: list[tuple[int, int]]) -> StageInput:
         return plain_inputs([mb])[0]
     packed = pack_rows(lengths, t)
     width = max(sum(lengths[i] for i in row) for row in packed)
-    slots: list[int] = []
-    dest: list[int] = []
-    pos = [0] * (len(packed) * width)
-    seg = [-1] * (len(packed) * width)  # sequence of each slot; -1: filler after the last
+    # Per sequence (host, O(b)): where its run starts in the packed rows; per token (torch).
+    order = [i for row in packed for i in row]
+    starts: list[int] = []
     for r, row in enumerate(packed):
         at = r * width
         for i in row:
-            first, k = spans[i]
-            slots.extend(range(at, at + k))
-            dest.extend(range(i * t + first, i * t + first + k))
-            pos[at : at + k] = range(k)
-            seg[at : at + k] = [i] * k
-            at += k
-    dev = ids.device
-    slots_t = torch.tensor(slots, dtype=torch.long).to(dev)
-    dest_t = torch.tensor(dest, dtype=torch.long).to(dev)
+            starts.append(at)
+            at += lengths[i]
+    k = torch.tensor([lengths[i] for i in order], dtype=torch.long)
+    run = torch.repeat_interleave(torch.arange(len(order)), k)  # [n] sequence of each token
+    within = torch.arange(int(k.sum())) - torch.repeat_interleave(k.cumsum(0) - k, k)
+    src = torch.tensor([i * t + spans[i][0] for i in order], dtype=torch.long)
+    seq = torch.tensor(order, dtype=torch.long)
+    slots_h = torch.tensor(starts, dtype=torch.long)[run] + within
     shape = (len(packed), width)
+    pos_h = torch.zeros(shape[0] * width, dtype=torch.long).index_copy_(0, slots_h, within)
+    # Sequence of each slot; -1: filler after a row's last sequence.
+    seg_h = torch.full((shape[0] * width,), -1, dtype=torch.long).index_copy_(0, slots_h, seq[run])
+    dev = ids.device
+    slots_t, dest_t = slots_h.to(dev), (src[run] + within).to(dev)
     flat = ids.reshape(-1).index_select(0, dest_t)
     packed_ids = ids.new_zeros(shape[0] * width).index_copy(0, slots_t, flat).view(shape)
-    seg_t = torch.tensor(seg, dtype=torch.long).view(shape).to(dev)
+    seg_t = seg_h.view(shape).to(dev)
     idx = torch.arange(width, device=dev)
     causal = idx[None, :] <= idx[:, None]  # [L, L]: key <= query
     # Same sequence and not later. The diagonal is always allowed, so no row is all-False
     # (SDPA would give NaN); the filler slots only see filler and are never read.
     mask = (seg_t[:, :, None] == seg_t[:, None, :]) & causal[None]
-    pos_t = torch.tensor(pos, dtype=torch.long).view(shape).to(dev)
+    pos_t = pos_h.view(shape).to(dev)
     return StageInput(mb, packed_ids, pos_t, mask.unsqueeze(1), slots_t, dest_t)
 
 

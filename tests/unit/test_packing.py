@@ -159,6 +159,18 @@ def test_packed_gradients_equal_padded(family, n_micro, unit):
         assert torch.allclose(g_got[k], g, atol=1e-5, rtol=0), k
 
 
+def test_packed_gradients_with_recompute():
+    """Activation checkpointing runs each block again in backward, with the packed mask."""
+    model = family_model(FAMILIES["mistral"])
+    ctx = ParallelContext.single()
+    batch = varied_batch(6, seed=4)
+    _, g_ref = _grads(model, ctx, batch, 2, False)
+    model.recompute = True
+    _, g_got = _grads(model, ctx, batch, 2, True)
+    for k, g in g_ref.items():
+        assert torch.allclose(g_got[k], g, atol=1e-5, rtol=0), k
+
+
 def test_packing_is_an_experiment_section():
     exp = load_experiment("ppo-tiny")
     assert exp.packing is None

@@ -63,3 +63,26 @@ def test_a_run_refines_the_expected_response_length():
     chosen = _exp({"expected_response_len": 8})
     assert with_measured_lengths(chosen, [10.0]).packing.expected_response_len == 8
     assert with_measured_lengths(_exp(), [10.0]).packing is None
+
+
+def test_a_calibration_prices_a_packed_run_at_its_measured_lengths():
+    from estimator.calibrate import RunData
+    from plans import example_path, load_plan
+    from plans.metrics import MetricsRow
+
+    plan = load_plan(example_path("ppo-tiny-4cpu", "plan"))
+    exp = experiment_from_dict({**plan.experiment.model_dump(mode="json"), "packing": {}})
+    packed = plan.model_copy(update={"experiment": exp})
+    rows = [
+        MetricsRow(
+            iteration=i,
+            iteration_s=1.0,
+            realloc_s=0.0,
+            peak_memory_mib=1.0,
+            calls={},
+            response_len=float(n),
+        )  # fmt: skip
+        for i, n in enumerate((4, 8))
+    ]
+    assert RunData(packed, rows).experiment.packing.expected_response_len == 6.0
+    assert RunData(plan, rows).experiment is plan.experiment  # padded: nothing to refine
