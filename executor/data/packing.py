@@ -4,9 +4,9 @@ real tokens packed into rows (plans.packing) with the results put back into the 
 A packed micro-batch of b padded rows of width T becomes r rows of width L (r * L <= b * T,
 plans.packing.pack_rows): each sequence's real tokens (one contiguous run per padded row:
 left-padded prompt, right-padded response) with position ids 0..n-1, and a bool mask that lets
-a token see the earlier tokens of its own sequence only. `StageInput.restore` scatters the head output of the packed rows
-back to [b, T, ...] (zeros where the padded row has padding, which every loss and result
-masks), so losses and callers see the padded layout. Every stage derives the same rows from
+a token see the earlier tokens of its own sequence only. `StageInput.restore` scatters the
+head output of the packed rows back to [b, T, ...] (zeros where the padded row has padding,
+which every loss and result masks), so losses and callers see the padded layout. Every stage derives the same rows from
 the same batch, hence the same hidden shapes to send and receive.
 """
 
