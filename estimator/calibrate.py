@@ -46,6 +46,7 @@ from estimator.profile import Calibration, KindFactors, Profile
 from estimator.simulate import simulate
 from plans import Plan, PlanError, load_plan
 from plans.metrics import FILE, MetricsRow, read_metrics
+from plans.packing import with_measured_lengths
 
 KINDS = ("generate", "inference", "train")
 
@@ -100,6 +101,13 @@ class RunData:
     @property
     def plan_profile_id(self) -> str:
         return self.plan.estimate.profile if self.plan.estimate else ""
+
+    @property
+    def experiment(self):
+        """The plan's experiment; a packed one priced at the responses this run measured."""
+        lens = [r.stat("response_len") for r in self.rows]
+        exp = self.plan.experiment
+        return with_measured_lengths(exp, [x for x in lens if x is not None])
 
     def measured(self) -> dict[str, float]:
         """Median measured seconds per call (compute_s: the call itself, slowest rank)."""
@@ -181,7 +189,7 @@ def points(base: Profile, runs: list[RunData]) -> list[Point]:
     out = []
     prof = uncalibrated(base)
     for run in runs:
-        cm = CostModel(run.plan.cluster, run.plan.experiment, prof)
+        cm = CostModel(run.plan.cluster, run.experiment, prof)
         busy = simulate(cm, run.plan.allocations, record=True).concurrency
         for name, meas in run.measured().items():
             mfc = cm.mfcs[name]

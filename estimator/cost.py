@@ -15,7 +15,8 @@ the weights and the KV cache, the rank's whole batch at once through the stages 
 A collective is priced with the compute its ranks did since the previous one (profiles timed
 in context record how much waiting that adds). A calibrated profile (`--from-run`) scales the
 op-timing parts per call kind and adds a fixed overhead per pass; a rule reward is priced per
-scored sequence.
+scored sequence. With the experiment's [packing], train and inference calls are priced by the
+tokens present: each micro-batch at the packed shape plans.packing expects.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from estimator.shapes import DTYPE_BYTES, decode_stack, shard_shape
 from estimator.transfer import Transfer, data_transfer, realloc_transfer
 from plans import MFC, Allocation, ClusterSpec, ExperimentSpec
 from plans.algorithms import mfc_by_name
+from plans.packing import expected_shape, sequence_tokens
 from plans.residency import rule_call
 
 DECODE_SAMPLES = 32  # decode steps evaluated exactly up to this many; sampled evenly beyond
@@ -229,6 +231,8 @@ class CostModel:
         train = mfc.kind == "train"
         micro = math.ceil(math.ceil(exp.sequences_per_step(mfc) / s.dp) / s.micro_batches)
         seq = exp.seq_len
+        if exp.packing is not None:  # the tokens present, in packed rows (plans.packing)
+            micro, seq = expected_shape(micro, sequence_tokens(exp), seq)
         ops = ("block_fwd_bwd", "embedding_fwd_bwd", "head_fwd_bwd") if train else None
         ops = ops or ("block_fwd", "embedding_fwd", "head_fwd")
         stage = self._stage_ops(model, s, ops, micro, seq, seq)

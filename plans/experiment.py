@@ -19,6 +19,7 @@ from plans.folders import check_data_files, check_model_folders, resolve_experim
 from plans.macro import MacroSpec
 from plans.model import ModelSpec, resolve_model
 from plans.optimizer import OptimizerSpec
+from plans.packing import PackingSpec
 from plans.staleness import ASYNC_ALGORITHMS, AsyncSpec
 from plans.strict import SEED_LIMIT, STRICT
 from plans.tree import TreeSpec
@@ -229,6 +230,9 @@ class ExperimentSpec(BaseModel):
     )
     evaluation: EvalSpec | None = Field(
         None, description="Held-out exact-match evaluation of the actor every N iterations."
+    )
+    packing: PackingSpec | None = Field(
+        None, description="Train and inference calls on packed sequences (plans.packing)."
     )
     tokenizer: str | None = Field(
         None,

@@ -52,6 +52,13 @@ def algorithm_field_problems(exp: Any) -> list[PlanError]:
             refuse("rm-tree's leaves come from [tree]", "group_size/label_noise")
     elif exp.tree is not None:
         refuse(f"{alg} does not sample trees; only rm-tree reads [tree]", "tree")
+    pk = exp.packing
+    for name, most in (("response", exp.gen_len), ("prompt", exp.prompt_len)):
+        got = None if pk is None else getattr(pk, f"expected_{name}_len")
+        if got is not None and got > most:
+            refuse(
+                f"more than the {most} {name} tokens a row holds", f"packing.expected_{name}_len"
+            )
     return bad
 
 

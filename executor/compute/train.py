@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from executor.compute.logprobs import next_token_logprobs
-from executor.data.batching import Batch, dp_share, micro_batches
+from executor.data.batching import Batch, dp_share
+from executor.data.packing import stage_inputs
 from executor.model import Transformer
 from executor.parallel import grads
 from executor.parallel.collectives import all_reduce_, broadcast_
@@ -104,10 +105,14 @@ def train_step(
     n_micro: int = 1,
     max_grad_norm: float | None = 1.0,
     unit: int = 1,
+    pack: bool = False,
 ) -> StepStats:
     """`batch` is the global batch (every rank of the mesh passes the same one); each dp rank
     takes its share with split_range and cuts it into `n_micro` micro-batches. Groups of `unit`
-    consecutive rows (a preference pair: 2) are never split, since their loss couples them."""
+    consecutive rows (a preference pair: 2) are never split, since their loss couples them.
+    With `pack` the micro-batches are balanced by tokens and run packed (executor.data.packing);
+    the loss still sees the padded layout and the normaliser is the share's, so the step is the
+    padded one up to rounding."""
     local = dp_share(batch, ctx.dp_size, ctx.dp_rank, unit)
     device = next(model.parameters()).device  # NCCL reduces device tensors only
     denom = torch.tensor(count_fn(local), dtype=torch.float64, device=device)
@@ -115,7 +120,7 @@ def train_step(
     scale = 1.0 / max(float(denom), 1.0)
 
     optimizer.zero_grad(set_to_none=False)
-    micro = micro_batches(local, n_micro, unit)
+    micro = stage_inputs(local, n_micro, unit, pack)
     loss_sum = pipeline_train(model, ctx, micro, lambda out, mb: loss_fn(out, mb) * scale)
 
     grads.sum_partial_tp_(model, ctx)

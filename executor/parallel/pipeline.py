@@ -15,16 +15,20 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from executor.data.batching import Batch, model_inputs, padded
+from executor.data.batching import Batch
+from executor.data.packing import StageInput, plain_inputs
 from executor.model import Transformer
 from executor.parallel.context import ParallelContext
 
 R = TypeVar("R")
 
 
-def _hidden_shape(model: Transformer, mb: Batch) -> tuple[int, int, int]:
-    b, t = mb["input_ids"].shape
-    return b, t, model.spec.hidden_size
+def _inputs(micro: list[Batch] | list[StageInput]) -> list[StageInput]:
+    """Micro-batches as stage inputs: padded batches as they are, or prepared ones (packed,
+    executor.data.packing)."""
+    if micro and isinstance(micro[0], StageInput):
+        return micro  # type: ignore[return-value]
+    return plain_inputs(micro)  # type: ignore[arg-type]
 
 
 def _recv(
@@ -40,31 +44,31 @@ def _send(t: torch.Tensor, ctx: ParallelContext, dst: int) -> None:
     dist.send(t.contiguous(), dst=dst, group=ctx.pp_group)
 
 
-def stage_input(model: Transformer, ctx: ParallelContext, mb: Batch) -> torch.Tensor:
-    """Token ids on the first stage; the previous stage's hidden [b, T, hidden] otherwise."""
+def stage_input(model: Transformer, ctx: ParallelContext, inp: StageInput) -> torch.Tensor:
+    """Token ids on the first stage; the previous stage's hidden [r, L, hidden] otherwise."""
     if ctx.is_first_stage:
-        return mb["input_ids"]
-    return _recv(model, ctx, _hidden_shape(model, mb), ctx.prev_stage_rank)  # type: ignore[arg-type]
+        return inp.ids
+    shape = inp.hidden_shape(model.spec.hidden_size)
+    return _recv(model, ctx, shape, ctx.prev_stage_rank)  # type: ignore[arg-type]
 
 
 def pipeline_forward(
     model: Transformer,
     ctx: ParallelContext,
-    micro: list[Batch],
+    micro: list[Batch] | list[StageInput],
     on_output: Callable[[torch.Tensor, Batch], R],
+    raw: bool = False,
 ) -> list[R] | None:
     """Forward each micro-batch through the stages; on the last stage `on_output(head_out, mb)`
     turns each head output (logits shard [b, T, V_local] or values [b, T]) into a result right
     away, so no more than one micro-batch of logits is alive. Returns the results on the last
-    stage, None on the others."""
+    stage, None on the others. A packed micro-batch's head output reaches `on_output` in the
+    padded layout; with `raw`, as the model gave it, next to its StageInput instead."""
     results: list[R] = []
-    pads = padded(micro)  # read once: the loop below never waits on the device
-    for mb, pad in zip(micro, pads, strict=True):
-        x = stage_input(model, ctx, mb)
-        pos, mask = model_inputs(mb, pad)
-        out = model(x, pos, mask)
+    for inp in _inputs(micro):  # prepared at once: the loop never waits on the device
+        out = model(stage_input(model, ctx, inp), inp.pos, inp.mask)
         if ctx.is_last_stage:
-            results.append(on_output(out, mb))
+            results.append(on_output(out, inp) if raw else on_output(inp.restore(out), inp.mb))
         else:
             _send(out, ctx, ctx.next_stage_rank)  # type: ignore[arg-type]
     return results if ctx.is_last_stage else None
@@ -73,7 +77,7 @@ def pipeline_forward(
 def pipeline_train(
     model: Transformer,
     ctx: ParallelContext,
-    micro: list[Batch],
+    micro: list[Batch] | list[StageInput],
     loss_fn: Callable[[torch.Tensor, Batch], torch.Tensor],
 ) -> torch.Tensor:
     """Accumulate gradients of sum(loss_fn(head_out, mb)) over micro-batches, in the 1F1B
@@ -85,30 +89,29 @@ def pipeline_train(
     sum on the last stage, zero elsewhere."""
     # Kept on the model's device: NCCL reduces device tensors only, and no sync per step.
     total = torch.zeros((), dtype=torch.float32, device=next(model.parameters()).device)
-    pads = padded(micro)  # read once: the loops below never wait on the device
+    inputs = _inputs(micro)  # prepared at once: the loops below never wait on the device
     if ctx.pp_size == 1:
-        for mb, pad in zip(micro, pads, strict=True):
-            pos, mask = model_inputs(mb, pad)
-            loss = loss_fn(model(mb["input_ids"], pos, mask), mb)
+        for inp in inputs:
+            loss = loss_fn(inp.restore(model(inp.ids, inp.pos, inp.mask)), inp.mb)
             loss.backward()
             total += loss.detach().float()
         return total
 
-    m = len(micro)
+    m = len(inputs)
     ahead = min(ctx.pp_size - ctx.pp_rank - 1, m)
     saved: list[
         tuple[torch.Tensor, torch.Tensor]
     ] = []  # (stage input, output or loss), oldest first
-    link = _Link(model, ctx, micro)
+    link = _Link(model, ctx, inputs)
 
     def forward(k: int, x: torch.Tensor) -> torch.Tensor | None:
         nonlocal total
         if not ctx.is_first_stage:
             x.requires_grad_(True)
-        pos, mask = model_inputs(micro[k], pads[k])
-        out = model(x, pos, mask)
+        inp = inputs[k]
+        out = model(x, inp.pos, inp.mask)
         if ctx.is_last_stage:
-            out = loss_fn(out, micro[k])
+            out = loss_fn(inp.restore(out), inp.mb)
             total += out.detach().float()
         saved.append((x, out))
         return None if ctx.is_last_stage else out.detach()
@@ -139,12 +142,12 @@ class _Link:
     batch (sends and receives together), so two neighbours that send to each other at the
     same time cannot deadlock (gloo's and NCCL's blocking sends could)."""
 
-    def __init__(self, model: Transformer, ctx: ParallelContext, micro: list[Batch]):
-        self.model, self.ctx, self.micro = model, ctx, micro
+    def __init__(self, model: Transformer, ctx: ParallelContext, inputs: list[StageInput]):
+        self.model, self.ctx, self.inputs = model, ctx, inputs
         self.device = next(model.parameters()).device
 
     def _buf(self, k: int) -> torch.Tensor:
-        shape = _hidden_shape(self.model, self.micro[k])
+        shape = self.inputs[k].hidden_shape(self.model.spec.hidden_size)
         return torch.empty(shape, dtype=self.model.dtype, device=self.device)
 
     def exchange(
@@ -161,7 +164,7 @@ class _Link:
         x = g = None
         if fwd_in is not None:
             if ctx.is_first_stage:
-                x = self.micro[fwd_in]["input_ids"]
+                x = self.inputs[fwd_in].ids
             else:
                 x = self._buf(fwd_in)
                 ops.append(dist.P2POp(dist.irecv, x, ctx.prev_stage_rank, ctx.pp_group))

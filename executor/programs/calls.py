@@ -3,7 +3,9 @@
 Shapes: P = prompt_len, G = gen_len, T = P + G. Prompts are left-padded to P, responses
 right-padded to G, so response token j sits at column P + j and is predicted by the logits
 at column P - 1 + j. Every call gets the whole batch and returns this rank's dp share (the
-executor functions cut it with split_range); `None` off the last pipeline stage.
+executor functions cut it with split_range); `None` off the last pipeline stage. With the
+experiment's [packing] the scoring and train calls run packed rows (executor.data.packing) and
+still see and return this padded layout.
 """
 
 from __future__ import annotations
@@ -89,6 +91,11 @@ def token_logprobs(model, ctx, logits: torch.Tensor, mb: Batch) -> torch.Tensor:
     return next_token_logprobs(logits, mb["input_ids"], model.vocab_rows[0], ctx.tp_group)
 
 
+def packs(exp: ExperimentSpec) -> bool:
+    """Whether the experiment's scoring and train calls run on packed sequences."""
+    return exp.packing is not None
+
+
 def model_batch(data: Batch, prefix: str = "") -> Batch:
     return {
         "input_ids": data[prefix + "input_ids"],
@@ -98,21 +105,21 @@ def model_batch(data: Batch, prefix: str = "") -> Batch:
 
 def response_logprobs(model, ctx, exp: ExperimentSpec, data: Batch, n_micro: int, prefix=""):
     """log p of each response token [b, G] under `model` (None off the last stage)."""
-    lp = forward.logprobs(model, ctx, model_batch(data, prefix), n_micro)  # [b, T-1]
+    lp = forward.logprobs(model, ctx, model_batch(data, prefix), n_micro, packs(exp))  # [b, T-1]
     p = exp.prompt_len
     return None if lp is None else lp[:, p - 1 : p - 1 + exp.gen_len].float()
 
 
 def response_values(model, ctx, exp: ExperimentSpec, data: Batch, n_micro: int):
     """The value head at the positions that predict each response token [b, G]."""
-    v = forward.values(model, ctx, model_batch(data), n_micro)  # [b, T]
+    v = forward.values(model, ctx, model_batch(data), n_micro, packs(exp))  # [b, T]
     p = exp.prompt_len
     return None if v is None else v[:, p - 1 : p - 1 + exp.gen_len].float()
 
 
-def last_token_score(model, ctx, data: Batch, n_micro: int, prefix: str = ""):
+def last_token_score(model, ctx, data: Batch, n_micro: int, prefix: str = "", pack=False):
     """The reward model's value at each sequence's last real token [b]."""
-    v = forward.values(model, ctx, model_batch(data, prefix), n_micro)
+    v = forward.values(model, ctx, model_batch(data, prefix), n_micro, pack)
     if v is None:
         return None
     lo, hi = split_range(data[prefix + "input_ids"].shape[0], ctx.dp_size, ctx.dp_rank)
@@ -176,7 +183,7 @@ def score(
     """The reward role's score [b]: the rule if the experiment has one, else the model."""
     if rule is not None:
         return rule_score(ctx, exp, data, rule, tok, prefix, answers)
-    return last_token_score(model, ctx, data, n_micro, prefix)
+    return last_token_score(model, ctx, data, n_micro, prefix, packs(exp))
 
 
 def optimizer_steps(
@@ -207,6 +214,7 @@ def optimizer_steps(
                     n_micro,
                     grad_clip if grad_clip > 0 else None,
                     unit,
+                    packs(exp),
                 )
             )
     return stats
