@@ -105,60 +105,59 @@ class RoleModel:
         self.drop_view()
         if self._buffers_key != key:  # memory of another layout: free it before the new view
             self.release_buffers()
+        into = self._hosts if self._hosts_key == key else None
+        plan, rank, shards = self._move(alloc, self._buffers, into)
+        self._buffers_key = key
+        if self._hosts_key is None:
+            self._host_home(key, plan, rank, shards)
+        model = self._adopt(key, shards)
+        self._view = (key, model, added(shards, self.shards()))
+        return model
+
+    def _move(self, alloc: Allocation, buffers: Buffers, into=None) -> tuple:
+        """The home weights moved into `alloc`'s layout: (transfer plan, this rank, shards);
+        `last_move` records the move's span where this rank sends or receives."""
+        key = layout_key(alloc)
         if key not in self._plans:
             self._plans[key] = plan_params(self.home, alloc, self.spec, self.gpus_per_node)
-        home = self.shards()
         plan, rank = self._plans[key], this_rank()
         start = time.time()
         shards = reallocate(
             plan,
-            home,
+            self.shards(),
             self.dtype,
             keep_source=True,
             device=self.device,
-            buffers=self._buffers,
-            into=self._hosts if self._hosts_key == key else None,
+            buffers=buffers,
+            into=into,
         )
         if plan.sends(rank) or plan.recvs(rank):
             self.last_move = (start, time.time())
-        self._buffers_key = key
-        if self._hosts_key is None:
-            self._host_home(key, plan, rank, shards)
+        return plan, rank, shards
+
+    def _adopt(self, key: tuple, shards: dict) -> Transformer | None:
+        """A model of the layout adopting the moved tensors as parameters (no copy, nothing
+        allocated); None off its mesh."""
         ctx = self.ctxs[key]
-        model = None
-        if ctx.in_mesh:  # adopt the moved tensors as parameters: no copy, nothing allocated
-            shell = Transformer.for_context(self.spec, ctx, self.dtype, "meta")
-            model = adopt_shards_(shell, shards)
-        self._view = (key, model, added(shards, self.shards()))
-        return model
+        if not ctx.in_mesh:
+            return None
+        shell = Transformer.for_context(self.spec, ctx, self.dtype, "meta")
+        return adopt_shards_(shell, shards)
 
     def snapshot(self, alloc: Allocation, buffers: Buffers) -> tuple[Transformer | None, list]:
         """A copy of the home weights in `alloc`'s layout that later train steps leave as it
         is (a staged view, plans.staleness): (model on this rank or None, its tensors, to give
         back to `buffers` when dropped). Collective like `view`; never hosts home rows."""
         self.last_move = None
-        key = layout_key(alloc)
-        if key not in self._plans:
-            self._plans[key] = plan_params(self.home, alloc, self.spec, self.gpus_per_node)
+        _, _, shards = self._move(alloc, buffers)
         home = self.shards()
-        plan, rank = self._plans[key], this_rank()
-        start = time.time()
-        shards = reallocate(
-            plan, home, self.dtype, keep_source=True, device=self.device, buffers=buffers
-        )
-        if plan.sends(rank) or plan.recvs(rank):
-            self.last_move = (start, time.time())
         # A piece that is home memory (or a view into it) would change with the next train
         # step: copy it.
         homes = {t.untyped_storage().data_ptr() for t in home.values()}
         for name, t in shards.items():
             if t.untyped_storage().data_ptr() in homes:
                 shards[name] = buffers.take(t.shape, t.dtype, t.device).copy_(t)
-        ctx, model = self.ctxs[key], None
-        if ctx.in_mesh:
-            shell = Transformer.for_context(self.spec, ctx, self.dtype, "meta")
-            model = adopt_shards_(shell, shards)
-        return model, list(shards.values())
+        return self._adopt(layout_key(alloc), shards), list(shards.values())
 
     def _host_home(self, key: tuple, plan: TransferPlan, rank: int, out: dict) -> None:
         """Let home shards that are whole, contiguous parts of this view's tensors (rows of a
