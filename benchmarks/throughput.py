@@ -6,6 +6,8 @@ tokens, the two variants interleaved in one run, and whether they agree.
     .venv/bin/python -m benchmarks.throughput                  # one process
     .venv/bin/python -m benchmarks.throughput --workers 4      # 4 CPU workers (gloo), dp 4
 
+(Generation running ahead of training, the other throughput lever: benchmarks/staleness.py.)
+
 Tokens/s counts the real tokens of the batch (the same for both variants), so the ratio is the
 time ratio. Each repeat runs padded then packed; the figure is the best of the repeats (the
 least disturbed), by the wall clock and by the CPU time of the process (the slowest rank's;
