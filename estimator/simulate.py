@@ -173,14 +173,13 @@ def steady_time(iter_end: list[float], staleness: int = 0) -> float:
 @dataclass(frozen=True, slots=True)
 class _Stale:
     """What staleness k changes in a replay (plans.staleness): the generate calls whose views
-    are staged before `refresh` (the actor's train call) from iteration k on, and the roles
-    whose views share nothing with their home."""
+    are staged before `refresh` (the actor's train call) from iteration k on (the roles whose
+    views share nothing with their home are the Residency's `private`)."""
 
     k: int
     calls: frozenset[str]
     staged: tuple[str, ...]  # the stale calls that read a view, in canonical order
     refresh: str | None
-    private: frozenset[str]
 
     @classmethod
     def of(cls, calls: tuple, k: int, rules: Residency) -> _Stale:
@@ -190,7 +189,7 @@ class _Stale:
             if m.name in names and rules.is_view(m):
                 layouts.setdefault(rules.layouts[m.name], m.name)
         staged = tuple(layouts.values())
-        return cls(k, names, staged, refresh_call(calls, k), rules.private)
+        return cls(k, names, staged, refresh_call(calls, k))
 
 
 def _concurrency(
@@ -236,7 +235,7 @@ def _replay(cm, allocations, shape, times: dict[str, float], res: SimResult, rec
     def move(role: str, name: str, it: int) -> None:
         """Reallocate `role` from its home into the layout of call `name`: every device of
         both meshes takes part."""
-        hosting = role in rules.hosting and role not in stale.private
+        hosting = role in rules.hosting  # never a role whose views must stay private
         cost = cm.realloc_cost(role, allocations[home[role]], allocations[name], hosting)
         if cost.time_s <= 0 and cost.bytes_total <= 0:
             return
@@ -331,7 +330,7 @@ def _memory(
             for a in atoms[m.name]:
                 row[a] = max(row[a], keep)
             continue
-        if m.role in stale.private:
+        if m.role in rules.private:
             views = stale.k if m.name in stale.calls else 1
             for a in atoms[m.name]:
                 row[a] = max(row[a], views * keep)
