@@ -110,7 +110,7 @@ class RoleModel:
         self._buffers_key = key
         if self._hosts_key is None:
             self._host_home(key, plan, rank, shards)
-        model = self._adopt(key, shards)
+        model = self.adopt(key, shards)
         self._view = (key, model, added(shards, self.shards()))
         return model
 
@@ -135,7 +135,7 @@ class RoleModel:
             self.last_move = (start, time.time())
         return plan, rank, shards
 
-    def _adopt(self, key: tuple, shards: dict) -> Transformer | None:
+    def adopt(self, key: tuple, shards: dict) -> Transformer | None:
         """A model of the layout adopting the moved tensors as parameters (no copy, nothing
         allocated); None off its mesh."""
         ctx = self.ctxs[key]
@@ -157,7 +157,7 @@ class RoleModel:
         for name, t in shards.items():
             if t.untyped_storage().data_ptr() in homes:
                 shards[name] = buffers.take(t.shape, t.dtype, t.device).copy_(t)
-        return self._adopt(layout_key(alloc), shards), list(shards.values())
+        return self.adopt(layout_key(alloc), shards), list(shards.values())
 
     def _host_home(self, key: tuple, plan: TransferPlan, rank: int, out: dict) -> None:
         """Let home shards that are whole, contiguous parts of this view's tensors (rows of a

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from executor.model import Transformer
 from executor.realloc.buffers import Buffers
-from executor.realloc.model_shards import adopt_shards_, model_shards
+from executor.realloc.model_shards import model_shards
 from executor.runtime.roles import RoleModel
 from plans import Allocation
 from plans.residency import layout_key
@@ -33,7 +32,6 @@ class StagedViews:
 
     def _take(self, its: range) -> None:
         # Also for iterations past this run's end: a checkpoint keeps them for a longer one.
-        self.last_move = None
         view = self.role.snapshot(self.alloc, self._buffers)
         self.last_move = self.role.last_move
         for it in its:
@@ -74,18 +72,16 @@ class StagedViews:
 
     def restore(self, saved: list[dict]) -> None:
         """The views of `state()`, on this rank's device."""
-        rm = self.role
-        ctx = rm.ctxs[layout_key(self.alloc)]
+        rm, key = self.role, layout_key(self.alloc)
         for g in saved:
             model, tensors = None, []
-            if ctx.in_mesh:
+            if rm.ctxs[key].in_mesh:
                 with torch.no_grad():
                     shards = {
                         k: self._buffers.take(v.shape, v.dtype, rm.device).copy_(v)
                         for k, v in g["params"].items()
                     }
-                shell = Transformer.for_context(rm.spec, ctx, rm.dtype, "meta")
-                model, tensors = adopt_shards_(shell, shards), list(shards.values())
+                model, tensors = rm.adopt(key, shards), list(shards.values())
             for it in g["iterations"]:
                 self._views[it] = (model, tensors)
 
