@@ -38,17 +38,15 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.ranks import join_group, spawn  # noqa: E402
 from executor.realloc.buffers import Buffers, added  # noqa: E402
 from executor.realloc.move import host_regions, reallocate  # noqa: E402
 from plans.allocation import Allocation, DeviceMesh, ParallelStrategy  # noqa: E402
@@ -147,13 +145,8 @@ def _raw(plan, rank: int, fresh: bool):
     return once
 
 
-def _worker(rank: int, world: int, store: str, model: str, reps: int, out: mp.Queue) -> None:
-    torch.set_num_threads(1)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group(
-        "gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-        timeout=timedelta(seconds=300),
-    )  # fmt: skip
+def _worker(rank: int, world: int, store: str, model: str, reps: int, out) -> None:
+    join_group(rank, world, store, timeout_s=300)
     spec = preset(model)
     link_fn = _link(rank)
     link_fn()  # warm the pair's connection
@@ -213,20 +206,7 @@ def _worker(rank: int, world: int, store: str, model: str, reps: int, out: mp.Qu
 
 
 def run(world: int, model: str, reps: int) -> list:
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    with tempfile.TemporaryDirectory() as tmp:
-        store = str(Path(tmp) / "store")
-        procs = [
-            ctx.Process(target=_worker, args=(r, world, store, model, reps, out))
-            for r in range(world)
-        ]
-        for p in procs:
-            p.start()
-        rows = out.get(timeout=1800)
-        for p in procs:
-            p.join()
-    return rows
+    return spawn(_worker, world, model, reps, timeout_s=1800)
 
 
 def main() -> None:

@@ -20,16 +20,13 @@ agree (1e-5), as must the log-probs of every real token.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import tempfile
 import time
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from benchmarks.ranks import join_group, spawn
 from executor.compute import forward, train
 from executor.compute.logprobs import next_token_logprobs
 from executor.data.batching import dp_share
@@ -129,12 +126,7 @@ def measure(ctx: ParallelContext, batch_size: int, n_micro: int, repeats: int) -
 
 
 def _worker(rank: int, world: int, store: str, args, q) -> None:
-    torch.set_num_threads(1)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group(
-        "gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-        timeout=timedelta(seconds=600),
-    )  # fmt: skip
+    join_group(rank, world, store, timeout_s=600)
     alloc = Allocation(
         mesh=DeviceMesh(n_gpus=world),
         strategy=ParallelStrategy(dp=world, micro_batches=args.micro_batches),
@@ -158,20 +150,7 @@ def run(args) -> dict:
     if args.workers == 1:
         torch.set_num_threads(1)
         return measure(ParallelContext.single(), args.batch, args.micro_batches, args.repeats)
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    with tempfile.TemporaryDirectory() as tmp:
-        store = os.path.join(tmp, "store")
-        procs = [
-            ctx.Process(target=_worker, args=(r, args.workers, store, args, q))
-            for r in range(args.workers)
-        ]
-        for p in procs:
-            p.start()
-        res = q.get(timeout=3600)
-        for p in procs:
-            p.join()
-    return res
+    return spawn(_worker, args.workers, args, timeout_s=3600)
 
 
 def main() -> None:
