@@ -8,10 +8,10 @@ import torch
 
 from executor.data.batching import Batch
 from executor.losses.ppo import behaviour_weights
-from executor.parallel.collectives import all_reduce_
+from executor.parallel.collectives import all_gather_dim
 from executor.programs import calls
 from executor.programs.program import CallEnv
-from plans.slicing import split_range
+from plans.slicing import split_sizes
 
 
 def proximal_inputs(model, ctx, env: CallEnv, data: Batch) -> Batch:
@@ -24,12 +24,11 @@ def proximal_inputs(model, ctx, env: CallEnv, data: Batch) -> Batch:
     mask = data["response_mask"]  # [B, G]
     # This dp rank's share [b, G], under the weights before any step of this call.
     share = calls.response_logprobs(model, ctx, env.exp, data, env.n_micro)
-    prox = torch.zeros_like(mask, dtype=torch.float32)
     if share is None:  # not the last stage
-        return {"prox_logprobs": prox, "behav_weight": torch.zeros_like(prox)}
-    lo, hi = split_range(mask.shape[0], ctx.dp_size, ctx.dp_rank)
-    prox[lo:hi] = share
-    all_reduce_(prox, ctx.dp_group)  # every share once, zeros elsewhere: exact
+        zeros = torch.zeros_like(mask, dtype=torch.float32)
+        return {"prox_logprobs": zeros, "behav_weight": torch.zeros_like(zeros)}
+    sizes = split_sizes(mask.shape[0], ctx.dp_size)
+    prox = all_gather_dim(share.contiguous(), ctx.dp_group, sizes, dim=0)  # [B, G]
     b = behaviour_weights(prox, data["logprobs"], mask, env.exp.async_.importance_cap)
     with torch.no_grad():
         real = float(mask.sum())
