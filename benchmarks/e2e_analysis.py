@@ -8,7 +8,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from estimator import CostModel, Profile, save_profile, simulate
+from estimator import CostModel, Profile, save_profile, simulate_plan
 from estimator.calibrate import RunData, calibrate, relative_error, spearman
 from plans import Allocation, Plan
 from plans.metrics import MetricsRow
@@ -38,7 +38,7 @@ def clean_rows(entry: Entry, foreign_max: float, skip: int = 1) -> tuple[list[Me
 # ---- analysis ------------------------------------------------------------------------------
 def estimates(plan: Plan, profile: Profile) -> tuple[float, dict[str, float]]:
     cm = CostModel(plan.cluster, plan.experiment, profile)
-    res = simulate(cm, plan.allocations)
+    res = simulate_plan(cm, plan)
     return res.iteration_time_s, dict(res.call_time_s)
 
 

@@ -177,14 +177,14 @@ def staleness_summary(bound: int, k: int, cost: float, sync: float | None) -> st
 
 def run_diff(a_path: Path, b_path: Path, as_json: bool) -> None:
     from estimator.report import cost_model_for
-    from estimator.simulate import simulate
+    from estimator.simulate import simulate_plan
     from planner.diff import diff_plans
     from plans import load_plan
 
     a, b = load_plan(a_path), load_plan(b_path)
 
     def times(plan):
-        res = simulate(cost_model_for(plan), plan.allocations, staleness=plan.max_staleness)
+        res = simulate_plan(cost_model_for(plan), plan)
         return {**res.call_time_s, "iteration": res.iteration_time_s if res.feasible else None}
 
     doc = diff_plans(a, b, times(a), times(b))

@@ -20,6 +20,7 @@ measuring a profile is executor.profiling's job. The API the search calls:
         # SimResult (call_time_s, peak_memory, realloc_s, data_s). ~0.15 ms per call for PPO.
 
     simulate(cm, allocations, iterations=3, record=True).steps   # timeline for display
+    simulate_plan(cm, plan, record=True)                         # a plan at its own max_staleness
     estimate_plan(plan, profile=None) -> plans.PlanEstimate      # raises PlanError if it
                                                                  # does not fit
     plan_report(plan, profile=None) -> PlanReport                # everything the CLI shows
@@ -43,7 +44,7 @@ from estimator.profile import (
     save_profile,
 )
 from estimator.report import PlanReport, estimate_plan, plan_report
-from estimator.simulate import SimResult, estimate_allocations, simulate
+from estimator.simulate import SimResult, estimate_allocations, simulate, simulate_plan
 from estimator.transfer import Transfer
 
 __all__ = [
@@ -63,4 +64,5 @@ __all__ = [
     "profile_schema",
     "save_profile",
     "simulate",
+    "simulate_plan",
 ]

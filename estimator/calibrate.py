@@ -43,7 +43,7 @@ import numpy as np
 
 from estimator.cost import COMPUTE_PARTS, CostModel
 from estimator.profile import Calibration, KindFactors, Profile
-from estimator.simulate import simulate
+from estimator.simulate import call_cost_at, simulate_plan
 from plans import Plan, PlanError, load_plan
 from plans.metrics import FILE, MetricsRow, read_metrics
 from plans.packing import with_measured_lengths
@@ -190,11 +190,11 @@ def points(base: Profile, runs: list[RunData]) -> list[Point]:
     prof = uncalibrated(base)
     for run in runs:
         cm = CostModel(run.plan.cluster, run.experiment, prof)
-        busy = simulate(cm, run.plan.allocations, record=True).concurrency
+        busy = simulate_plan(cm, run.plan, record=True).concurrency
         for name, meas in run.measured().items():
             mfc = cm.mfcs[name]
             alloc = run.plan.allocations[name]
-            c = cm.call_cost(name, alloc)
+            c = call_cost_at(cm, name, alloc, run.plan.max_staleness)  # its proximal pass too
             kind = "rule" if cm.rule_reward(mfc) else mfc.kind
             compute = sum(v for k, v in c.breakdown.items() if k in COMPUTE_PARTS)
             comm = c.time_s - compute if kind != "rule" else 0.0

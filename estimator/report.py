@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from estimator.cost import CostModel
 from estimator.profile import Profile
-from estimator.simulate import SimResult, simulate, steady_iterations
+from estimator.simulate import SimResult, simulate_plan, steady_iterations
 from plans import (
     Allocation,
     CallEstimate,
@@ -99,7 +99,7 @@ def estimate_plan(plan: Plan, profile: Profile | None = None) -> PlanEstimate:
     """The contract's estimate of a plan (analytic profile of the cluster when none given).
     Raises PlanError naming the call and the memory it needs when the plan does not fit."""
     cm = cost_model_for(plan, profile)
-    res = simulate(cm, plan.allocations, staleness=plan.max_staleness)
+    res = simulate_plan(cm, plan)
     if not res.feasible:
         raise PlanError(f"the plan does not fit: {res.reason}", field="allocations")
     return _to_estimate(cm, res)
@@ -145,7 +145,7 @@ def plan_report(
     cm = cost_model_for(plan, profile)
     k = plan.max_staleness
     iterations = iterations or steady_iterations(k)
-    res = simulate(cm, plan.allocations, iterations=iterations, record=True, staleness=k)
+    res = simulate_plan(cm, plan, iterations, record=True)
     gpn = plan.cluster.gpus_per_node
     warnings = []
     if cm.profile.kind == "measured" and cm.profile.device != plan.cluster.device:

@@ -36,12 +36,12 @@ well under a millisecond for PPO over three iterations.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
-from estimator.cost import CostModel
+from estimator.cost import CallCost, CostModel
 from estimator.memory import shared_weight_bytes
-from plans import Allocation, ModelSpec, PlanError
+from plans import Allocation, ModelSpec, Plan, PlanError
 from plans.dataflow import unrolled
 from plans.residency import Residency
 from plans.staleness import home_layout_calls, refresh_call, stale_calls
@@ -123,15 +123,10 @@ def simulate(
     bounds = sorted({b for sp in spans.values() for b in sp})
     atom_of = {b: i for i, b in enumerate(bounds)}
     atoms = {name: range(atom_of[a], atom_of[b]) for name, (a, b) in spans.items()}
-    costs = {m.name: cm.call_cost(m.name, allocations[m.name]) for m in calls}
+    costs = {m.name: call_cost_at(cm, m.name, allocations[m.name], staleness) for m in calls}
     res = SimResult(math.inf, True)
     res.call_time_s = {k: c.time_s for k, c in costs.items()}
     compute = {k: c.compute_s for k, c in costs.items()}
-    refresh = refresh_call(tuple(calls), staleness)
-    if refresh is not None:  # the proximal log-probs' forward pass opens the train call
-        prox = cm.proximal_cost(refresh, allocations[refresh])
-        res.call_time_s[refresh] += prox.time_s
-        compute[refresh] += prox.compute_s
     rules = Residency.of(exp, allocations, staleness)
     shared = home_layout_calls(tuple(calls), staleness, rules.layouts)
     if shared:  # the plan check refuses these (plans.staleness): never a search's answer
@@ -157,6 +152,33 @@ def simulate(
     if res.feasible:
         res.iteration_time_s = steady_time(res.iter_end, staleness)
     return res
+
+
+def simulate_plan(
+    cm: CostModel, plan: Plan, iterations: int | None = None, record: bool = False
+) -> SimResult:
+    """`simulate` of a plan as it runs: its allocations at its own max_staleness."""
+    return simulate(cm, plan.allocations, iterations, record, plan.max_staleness)
+
+
+def call_cost_at(cm: CostModel, name: str, alloc: Allocation, staleness: int) -> CallCost:
+    """A call's cost in a plan whose generation runs `staleness` iterations ahead: the
+    actor's train call then opens with the proximal log-probs' forward pass (plans.staleness),
+    whose parts add to the call's own, part by part (same memory: the pass's is transient)."""
+    c = cm.call_cost(name, alloc)
+    if name != refresh_call(tuple(cm.mfcs.values()), staleness):
+        return c
+    p = cm.proximal_cost(name, alloc)
+    parts = {
+        k: c.breakdown.get(k, 0.0) + p.breakdown.get(k, 0.0) for k in c.breakdown | p.breakdown
+    }
+    return replace(
+        c,
+        time_s=c.time_s + p.time_s,
+        breakdown=parts,
+        passes=c.passes + p.passes,
+        compute_s=c.compute_s + p.compute_s,
+    )
 
 
 def steady_time(iter_end: list[float], staleness: int = 0) -> float:

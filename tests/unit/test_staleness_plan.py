@@ -262,3 +262,44 @@ def test_a_larger_k_must_gain_more_than_rounding():
     t2 = simulate(ctx.cm, allocs, staleness=2).iteration_time_s
     assert math.isclose(t1, t2, rel_tol=1e-12)
     assert ctx.fastest_staleness(allocs) == (t1, 1)
+
+
+def test_a_stale_plans_train_call_is_calibrated_with_its_proximal_pass(split):
+    """`call_cost_at` (the price simulate, and a calibration from a run, give each call) adds
+    the proximal forward pass to the actor's train call under k > 0, part by part, and
+    changes nothing at k = 0; a calibration point of a k = 1 run holds it too."""
+    from estimator.calibrate import RunData, points
+    from estimator.cost import COMPUTE_PARTS
+    from estimator.simulate import call_cost_at
+    from plans import Plan
+    from plans.metrics import MetricsRow
+
+    cm, a = split
+    c = cm.call_cost("actor_train", a["actor_train"])
+    p = cm.proximal_cost("actor_train", a["actor_train"])
+    assert call_cost_at(cm, "actor_train", a["actor_train"], 0) is c
+    at = call_cost_at(cm, "actor_train", a["actor_train"], 1)
+    assert at.time_s == pytest.approx(c.time_s + p.time_s, rel=1e-12)
+    assert at.compute_s == pytest.approx(c.compute_s + p.compute_s, rel=1e-12)
+    assert sum(at.breakdown.values()) == pytest.approx(at.time_s, rel=1e-9)
+    assert call_cost_at(cm, "actor_gen", a["actor_gen"], 1) is cm.call_cost(
+        "actor_gen", a["actor_gen"]
+    )
+    plan = Plan(cluster=CPU4, experiment=cm.experiment, allocations=a, max_staleness=1)
+    call = {
+        "start": 0.0,
+        "end": 1.0,
+        "compute_s": 1.0,
+        "wait_s": 0.0,
+        "data_s": 0.0,
+        "realloc_s": 0.0,
+    }
+    rows = [
+        MetricsRow(iteration=i, iteration_s=1.0, realloc_s=0.0, peak_memory_mib=1.0,
+                   calls={n: call for n in a})
+        for i in range(3)
+    ]  # fmt: skip
+    pt = next(q for q in points(cm.profile, [RunData(plan, rows)]) if q.call == "actor_train")
+    compute = sum(v for k, v in at.breakdown.items() if k in COMPUTE_PARTS)
+    assert pt.compute == pytest.approx(compute, rel=1e-9)
+    assert pt.compute + pt.comm == pytest.approx(at.time_s, rel=1e-9)
