@@ -12,6 +12,9 @@ send to the next stage. Train calls add, per optimizer step, the DP gradient all
 a flat buffer (plus one all-gather per parameter with ZeRO-1) and the AdamW update. Generation, as
 executor.compute.generate runs it, is a prefill followed by one decode step per new token, each reading
 the weights and the KV cache, the rank's whole batch at once through the stages in turn.
+Each micro-batch pass also pays what the executor's own code around the ops costs (inputs,
+masks, the loss or log-prob gather), where the profile timed whole passes, and a checkpointed
+block is priced by its own timing where the profile has one (estimator.profile's ops).
 A collective is priced with the compute its ranks did since the previous one (profiles timed
 in context record how much waiting that adds). A calibrated profile (`--from-run`) scales the
 op-timing parts per call kind and adds a fixed overhead per pass; a rule reward is priced per
@@ -235,13 +238,19 @@ class CostModel:
             micro, seq = expected_shape(micro, sequence_tokens(exp), seq)
         ops = ("block_fwd_bwd", "embedding_fwd_bwd", "head_fwd_bwd") if train else None
         ops = ops or ("block_fwd", "embedding_fwd", "head_fwd")
+        recompute = train and s.recompute
+        timed_rc = recompute and self.lookup.measured("block_recompute")
+        if timed_rc:  # checkpointed blocks as torch runs them (the extra forward included)
+            ops = ("block_recompute", *ops[1:])
         stage = self._stage_ops(model, s, ops, micro, seq, seq)
+        stage += self._pass_overhead(model, train, micro, seq)
         sends = passes = 2 if train else 1
         layers = max(split_layers(model.num_hidden_layers, s.pp))
-        if train and s.recompute:  # every block's forward once more, all-reduces included,
-            shape = shard_shape(model, s.tp, self.dt)  # but nothing sent between stages
+        if recompute:  # every block's forward once more, all-reduces included, but nothing
+            passes = 3  # sent between stages
+        if recompute and not timed_rc:
+            shape = shard_shape(model, s.tp, self.dt)
             stage += layers * self.lookup.op_time("block_fwd", shape, micro, seq)
-            passes = 3
         after = stage / (2 * passes * layers)
         tp, pp = self._comm(model, alloc, micro * seq, passes, after, sends)
         per_micro = stage + tp + pp
@@ -262,6 +271,21 @@ class CostModel:
                 "optimizer", shard_shape(model, 1, self.dt), params, tensors
             )
         return out, n_passes
+
+    def _pass_overhead(self, model, train: bool, batch: float, seq: float) -> float:
+        """Per micro-batch pass, beyond the ops: the executor's own call code (the batch cut,
+        positions and padding mask, the log-prob gather or the loss, accumulating results),
+        measured as a whole pass of a one-block model (executor.profiling.passes) minus that
+        model's ops at the same shape; 0 for a profile without those timings. Taken at the
+        model's full width with its LM head, as the passes were timed."""
+        op = "train_pass" if train else "infer_pass"
+        lk = self.lookup
+        if not lk.measured(op):
+            return 0.0
+        shape = shard_shape(model, 1, self.dt).model_copy(update={"vocab_size": model.vocab_size})
+        kind = "_fwd_bwd" if train else "_fwd"
+        parts = sum(lk.op_time(p + kind, shape, batch, seq) for p in ("block", "embedding", "head"))
+        return max(lk.op_time(op, shape, batch, seq) - parts, 0.0)
 
     def _dp_sync(self, model, alloc: Allocation, after_s: float) -> float:
         """As executor.parallel.grads and executor.parallel.zero do it: the gradients are views

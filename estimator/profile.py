@@ -37,6 +37,9 @@ OpName = Literal[
     "optimizer",
     "sample",
     "generate_step",
+    "block_recompute",
+    "infer_pass",
+    "train_pass",
 ]
 CollectiveName = Literal["all_reduce", "all_gather", "reduce_scatter", "broadcast", "send_recv"]
 Scope = Literal["intra", "inter"]
@@ -61,14 +64,18 @@ class ShardShape(_Doc):
 
 
 class OpTiming(_Doc):
-    """Time of one op at one grid point (median; fastest run for CPU-time profiles)."""
+    """Time of one op at one grid point (the profile's `statistic` of repeated runs)."""
 
     op: OpName = Field(
         description="embedding_fwd[_bwd], block_fwd[_bwd], decode (one block, one new token per "
         "sequence against a KV cache), head_fwd[_bwd] (final norm, LM head, log-softmax), "
         "optimizer (zero grads, clip and AdamW of `batch` parameters in `seq_len` tensors), sample (choosing one token "
         "per sequence from full-vocabulary logits), generate_step (one token of the executor's "
-        "generation loop on a one-block model: decode, embedding, head, sampling, bookkeeping)."
+        "generation loop on a one-block model: decode, embedding, head, sampling, bookkeeping), "
+        "block_recompute (block_fwd_bwd with activation checkpointing: the forward once more, "
+        "torch's checkpoint bookkeeping), infer_pass and train_pass (one padded micro-batch "
+        "through the executor's inference call or training pass on a one-block model, "
+        "everything included but the optimizer step)."
     )
     shape: ShardShape = Field(description="The shard that was timed.")
     batch: int = Field(gt=0, description="Sequences (optimizer: parameters updated).")
@@ -222,6 +229,11 @@ class Profile(_Doc):
         "perf_counter",
         description="Clock of the timings: perf_counter (wall) or process_time (CPU time of a "
         "one-thread process, robust to other jobs on the machine).",
+    )
+    statistic: Literal["min", "median"] = Field(
+        "min",
+        description="What an op timing is of its repeated runs: median (profiles since "
+        "2026-12-03), or min (earlier CPU profiles took the fastest run).",
     )
     created: str | None = Field(None, description="ISO-8601 time of measurement.")
     decode_stack_bytes: float | None = Field(

@@ -57,7 +57,7 @@ def decode_stack(s: ShardShape, stack_bytes: float | None) -> int:
 
 def op_size(s: ShardShape, op: str) -> float:
     """A scalar size of the shard for an op, used to pick the nearest profiled shape."""
-    if op.startswith("block") or op in ("decode", "generate_step"):
+    if op.startswith("block") or op in ("decode", "generate_step", "infer_pass", "train_pass"):
         return float(block_matmul_params(s))
     if op.startswith("head"):
         return float(s.hidden_size * s.vocab_size)
@@ -72,6 +72,13 @@ def op_flops_bytes(op: str, s: ShardShape, batch: float, seq: float) -> tuple[fl
     """(FLOPs, memory bytes) of one op invocation on shard `s` at (batch, seq_len)."""
     h, d, dt = s.hidden_size, s.head_dim, s.dtype_bytes
     qw, kvw = s.num_heads * d, s.num_kv_heads * d
+    if op == "block_recompute":  # forward, forward again, backward
+        f, b = op_flops_bytes("block_fwd", s, batch, seq)
+        return 4 * f, 4 * b
+    if op in ("infer_pass", "train_pass"):  # one block, embedding and head
+        suffix = "_fwd" if op == "infer_pass" else "_fwd_bwd"
+        parts = [op_flops_bytes(p + suffix, s, batch, seq) for p in ("block", "embedding", "head")]
+        return sum(f for f, _ in parts), sum(b for _, b in parts)
     if op in ("block_fwd", "block_fwd_bwd"):
         tokens = batch * seq
         p = block_matmul_params(s)

@@ -67,7 +67,8 @@ def check_profile(profile: Profile) -> list[CheckRow]:
         s = _middle([t.seq_len for t in grid_pts]) if grid_pts else 16
         c = _middle(caches) if caches else s
         grid = Grid((name,), (tp,), (b,), (s,), (c,), (), 0.05, 3)
-        timed = timer(sync, grid, time.process_time if cpu else time.perf_counter)
+        clock = time.process_time if cpu else time.perf_counter
+        timed = timer(sync, grid, clock, profile.statistic)
         model = shard_pieces(name, tp, dtype, torch.device(device))
         got = op_points(grid, model, name, tp, dt, torch.device(device), dtype, timed)
         profiled = {(t.op, t.batch, t.seq_len): t for t in timings}

@@ -1,12 +1,12 @@
-"""What `rlhf-plan profile` times on one device: the executor's own block, head, decode step and
-optimizer step on one rank's shard (a tp=k entry holds 1/k of the heads and MLP columns, built
-by executor.model.Transformer with no tp group, so no communication is timed with it).
+"""What `rlhf-plan profile` times on one device: the executor's own block (plain and with
+activation checkpointing), head, decode step and optimizer step on one rank's shard (a tp=k
+entry holds 1/k of the heads and MLP columns, built by executor.model.Transformer with no tp
+group, so no communication is timed with it), and at tp=1 whole passes (passes.py).
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -15,6 +15,7 @@ from functools import partial
 from estimator.profile import OpTiming, ShardShape
 from estimator.shapes import DECODE_STACK_BYTES as STACK_BYTES
 from estimator.shapes import decode_stack, shard_shape
+from executor.profiling.passes import generate_step, pass_points
 from plans import ModelSpec, preset
 
 # Forward passes over fewer tokens than this stream weights more than they compute: they are
@@ -56,9 +57,17 @@ ADAM_SHAPE = ShardShape(
 )  # fmt: skip
 
 
+STATISTIC = "median"  # what a new profile records of each point's repeated runs
+
+
 def timer(
-    sync: Callable[[], None], grid: Grid, clock: Callable[[], float]
+    sync: Callable[[], None], grid: Grid, clock: Callable[[], float], statistic: str = STATISTIC
 ) -> Callable[[Callable[[], object]], float]:
+    """Times a function: its `statistic` ("median", or "min" as profiles before 2026-12 were
+    made on CPU) over repeated runs after one warm-up run."""
+    if statistic not in ("median", "min"):
+        raise ValueError(f"statistic must be median or min, not {statistic!r}")
+
     def run(fn: Callable[[], object]) -> float:
         fn()
         sync()
@@ -68,9 +77,12 @@ def timer(
             fn()
             sync()
             times.append(clock() - t0)
-        # On a shared CPU other jobs only ever add time, so the fastest run is the estimate
-        # of an idle machine; a GPU's runs are steady and the median is kept.
-        return min(times) if clock is time.process_time else statistics.median(times)
+        # The typical run, as a call in rlhf-run takes it. The fastest of many back-to-back
+        # runs is an outlier: on the 2-core EPYC a 1M-parameter model's inference pass took
+        # 10.6 ms at best and 12.9 ms at the median of 600 (a 25M one 154 and 168 ms), and
+        # priced at the best every small call came out low. Other jobs stay out of a CPU
+        # profile through its clock (process time), not through the statistic.
+        return min(times) if statistic == "min" else statistics.median(times)
 
     return run
 
@@ -93,6 +105,7 @@ def shard_pieces(name: str | ModelSpec, tp: int, dtype, device, layers: int = 1)
 
 def op_points(grid: Grid, model, name, tp, dt, device, dtype, timed) -> list[OpTiming]:
     import torch
+    from torch.utils.checkpoint import checkpoint
 
     from executor.compute.generate import FUSE_MAX_HIDDEN
     from executor.compute.logprobs import token_logprobs
@@ -134,6 +147,9 @@ def op_points(grid: Grid, model, name, tp, dt, device, dtype, timed) -> list[OpT
     def block_fb(x, cos, sin, gy):
         blk(x, cos, sin, None).backward(gy)
 
+    def block_rc(x, cos, sin, gy):  # as Transformer.forward checkpoints a block
+        checkpoint(blk, x, cos, sin, None, None, 0, use_reentrant=False).backward(gy)
+
     def per_block(op: str, b: int, s: int, fn, *args) -> None:
         layers = stack if b * s < STACK_TOKENS else [blk]
         t = timed(partial(fn, layers, *args)) / len(layers)
@@ -158,8 +174,11 @@ def op_points(grid: Grid, model, name, tp, dt, device, dtype, timed) -> list[OpT
             xg = x.clone().requires_grad_(True)
             gy = torch.randn_like(x)
             rec("block_fwd_bwd", b, s, block_fb, xg, cos, sin, gy)
+            rec("block_recompute", b, s, block_rc, xg, cos, sin, gy)
             rec("embedding_fwd_bwd", b, s, emb_fb, ids, pos, s, gy)
             rec("head_fwd_bwd", b, s, head_fb, xg, ids)
+            if tp == 1:
+                out += pass_points(model, b, s, shape, timed, device)
         for c in grid.caches:
             attn = blk.self_attn
             # executor.compute.generate preallocates the cache for prompt + new tokens and attends a
@@ -193,7 +212,7 @@ def op_points(grid: Grid, model, name, tp, dt, device, dtype, timed) -> list[OpT
                 torch.randn(b, spec.vocab_size, dtype=dtype, device=device),
             )
             for c in grid.caches:
-                out.append(_generate_step(deep, b, c, shape, timed, device))
+                out.append(generate_step(deep, b, c, shape, timed, device))
     return out  # fmt: skip
 
 
@@ -228,34 +247,6 @@ def optimizer_points(name: str, tp: int, layers: tuple[int, ...], dtype, device,
         )
         del model, params, opt
     return out
-
-
-GEN_STEPS = 16
-
-
-def _generate_step(model, b: int, c: int, shape: ShardShape, timed, device) -> OpTiming:
-    """Per-token time of executor.compute.generate itself on the decode-stack model (see
-    op_points): the difference of two runs with 2 and 2 + GEN_STEPS new tokens from prompts of
-    length c, so the prefill cancels. It holds the stack's decode plus embedding, head,
-    sampling and the loop's bookkeeping; the cost model takes the stack's decode out again and
-    adds the model's own blocks."""
-    import torch
-
-    from executor.compute.generate import GenerationConfig, generate
-    from executor.parallel.context import ParallelContext
-
-    ctx = ParallelContext.single()
-    prompts = torch.randint(0, model.spec.vocab_size, (b, c), device=device)
-
-    def run(n: int) -> None:
-        cfg = GenerationConfig(max_new_tokens=n, greedy=False, seed=0)
-        generate(model, ctx, prompts, None, cfg)
-
-    short, long = timed(partial(run, 2)), timed(partial(run, 2 + GEN_STEPS))
-    per_step = max((long - short) / GEN_STEPS, 1e-9)
-    return OpTiming(
-        op="generate_step", shape=shape, batch=b, seq_len=c + GEN_STEPS // 2, time_s=per_step
-    )
 
 
 def _sample_step(logits) -> None:

@@ -23,7 +23,14 @@ from estimator.profile import (
 )
 from estimator.shapes import DECODE_STACK_BYTES, DTYPE_BYTES
 from executor.profiling.collectives import CONTEXTS, time_collectives
-from executor.profiling.kernels import GRIDS, op_points, optimizer_points, shard_pieces, timer
+from executor.profiling.kernels import (
+    GRIDS,
+    STATISTIC,
+    op_points,
+    optimizer_points,
+    shard_pieces,
+    timer,
+)
 from plans import preset
 from plans.devices import device_kind
 
@@ -126,15 +133,15 @@ def run_profile(device: str, quick: bool, command: str, progress=None) -> Profil
     # On CPU (one thread) the process's CPU time is the wall time of an idle machine, and
     # stays so when other jobs share the cores; a GPU is timed by the wall clock.
     clock = time.process_time if dev_type == "cpu" else time.perf_counter
-    timed = timer(sync, grid, clock)
+    timed = timer(sync, grid, clock, STATISTIC)
     jobs = [
         (m, tp) for m in grid.models for tp in grid.tps if preset(m).num_key_value_heads % tp == 0
     ]
     rounds = grid.rounds
     task = progress.add_task("compute ops", total=rounds * (len(jobs) + 1)) if progress else None
-    best: dict[tuple, OpTiming] = {}
-    # Several passes over the whole grid, keeping each point's fastest: a burst of other
-    # work on a shared machine then spoils at most one pass of a point.
+    seen: dict[tuple, list[OpTiming]] = {}
+    # Several passes over the whole grid, keeping each point's middle one: a burst of other
+    # work on a shared machine (or a lucky pass) then moves no point.
     for r in range(rounds):
         ops: list[OpTiming] = []
         for name, tp in jobs:
@@ -147,12 +154,10 @@ def run_profile(device: str, quick: bool, command: str, progress=None) -> Profil
             if progress:
                 progress.advance(task)
         for t in ops:
-            key = (t.op, t.shape, t.batch, t.seq_len)
-            if key not in best or t.time_s < best[key].time_s:
-                best[key] = t
+            seen.setdefault((t.op, t.shape, t.batch, t.seq_len), []).append(t)
         if progress:
             progress.advance(task)
-    ops = list(best.values())
+    ops = [sorted(ts, key=lambda t: t.time_s)[len(ts) // 2] for ts in seen.values()]
     if dev_type == "cuda":
         props = torch.cuda.get_device_properties(0)
         dev_name = props.name
@@ -170,6 +175,7 @@ def run_profile(device: str, quick: bool, command: str, progress=None) -> Profil
         threads=torch.get_num_threads() if dev_type == "cpu" else None,
         model_code="executor.model.Transformer",
         clock="process_time" if dev_type == "cpu" else "perf_counter",
+        statistic=STATISTIC,
         created=stamp.isoformat(timespec="seconds"),
         decode_stack_bytes=DECODE_STACK_BYTES,
         command=command,
