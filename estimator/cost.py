@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 
 from estimator.lookup import ProfileLookup
 from estimator.memory import GRAD_BYTES, CallMemory, call_memory, split_layers, stage_params
+from estimator.overhead import pass_overhead, token_overhead
 from estimator.profile import Profile, analytic_profile
-from estimator.shapes import DTYPE_BYTES, decode_stack, shard_shape
+from estimator.shapes import DTYPE_BYTES, shard_shape
 from estimator.transfer import Transfer, data_transfer, realloc_transfer
 from plans import MFC, Allocation, ClusterSpec, ExperimentSpec
 from plans.algorithms import mfc_by_name
@@ -243,7 +244,7 @@ class CostModel:
         if timed_rc:  # checkpointed blocks as torch runs them (the extra forward included)
             ops = ("block_recompute", *ops[1:])
         stage = self._stage_ops(model, s, ops, micro, seq, seq)
-        stage += self._pass_overhead(model, train, micro, seq)
+        stage += pass_overhead(self.lookup, model, self.dt, train, micro, seq)
         sends = passes = 2 if train else 1
         layers = max(split_layers(model.num_hidden_layers, s.pp))
         if recompute:  # every block's forward once more, all-reduces included, but nothing
@@ -271,21 +272,6 @@ class CostModel:
                 "optimizer", shard_shape(model, 1, self.dt), params, tensors
             )
         return out, n_passes
-
-    def _pass_overhead(self, model, train: bool, batch: float, seq: float) -> float:
-        """Per micro-batch pass, beyond the ops: the executor's own call code (the batch cut,
-        positions and padding mask, the log-prob gather or the loss, accumulating results),
-        measured as a whole pass of a one-block model (executor.profiling.passes) minus that
-        model's ops at the same shape; 0 for a profile without those timings. Taken at the
-        model's full width with its LM head, as the passes were timed."""
-        op = "train_pass" if train else "infer_pass"
-        lk = self.lookup
-        if not lk.measured(op):
-            return 0.0
-        shape = shard_shape(model, 1, self.dt).model_copy(update={"vocab_size": model.vocab_size})
-        kind = "_fwd_bwd" if train else "_fwd"
-        parts = sum(lk.op_time(p + kind, shape, batch, seq) for p in ("block", "embedding", "head"))
-        return max(lk.op_time(op, shape, batch, seq) - parts, 0.0)
 
     def _dp_sync(self, model, alloc: Allocation, after_s: float) -> float:
         """As executor.parallel.grads and executor.parallel.zero do it: the gradients are views
@@ -356,7 +342,8 @@ class CostModel:
         for k in ks:
             n, c = rows(int(k)), p_len + k
             blk = lk.op_time("decode", shape, n, c)
-            compute += n_layers * blk + self._token_overhead(full, n, c)
+            extra = token_overhead(lk, self.profile.decode_stack_bytes, full, n, c)
+            compute += n_layers * blk + extra
             tp_total += tp_comm(n, blk, n)
             pp_total += pp_comm(n, n)
         return {
@@ -365,19 +352,6 @@ class CostModel:
             "tp_comm": pre_tp + scale * tp_total,
             "pp_comm": pre_pp + scale * pp_total,
         }, exp.gen_len
-
-    def _token_overhead(self, full, batch: int, cache: float) -> float:
-        """Per generated token, beyond the blocks: embedding, head, sampling, loop bookkeeping.
-        Measured as executor.compute.generate's per-token time on a model of the profile's
-        decode stack (estimator.shapes.decode_stack blocks) minus that many blocks' decode;
-        without that measurement, the sum of the embedding, head and sample ops."""
-        lk = self.lookup
-        if lk.measured("generate_step"):
-            step = lk.op_time("generate_step", full, batch, cache)
-            blocks = decode_stack(full, self.profile.decode_stack_bytes)
-            return max(step - blocks * lk.op_time("decode", full, batch, cache), 0.0)
-        emb = lk.op_time("embedding_fwd", full, batch, 1)
-        return emb + lk.op_time("head_fwd", full, batch, 1) + lk.op_time("sample", full, batch, 1)
 
     # ---- moving parameters and data ------------------------------------------------------
     def realloc_cost(

@@ -7,7 +7,7 @@ per pass and the ops alone price its scoring and train calls 25-40% low. So each
 also timed whole, through the same functions rlhf-run calls, on a model of the profiled shape
 with one block (`infer_pass`, `train_pass`) or the decode stack (`generate_step`); the cost
 model subtracts the ops it prices itself and keeps the rest as a per-pass cost
-(estimator.cost.CostModel._pass_overhead, _token_overhead).
+(estimator.overhead).
 
 The batches are left-padded, as prompts are in every RL call, so the padding-mask path runs.
 """
