@@ -52,7 +52,19 @@ from plans.io import cluster_from_dict, experiment_from_dict, load_plan
 from plans.metrics import FILE, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILE = ROOT / "estimator" / "profiles" / "cpu-xeon-2core-1thread_2workers.json"
+PROFILES = ROOT / "estimator" / "profiles"
+
+
+def default_profile() -> Path:
+    """The newest shipped profile with 2-worker collectives measured on a CPU of this model;
+    the Xeon one where none was (run_one then says that the machines differ)."""
+    here = machine_name("cpu")
+    found = []
+    for path in PROFILES.glob("cpu-*_2workers.json"):
+        p = load_profile(path)
+        if p.device_name == here and p.calibration is None:
+            found.append((p.created or "", path))
+    return max(found)[1] if found else PROFILES / "cpu-xeon-2core-1thread_2workers.json"
 
 
 # Model sizes of the check (byte vocabulary of the built-in tokenizer). "85m" is preset
@@ -232,13 +244,17 @@ def measure(entries, plans_dir, args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", type=Path, default=PROFILE)
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="profile that plans and prices (default: the newest shipped 2-worker "
+                         "profile of this CPU model); with --analyze, the one the run used")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None, help="folder for plans, runs, results")
     ap.add_argument("--iterations", type=int, default=None, help="per run (default 6; quick 3)")
     ap.add_argument("--random", type=int, default=None, help="random plans (default 6; quick 2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--time-limit", type=float, default=20.0, help="search seconds")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny models, 3 plans")
+    ap.add_argument("--devices", type=int, default=2,
+                    help="CPU workers of the cluster (1: the calls alone, nothing shares a core)")  # fmt: skip
     ap.add_argument("--rule-reward", action="store_true", help="builtin:digits rule reward")
     ap.add_argument("--size", choices=sorted(SIZES), default="85m", help="model size")
     ap.add_argument("--algorithm", choices=("ppo", "grpo"), default="ppo")
@@ -268,7 +284,7 @@ def main() -> None:
             for k in ("foreign_max", "calibrate_on"):
                 if getattr(args, k) == ap.get_default(k):
                     setattr(args, k, doc["args"][k])
-            base = load_profile(args.profile if args.profile != PROFILE else doc["profile"])
+            base = load_profile(args.profile or doc["profile"])
             entries = [Entry(e["label"], e["method"], {}, e["runs"]) for e in doc["entries"]]
             plans = {e.label: load_plan(folder / e.label / "plan.json") for e in entries}
             key = (doc["args"].get("algorithm", "ppo"), doc["args"].get("size", "85m"))
@@ -276,6 +292,8 @@ def main() -> None:
         if len(summaries) > 1:
             print_matrix(summaries)
         return
+    args.profile = args.profile or default_profile()
+    print(f"profile: {args.profile}", file=sys.stderr)
     args.iterations = args.iterations or (3 if args.quick else 6)
     args.random = args.random if args.random is not None else (2 if args.quick else 6)
     if args.quick:
@@ -321,7 +339,7 @@ def run_one(args, size: str, algorithm: str, out_dir: Path) -> dict:
               "estimates will be off by the machines' difference (rlhf-plan profile --check)",
               file=sys.stderr)  # fmt: skip
     exp = experiment(args.quick, args.rule_reward, size, algorithm)
-    cluster = cluster_from_dict({"nodes": 1, "gpus_per_node": 2, "device": "cpu"})
+    cluster = cluster_from_dict({"nodes": 1, "gpus_per_node": args.devices, "device": "cpu"})
     t0 = time.monotonic()
     entries, notes = make_plans(exp, cluster, base, args.random, args.seed, args.time_limit)
     plans = {}

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from estimator.contention import contention_factor
 from estimator.lookup import ProfileLookup
 from estimator.memory import GRAD_BYTES, CallMemory, call_memory, split_layers, stage_params
 from estimator.overhead import pass_overhead, token_overhead
@@ -105,16 +106,24 @@ class CostModel:
         self._calls: dict[tuple[str, Allocation], CallCost] = {}
         self._by_id: dict[tuple[str, int], tuple[Allocation, CallCost]] = {}
         self._moves: dict[tuple, Transfer] = {}
+        self._kappa: dict[str, float] = {}
 
     @property
     def profile_label(self) -> str:
         return self.profile.label
 
-    @property
-    def contention(self) -> float:
-        """The calibrated contention factor (0 without one): see estimator.simulate."""
-        cal = self.profile.calibration
-        return cal.contention if cal is not None else 0.0
+    def contention(self, mfc: MFC | str) -> float:
+        """Extra share of the call's compute seconds while its node's other devices compute
+        (estimator.contention; 0 for a rule reward, which runs no model)."""
+        m = self.mfcs[mfc] if isinstance(mfc, str) else mfc
+        k = self._kappa.get(m.name)
+        if k is None:
+            k = 0.0
+            if not self.rule_reward(m):
+                params = self.experiment.model(m.role).num_params()
+                k = contention_factor(self.profile, m.kind, params)
+            self._kappa[m.name] = k
+        return k
 
     # ---- calls ---------------------------------------------------------------------------
     def call_cost(self, mfc: MFC | str, alloc: Allocation) -> CallCost:

@@ -147,6 +147,18 @@ class Roofline(_Doc):
 CallKind = Literal["generate", "inference", "train"]
 
 
+class ContentionTiming(_Doc):
+    """One pass of a whole model through the executor's call code, timed on one worker while
+    the node's other workers idle and while another runs the same pass (CPU profiles under
+    torchrun: cores of one CPU share caches and memory, and may be one core's two threads)."""
+
+    kind: CallKind = Field(description="Which call's pass: generate, inference or train.")
+    model: str = Field(description="Preset model that was timed (all its blocks, tp 1).")
+    params: float = Field(gt=0, description="Its parameter count.")
+    alone_s: float = Field(gt=0, description="Median seconds, the other workers idle.")
+    together_s: float = Field(gt=0, description="Median seconds, another worker busy alike.")
+
+
 class KindFactors(_Doc):
     """How measured calls of one kind relate to the profile's prediction: measured seconds =
     scale x (the call's compute seconds from the op timings) + comm_scale x its communication
@@ -251,6 +263,11 @@ class Profile(_Doc):
     ops: list[OpTiming] = Field(default_factory=list, description="Compute timings.")
     collectives: list[CollectiveTiming] = Field(
         default_factory=list, description="Collective timings (need torchrun)."
+    )
+    contention: list[ContentionTiming] = Field(
+        default_factory=list,
+        description="Passes timed alone and next to a busy worker (CPU, need torchrun): how "
+        "much a call slows down while the other devices of its node compute.",
     )
     calibration: Calibration | None = Field(
         None,

@@ -22,10 +22,10 @@ The simulator replays exactly that as list scheduling: each step (reallocation, 
 when every device it involves is free, in the global order, and a call also waits for its
 inputs to arrive. The iteration time is the time between the ends of the last two simulated
 iterations (the steady state; the first iteration already pays the steady-state moves; under
-staleness the mean of the last two iterations, `steady_time`). With
-a calibrated contention factor (CPU cores of one node slow each other down), a first replay
-finds how busy the other devices of each call's node are while it runs, the call's compute is
-stretched accordingly, and the plan is replayed again.
+staleness the mean of the last two iterations, `steady_time`). With a contention factor (CPU
+cores of one node slow each other down; estimator.contention), a first replay finds how busy
+the other devices of each call's node are while it runs, the call's compute is stretched
+accordingly, and the plan is replayed again.
 
 Devices are handled as *atoms*: maximal runs of ranks that no mesh boundary splits. Meshes are
 contiguous rank ranges (node-major), so each mesh is a range of atoms and a simulation touches a
@@ -138,14 +138,14 @@ def simulate(
         return res  # the search needs only the verdict; `show` still wants the timeline
     shape = (nodes, calls, spans, bounds, atoms, rules, stale)
     base = dict(res.call_time_s)
-    kappa = cm.contention
-    if kappa > 0:
+    kappa = {m.name: cm.contention(m) for m in calls} if gpn > 1 else {}
+    if any(k > 0 for k in kappa.values()):
         # Cores of one CPU node slow each other down: replay once, see how busy the other
         # devices of each call's node are while it runs, stretch its compute, replay again.
         first = SimResult(math.inf, True)
         _replay(cm, allocations, shape, base, first, True)
         busy = _concurrency(first.steps, iterations - 1, spans, gpn)
-        res.call_time_s = {k: t + kappa * busy.get(k, 0.0) * compute[k] for k, t in base.items()}
+        res.call_time_s = {k: t + kappa[k] * busy.get(k, 0.0) * compute[k] for k, t in base.items()}
     _replay(cm, allocations, shape, res.call_time_s, res, record)
     if record:
         res.concurrency = _concurrency(res.steps, iterations - 1, spans, gpn)

@@ -25,7 +25,8 @@ import time
 from datetime import timedelta
 from functools import partial
 
-from estimator.profile import CollectiveTiming
+from estimator.profile import CollectiveTiming, ContentionTiming
+from executor.profiling.contention import time_contention
 
 SIZES = {True: [2**12, 2**16, 2**20, 2**23], False: [2**k for k in range(12, 27, 2)]}
 REPS = {True: 5, False: 10}
@@ -58,8 +59,8 @@ def others_share(busy0: float | None, wall0: float, mine: float) -> float | None
     return max(busy1 - busy0 - mine, 0.0) / ((os.cpu_count() or 1) * (time.monotonic() - wall0))
 
 
-def _burst(seconds: float):
-    """A callable computing for about `seconds` on one thread (matmuls, calibrated here)."""
+def _burst_count(seconds: float) -> int:
+    """How many of _burst's matmuls take about `seconds` on one thread here."""
     import torch
 
     a, b = torch.randn(128, 512), torch.randn(512, 512)
@@ -67,7 +68,15 @@ def _burst(seconds: float):
     for _ in range(20):
         a @ b
     one = max((time.perf_counter() - t0) / 20, 1e-6)
-    n = max(1, round(seconds / one))
+    return max(1, round(seconds / one))
+
+
+def _burst(n: int):
+    """A callable computing `n` matmuls on one thread: the same work on every rank, as a
+    tensor-parallel layer's ranks do between two collectives."""
+    import torch
+
+    a, b = torch.randn(128, 512), torch.randn(512, 512)
 
     def run() -> None:
         for _ in range(n):
@@ -82,8 +91,9 @@ def time_collectives(
     progress=None,
     init_method: str | None = None,
     timeout_s: float = 120.0,
-) -> list[CollectiveTiming] | None:
-    """Returns the timings on rank 0 and None on the other ranks. Rank and world size come
+) -> tuple[list[CollectiveTiming], list[ContentionTiming]] | None:
+    """Returns the timings on rank 0 and None on the other ranks: the collectives' and, on
+    CPU with at least 2 ranks per node, executor.profiling.contention's. Rank and world size come
     from torchrun's environment (RANK, WORLD_SIZE, LOCAL_WORLD_SIZE)."""
     import torch
     import torch.distributed as dist
@@ -115,7 +125,13 @@ def time_collectives(
     )
 
     contexts = CONTEXTS[quick] if dev_type == "cpu" else (0.0,)
-    bursts = {c: _burst(c) for c in contexts if c > 0}
+    # Rank 0's count for every rank: counted on each, the ranks' bursts would differ by their
+    # calibration noise and the shorter one would wait for the longer one at every call.
+    bursts = {}
+    if dev_type == "cpu":
+        counts = torch.tensor([_burst_count(c) for c in contexts], dtype=torch.int64)
+        dist.broadcast(counts, 0)
+        bursts = {c: _burst(int(n)) for c, n in zip(contexts, counts.tolist(), strict=True)}
 
     def timed(fn, group, after: float) -> float:
         fn()
@@ -194,6 +210,9 @@ def time_collectives(
                 rec("send_recv", 2, scope, nbytes, statistics.median(times[1:]))
     if task is not None:
         progress.advance(task)
+    contention: list[ContentionTiming] = []
+    if dev_type == "cpu" and local >= 2:  # workers that share one CPU slow each other down
+        contention = time_contention(quick, progress) or []
     dist.barrier()
     mine = torch.tensor([time.process_time() - cpu0], dtype=torch.float64)
     if dev_type == "cpu" and world == local:  # one machine: every rank's CPU is on it
@@ -207,4 +226,4 @@ def time_collectives(
                 file=sys.stderr,
             )
     dist.destroy_process_group()
-    return out if rank == 0 else None
+    return (out, contention) if rank == 0 else None

@@ -14,6 +14,7 @@ The batches are left-padded, as prompts are in every RL call, so the padding-mas
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 from estimator.profile import OpTiming, ShardShape
@@ -31,10 +32,10 @@ def padded_batch(vocab: int, b: int, s: int, device) -> dict:
     return {"input_ids": ids, "attention_mask": am}
 
 
-def pass_points(model, b: int, s: int, shape: ShardShape, timed, device) -> list[OpTiming]:
+def pass_fns(model, b: int, s: int, device) -> dict[str, Callable[[], None]]:
     """`infer_pass`: forward.logprobs of one micro-batch; `train_pass`: one micro-batch of
     pipeline_train with the next-token loss (forward, loss, backward; the optimizer step is
-    its own op). `model` has one block and no tp group."""
+    its own op). `model` has no tp group."""
     from executor.compute import forward
     from executor.compute.train import next_token_loss
     from executor.data.packing import stage_inputs
@@ -51,11 +52,30 @@ def pass_points(model, b: int, s: int, shape: ShardShape, timed, device) -> list
     def train() -> None:
         pipeline_train(model, ctx, stage_inputs(batch, 1), loss_fn)
 
-    out = []
-    for op, fn in (("infer_pass", infer), ("train_pass", train)):
-        out.append(OpTiming(op=op, shape=shape, batch=b, seq_len=s, time_s=timed(fn)))
+    return {"infer_pass": infer, "train_pass": train}
+
+
+def pass_points(model, b: int, s: int, shape: ShardShape, timed, device) -> list[OpTiming]:
+    """Both pass_fns timed on a model of one block."""
+    out = [
+        OpTiming(op=op, shape=shape, batch=b, seq_len=s, time_s=timed(fn))
+        for op, fn in pass_fns(model, b, s, device).items()
+    ]
     model.zero_grad(set_to_none=True)
     return out
+
+
+def generate_fn(model, b: int, c: int, new_tokens: int, device) -> Callable[[], None]:
+    """executor.compute.generate of `new_tokens` sampled tokens from `b` prompts of length c."""
+    import torch
+
+    from executor.compute.generate import GenerationConfig, generate
+    from executor.parallel.context import ParallelContext
+
+    ctx = ParallelContext.single()
+    prompts = torch.randint(0, model.spec.vocab_size, (b, c), device=device)
+    cfg = GenerationConfig(max_new_tokens=new_tokens, greedy=False, seed=0)
+    return partial(generate, model, ctx, prompts, None, cfg)
 
 
 def generate_step(model, b: int, c: int, shape: ShardShape, timed, device) -> OpTiming:
@@ -64,19 +84,8 @@ def generate_step(model, b: int, c: int, shape: ShardShape, timed, device) -> Op
     prompts of length c, so the prefill cancels. It holds the stack's decode plus embedding,
     head, sampling and the loop's bookkeeping; the cost model takes the stack's decode out
     again and adds the model's own blocks."""
-    import torch
-
-    from executor.compute.generate import GenerationConfig, generate
-    from executor.parallel.context import ParallelContext
-
-    ctx = ParallelContext.single()
-    prompts = torch.randint(0, model.spec.vocab_size, (b, c), device=device)
-
-    def run(n: int) -> None:
-        cfg = GenerationConfig(max_new_tokens=n, greedy=False, seed=0)
-        generate(model, ctx, prompts, None, cfg)
-
-    short, long = timed(partial(run, 2)), timed(partial(run, 2 + GEN_STEPS))
+    short = timed(generate_fn(model, b, c, 2, device))
+    long = timed(generate_fn(model, b, c, 2 + GEN_STEPS, device))
     per_step = max((long - short) / GEN_STEPS, 1e-9)
     return OpTiming(
         op="generate_step", shape=shape, batch=b, seq_len=c + GEN_STEPS // 2, time_s=per_step

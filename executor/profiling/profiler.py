@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from estimator.fitting import fit_roofline, link_rates
 from estimator.profile import (
     CollectiveTiming,
+    ContentionTiming,
     OpTiming,
     Profile,
 )
@@ -126,10 +127,12 @@ def run_profile(device: str, quick: bool, command: str, progress=None) -> Profil
     torch_dev = torch.device(dev_type)
     sync = torch.cuda.synchronize if dev_type == "cuda" else (lambda: None)
     colls: list[CollectiveTiming] = []
+    contention: list[ContentionTiming] = []
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        colls = time_collectives(dev_type, quick, progress)
-        if colls is None:
+        timings = time_collectives(dev_type, quick, progress)
+        if timings is None:
             return None
+        colls, contention = timings
     # On CPU (one thread) the process's CPU time is the wall time of an idle machine, and
     # stays so when other jobs share the cores; a GPU is timed by the wall clock.
     clock = time.process_time if dev_type == "cpu" else time.perf_counter
@@ -183,6 +186,7 @@ def run_profile(device: str, quick: bool, command: str, progress=None) -> Profil
         roofline=fit_roofline(ops, *link_rates(colls)).model_copy(update=memory_rates(dev_type)),
         ops=ops,
         collectives=colls,
+        contention=contention,
     )
 
 
@@ -197,9 +201,10 @@ def run_collectives_into(
     dev_type = "cuda" if device == "cuda" else "cpu"
     if dev_type == "cpu":
         torch.set_num_threads(1)
-    colls = time_collectives(dev_type, quick, progress)
-    if colls is None:
+    timings = time_collectives(dev_type, quick, progress)
+    if timings is None:
         return None
+    colls, contention = timings
     intra, inter = link_rates(colls)
     stamp = datetime.now(UTC)
     sizes = sorted({c.group_size for c in colls})
@@ -212,13 +217,20 @@ def run_collectives_into(
     note = (
         f"{len(colls)} collective timings over group sizes {', '.join(map(str, sizes))} "
         f"({'gloo' if dev_type == 'cpu' else 'nccl'}, torch {torch.__version__}{context}); "
-        f"fresh-memory and memory-copy rates measured; compute timings of {base.id} kept"
+        f"fresh-memory and memory-copy rates measured"
+        + (
+            f"; {len(contention)} passes timed alone and next to a busy worker"
+            if contention
+            else ""
+        )
+        + f"; compute timings of {base.id} kept"
     )
     rates = {"intra_node_bytes_per_s": intra, "inter_node_bytes_per_s": inter}
     return base.refined(
         {
             "id": f"{base.id.split('+')[0]}+coll-{stamp:%Y%m%d-%H%M%S}",
             "collectives": colls,
+            "contention": contention,
             "roofline": base.roofline.model_copy(update={**rates, **memory_rates(dev_type)}),
         },
         "collectives",

@@ -11,27 +11,29 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from estimator.contention import contention_factor
 from estimator.lookup import ProfileLookup
 from estimator.profile import Profile, Roofline
 from executor.profiling.collectives import time_collectives
+from plans.model import preset
 
 pytestmark = pytest.mark.distributed
 
 
-def _worker(rank: int, world: int, store: str, out) -> None:
+def _worker(rank: int, world: int, local: int, store: str, out) -> None:
     torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE="1")
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(local))
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     res = time_collectives("cpu", True, init_method=f"file://{store}", timeout_s=30)
-    out.put((rank, None if res is None else [c.model_dump() for c in res]))
+    out.put((rank, None if res is None else [[c.model_dump() for c in t] for t in res]))
 
 
-def test_collectives_are_timed_on_two_ranks(tmp_path):
+def _two_ranks(tmp_path, local: int) -> tuple[list[dict], list[dict]]:
+    """Rank 0's (collective, contention) timings of two ranks, `local` per node."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [
-        ctx.Process(target=_worker, args=(r, 2, str(tmp_path / "store"), out)) for r in range(2)
-    ]
+    store = str(tmp_path / "store")
+    procs = [ctx.Process(target=_worker, args=(r, 2, local, store, out)) for r in range(2)]
     for p in procs:
         p.start()
     results = dict(out.get(timeout=120) for _ in procs)
@@ -39,7 +41,40 @@ def test_collectives_are_timed_on_two_ranks(tmp_path):
         p.join(timeout=30)
         assert p.exitcode == 0
     assert results[1] is None
-    timings = results[0]
+    return results[0][0], results[0][1]
+
+
+def test_contention_is_timed_between_workers_of_one_node(tmp_path):
+    colls, contention = _two_ranks(tmp_path, local=2)
+    assert {c["scope"] for c in colls} == {"intra"}
+    assert {(c["kind"], c["model"]) for c in contention} == {
+        ("generate", "tiny"),
+        ("inference", "tiny"),
+        ("train", "tiny"),
+    }
+    assert all(c["alone_s"] > 0 and c["together_s"] > 0 for c in contention)
+    tiny = preset("tiny").num_params()
+    prof = Profile(
+        kind="measured",
+        id="t",
+        device="cpu",
+        roofline=Roofline(
+            flops_per_s=1e9,
+            memory_bytes_per_s=1e9,
+            intra_node_bytes_per_s=1e9,
+            inter_node_bytes_per_s=1e9,
+        ),
+        contention=contention,
+    )
+    for c in contention:  # the factor the simulator stretches by is read back per kind
+        want = max(c["together_s"] / c["alone_s"] - 1, 0.0)
+        assert contention_factor(prof, c["kind"], tiny) == pytest.approx(want)
+        assert contention_factor(prof, c["kind"], 100 * tiny) == pytest.approx(want)
+
+
+def test_collectives_are_timed_on_two_ranks(tmp_path):
+    timings, contention = _two_ranks(tmp_path, local=1)
+    assert contention == []  # one worker per node: nothing shares a CPU
     ops = {(c["op"], c["scope"]) for c in timings}
     assert {("all_reduce", "inter"), ("all_gather", "inter"), ("broadcast", "inter")} <= ops
     assert {("send_recv", "intra"), ("send_recv", "inter")} <= ops

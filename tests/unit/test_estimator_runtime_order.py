@@ -119,3 +119,44 @@ def test_contention_stretches_calls_while_other_cores_compute():
     assert simulate(slow, plan(), record=True).concurrency["ref_inf"] == pytest.approx(1.0)
     # Without a calibration nothing changes.
     assert simulate(c, apart).call_time_s["actor_train"] == c.time("actor_train", a(G0))
+
+
+def test_measured_contention_stretches_each_call_by_its_kind_and_size():
+    """A profile's contention timings (passes alone and next to a busy worker) give each call
+    kind its own factor, interpolated in log parameters between the models timed; a
+    calibrated profile uses its calibration's."""
+    from estimator.contention import contention_factor
+    from estimator.profile import Calibration, ContentionTiming
+
+    c = cm("small")
+    small = c.experiment.model("actor").num_params()
+    timings = [
+        ContentionTiming(kind="train", model="a", params=small / 100, alone_s=1.0, together_s=1.4),
+        ContentionTiming(kind="train", model="b", params=small * 100, alone_s=1.0, together_s=1.0),
+        ContentionTiming(kind="generate", model="a", params=small, alone_s=2.0, together_s=2.5),
+    ]
+    prof = c.profile.model_copy(update={"contention": timings})
+    assert contention_factor(prof, "train", small) == pytest.approx(0.2)  # halfway in log
+    assert contention_factor(prof, "train", small / 1e4) == pytest.approx(0.4)  # nearest
+    assert contention_factor(prof, "generate", small * 7) == pytest.approx(0.25)
+    assert contention_factor(prof, "inference", small) == 0.0  # not timed: no stretch
+    # A calibration's factors were fitted next to its own contention: that one applies.
+    for cal in (Calibration(contention=0.1, fitted=["contention"]), Calibration()):
+        calibrated = prof.model_copy(update={"calibration": cal})
+        assert contention_factor(calibrated, "train", small) == cal.contention
+    slow = CostModel(c.cluster, c.experiment, prof)
+    apart = plan(actor_train=a(G0), critic_train=a(G1))
+    res = simulate(slow, apart, record=True)
+    for name in ("actor_train", "critic_train"):
+        base = c.call_cost(name, apart[name])
+        want = base.time_s + 0.2 * res.concurrency[name] * base.compute_s
+        assert res.concurrency[name] > 0.5
+        assert res.call_time_s[name] == pytest.approx(want, rel=0.02)  # (busy of the replay)
+    # One device: nothing runs beside a call, and nothing is stretched.
+    one = {n: a(G0) for n in apart}
+    single = CostModel(cluster_from_dict({"nodes": 1, "gpus_per_node": 1, "device": "cpu"}),
+                       c.experiment, prof)  # fmt: skip
+    assert (
+        simulate(single, one).call_time_s
+        == simulate(CostModel(single.cluster, c.experiment, c.profile), one).call_time_s
+    )
