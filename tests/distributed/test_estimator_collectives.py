@@ -13,9 +13,9 @@ import torch.multiprocessing as mp
 
 from estimator.contention import contention_factor
 from estimator.lookup import ProfileLookup
-from estimator.profile import Profile, Roofline
 from executor.profiling.collectives import time_collectives
 from plans.model import preset
+from tests.profile_util import measured_profile
 
 pytestmark = pytest.mark.distributed
 
@@ -54,18 +54,7 @@ def test_contention_is_timed_between_workers_of_one_node(tmp_path):
     }
     assert all(c["alone_s"] > 0 and c["together_s"] > 0 for c in contention)
     tiny = preset("tiny").num_params()
-    prof = Profile(
-        kind="measured",
-        id="t",
-        device="cpu",
-        roofline=Roofline(
-            flops_per_s=1e9,
-            memory_bytes_per_s=1e9,
-            intra_node_bytes_per_s=1e9,
-            inter_node_bytes_per_s=1e9,
-        ),
-        contention=contention,
-    )
+    prof = measured_profile(contention=contention)
     for c in contention:  # the factor the simulator stretches by is read back per kind
         want = max(c["together_s"] / c["alone_s"] - 1, 0.0)
         assert contention_factor(prof, c["kind"], tiny) == pytest.approx(want)
@@ -80,18 +69,7 @@ def test_collectives_are_timed_on_two_ranks(tmp_path):
     assert {("send_recv", "intra"), ("send_recv", "inter")} <= ops
     assert all(c["time_s"] > 0 and c["group_size"] == 2 for c in timings)
     # The cost model reads them back: grid points exactly, larger messages scaled by bytes.
-    prof = Profile(
-        kind="measured",
-        id="t",
-        device="cpu",
-        roofline=Roofline(
-            flops_per_s=1e9,
-            memory_bytes_per_s=1e9,
-            intra_node_bytes_per_s=1e9,
-            inter_node_bytes_per_s=1e9,
-        ),
-        collectives=timings,
-    )
+    prof = measured_profile(inter=1e9, collectives=timings)
     lk = ProfileLookup(prof, 1e9, 1e9)
     ar = [c for c in timings if c["op"] == "all_reduce"]
     for c in ar:  # on CPU each size is timed after several compute bursts (after_s)

@@ -9,9 +9,10 @@ import time
 import pytest
 
 from estimator import CostModel
-from estimator.profile import OpTiming, Profile, Roofline
+from estimator.profile import OpTiming, Profile
 from estimator.shapes import shard_shape
 from plans import Allocation, ClusterSpec, DeviceMesh, ParallelStrategy, experiment_from_dict
+from tests.profile_util import measured_profile
 
 EXP = experiment_from_dict(
     {
@@ -53,18 +54,7 @@ def _profile(**extra: float) -> Profile:
         for op, t in times.items()
         for b, s in POINTS
     ]
-    return Profile(
-        kind="measured",
-        id="passes-test",
-        device="cpu",
-        roofline=Roofline(
-            flops_per_s=1e11,
-            memory_bytes_per_s=1e12,
-            intra_node_bytes_per_s=1e9,
-            inter_node_bytes_per_s=1e8,
-        ),
-        ops=ops,
-    )
+    return measured_profile("passes-test", ops=ops)
 
 
 def _whole(kind: str) -> float:

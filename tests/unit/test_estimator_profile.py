@@ -12,25 +12,17 @@ from hypothesis import strategies as st
 
 from estimator import CostModel, analytic_profile, load_profile, plan_report, profile_schema
 from estimator.lookup import ProfileLookup
-from estimator.profile import OpTiming, Profile, Roofline, save_profile
+from estimator.profile import OpTiming, Profile, save_profile
 from estimator.shapes import op_flops_bytes, shard_shape
 from plans import ClusterSpec, PlanError, example_path, load_plan, preset
+from tests.profile_util import measured_profile
 
 SHIPPED = sorted((Path(__file__).parents[2] / "estimator" / "profiles").glob("*.json"))
 SMALL = shard_shape(preset("small"), 1, 4)
 
 
 def measured(points: dict[tuple[int, int], float], op: str = "block_fwd") -> Profile:
-    return Profile(
-        kind="measured",
-        id="test",
-        device="cpu",
-        roofline=Roofline(
-            flops_per_s=1e11,
-            memory_bytes_per_s=1e12,
-            intra_node_bytes_per_s=1e9,
-            inter_node_bytes_per_s=1e8,
-        ),
+    return measured_profile(
         ops=[
             OpTiming(op=op, shape=SMALL, batch=b, seq_len=s, time_s=t)
             for (b, s), t in points.items()

@@ -7,10 +7,11 @@ import json
 from typer.testing import CliRunner
 
 from cli.plan_app import app
-from estimator.profile import OpTiming, Profile, Roofline, save_profile
+from estimator.profile import OpTiming, Profile, save_profile
 from estimator.shapes import shard_shape
 from executor.profiling.check import CheckRow, check_profile, verdict
 from plans import preset
+from tests.profile_util import measured_profile
 
 TINY = shard_shape(preset("tiny"), 1, 4)
 
@@ -23,19 +24,8 @@ def _profile(seconds: float) -> Profile:
         OpTiming(op=op, shape=TINY, batch=2, seq_len=16, time_s=seconds)
         for op in ("block_fwd", "block_fwd_bwd", "decode", "head_fwd", "embedding_fwd")
     ] + [OpTiming(op="block_fwd", shape=custom, batch=2, seq_len=16, time_s=seconds)]
-    return Profile(
-        kind="measured",
-        id="check-test",
-        device="cpu",
-        device_name="some other CPU",
-        threads=1,
-        roofline=Roofline(
-            flops_per_s=1e11,
-            memory_bytes_per_s=1e11,
-            intra_node_bytes_per_s=1e9,
-            inter_node_bytes_per_s=1e9,
-        ),
-        ops=ops,
+    return measured_profile(
+        "check-test", 1e11, 1e9, device_name="some other CPU", threads=1, ops=ops
     )
 
 
