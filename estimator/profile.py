@@ -153,7 +153,10 @@ class ContentionTiming(_Doc):
     torchrun: cores of one CPU share caches and memory, and may be one core's two threads)."""
 
     kind: CallKind = Field(description="Which call's pass: generate, inference or train.")
-    model: str = Field(description="Preset model that was timed (all its blocks, tp 1).")
+    model: str = Field(
+        description="Model that was timed, all its blocks at tp 1: a preset, or one of the "
+        "sizes between two (executor.profiling.contention.BETWEEN)."
+    )
     params: float = Field(gt=0, description="Its parameter count.")
     alone_s: float = Field(gt=0, description="Median seconds, the other workers idle.")
     together_s: float = Field(gt=0, description="Median seconds, another worker busy alike.")

@@ -2,8 +2,8 @@
 
 Op timings are taken one process at a time. In rlhf-run the workers of a CPU node compute at
 the same time (a data-parallel call's ranks, or two calls placed side by side), and cores of
-one CPU share caches and memory bandwidth, so each runs slower than alone: about 1.25x for a
-1M-parameter model's generation on the 2-core development machine. Under torchrun, rank 0
+one CPU share caches and memory bandwidth, so each may run slower than alone (on the 2-core
+development machine 0.9-1.5x from one measurement to the next: noisy). Under torchrun, rank 0
 times each call kind's pass of a whole preset model (all blocks, tp 1, through the executor's
 own call code) while the other ranks wait, then while rank 1 runs the same pass; rounds of the
 two alternate, so a drift of the machine's speed moves both. estimator.contention turns the
@@ -20,8 +20,8 @@ from estimator.profile import ContentionTiming
 from plans.model import ModelSpec, preset
 
 # Whole models timed (tp 1): the presets tiny (0.2M parameters) and small (85M) and two
-# sizes between them (1.2M, 26M), since how much two workers slow each other depends on
-# where the weights live (a core's own cache, the shared one, memory), not smoothly on size.
+# sizes between them (1.1M, 26M): where the weights live (a core's own cache, the shared
+# one, memory) may decide how much two workers slow each other, and it changes with size.
 BETWEEN = {
     "between-1m": {"hidden_size": 128, "intermediate_size": 320, "num_hidden_layers": 6},
     "between-26m": {"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 8,
