@@ -221,25 +221,31 @@ def run_plan(plan_path: Path, run_dir: Path, iterations: int) -> dict:
 
 
 def measure(entries, plans_dir, args) -> None:
-    for i, e in enumerate(entries):
-        plan_path = plans_dir / e.label / "plan.json"
-        for attempt in range(args.attempts):
-            waited = quiet_wait(args.foreign_max, args.quiet_timeout) if args.gate else 0.0
-            run = run_plan(plan_path, plans_dir / e.label / f"run-{attempt}", args.iterations)
-            run["waited_s"] = waited
-            e.runs.append(run)
-            good, clean = clean_rows(e, args.foreign_max)
-            n_clean = len(good) if clean else 0
-            print(
-                f"[{i + 1}/{len(entries)}] {e.label:<10} attempt {attempt + 1}: "
-                f"median {statistics.median(r['iteration_s'] for r in run['rows'][1:]):.2f} s, "
-                f"{n_clean} clean iteration(s) so far, wall {run['wall_s']:.0f} s"
-                + ("" if waited is not None else ", no quiet moment came"),
-                file=sys.stderr,
-                flush=True,
-            )
-            if n_clean >= args.min_clean:
-                break
+    """Every plan once per round, rounds one after the other: a drift of the machine's speed
+    then moves every plan alike, and two rounds say how well the runs repeat."""
+    for rnd in range(args.rounds):
+        for i, e in enumerate(entries):
+            plan_path = plans_dir / e.label / "plan.json"
+            for attempt in range(args.attempts):
+                waited = quiet_wait(args.foreign_max, args.quiet_timeout) if args.gate else 0.0
+                name = f"run-{attempt}" if args.rounds == 1 else f"round-{rnd}-run-{attempt}"
+                run = run_plan(plan_path, plans_dir / e.label / name, args.iterations)
+                run["waited_s"] = waited
+                run["round"] = rnd
+                e.runs.append(run)
+                good, clean = clean_rows(e, args.foreign_max, rounds=(rnd,))
+                n_clean = len(good) if clean else 0
+                print(
+                    f"[{i + 1}/{len(entries)}] {e.label:<10} round {rnd + 1}/{args.rounds} "
+                    f"attempt {attempt + 1}: median "
+                    f"{statistics.median(r['iteration_s'] for r in run['rows'][1:]):.2f} s, "
+                    f"{n_clean} clean iteration(s) this round, wall {run['wall_s']:.0f} s"
+                    + ("" if waited is not None else ", no quiet moment came"),
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if n_clean >= args.min_clean:
+                    break
 
 
 def main() -> None:
@@ -264,7 +270,10 @@ def main() -> None:
                     help="plan label(s), comma-separated, or none")  # fmt: skip
     ap.add_argument("--foreign-max", type=float, default=0.05,
                     help="an iteration counts when other jobs used at most this share of the CPUs")  # fmt: skip
-    ap.add_argument("--min-clean", type=int, default=3)
+    ap.add_argument("--min-clean", type=int, default=3, help="per plan and round")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every plan this many times, in rounds over all plans; with 2 or "
+                         "more the tables also say how well the rounds agree")  # fmt: skip
     ap.add_argument("--attempts", type=int, default=3)
     ap.add_argument("--quiet-timeout", type=float, default=90.0)
     ap.add_argument("--no-gate", dest="gate", action="store_false", help="do not wait for quiet")
@@ -314,14 +323,18 @@ def main() -> None:
 
 
 def print_matrix(summaries: dict) -> None:
-    """One line per experiment, then the per-call error over every call of every plan."""
+    """One line per experiment, then the per-call error over every call of every plan; with
+    two rounds, how well the rounds agree with each other next to it."""
     print("\nmatrix (base profile, every plan)")
     errors = []
     for (algorithm, size), summ in summaries.items():
         s = summ[("all plans", "base")]
         errors += s["errors"]
+        rep = summ.get("repeatability")
+        again = (f"; rounds agree: Spearman {rep['spearman']:.3f}, calls {rep['calls']:.1%}"
+                 if rep else "")  # fmt: skip
         print(f"  {algorithm:<5}{size:>4}: {s['n']} plans, Spearman {s['spearman']:.3f}, "
-              f"iteration {s['iteration_error']:.1%}, calls {s['all_calls']:.1%}")  # fmt: skip
+              f"iteration {s['iteration_error']:.1%}, calls {s['all_calls']:.1%}{again}")  # fmt: skip
     rhos = [summ[("all plans", "base")]["spearman"] for summ in summaries.values()]
     print(
         f"  Spearman: lowest {min(rhos):.3f}, median {statistics.median(rhos):.3f}; "
@@ -361,6 +374,7 @@ def run_one(args, size: str, algorithm: str, out_dir: Path) -> dict:
             "calibrate_on": args.calibrate_on,
             "size": size,
             "algorithm": algorithm,
+            "rounds": args.rounds,
         },
         "notes": notes,
         "entries": [{"label": e.label, "method": e.method, "runs": e.runs} for e in entries],

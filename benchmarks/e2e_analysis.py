@@ -22,11 +22,16 @@ class Entry:
     runs: list[dict] = field(default_factory=list)  # {"dir", "rows", "shares", "waited_s"}
 
 
-def clean_rows(entry: Entry, foreign_max: float, skip: int = 1) -> tuple[list[MetricsRow], bool]:
-    """Iterations (after the warm-up) of all runs of a plan that other jobs did not disturb;
-    when there are none, every iteration after the warm-up, flagged."""
+def clean_rows(
+    entry: Entry, foreign_max: float, skip: int = 1, rounds: tuple[int, ...] | None = None
+) -> tuple[list[MetricsRow], bool]:
+    """Iterations (after the warm-up) of the runs of a plan (those of `rounds`, default all)
+    that other jobs did not disturb; when there are none, every iteration after the warm-up,
+    flagged."""
     rows, loaded = [], []
     for run in entry.runs:
+        if rounds is not None and run.get("round", 0) not in rounds:
+            continue
         for raw, share in zip(run["rows"], run["shares"], strict=True):
             r = MetricsRow.model_validate(raw)
             if r.iteration < skip:
@@ -42,6 +47,39 @@ def estimates(plan: Plan, profile: Profile) -> tuple[float, dict[str, float]]:
     return res.iteration_time_s, dict(res.call_time_s)
 
 
+def medians(rows: list[MetricsRow], call_names) -> dict:
+    """Median iteration time and median compute time of each call present in every row."""
+    return {
+        "iteration": statistics.median(r.iteration_s for r in rows),
+        "calls": {
+            c: statistics.median(r.calls[c].compute_s for r in rows)
+            for c in call_names
+            if all(c in r.calls for r in rows)
+        },
+    }
+
+
+def repeatability(entries: list[Entry], call_names, foreign_max: float) -> dict | None:
+    """How well the first two rounds of runs agree: Spearman of their iteration medians and the
+    median |relative difference| of their call medians (round 1 against round 2). The
+    estimates cannot be held to a ranking or an error the runs themselves do not repeat to.
+    None with fewer than two rounds."""
+    if not all(any(run.get("round", 0) == 1 for run in e.runs) for e in entries):
+        return None
+    per = [[medians(clean_rows(e, foreign_max, rounds=(k,))[0], call_names) for k in (0, 1)]
+           for e in entries]  # fmt: skip
+    diffs = [
+        abs(relative_error(a["calls"][c], b["calls"][c]))
+        for a, b in per
+        for c in a["calls"]
+        if c in b["calls"]
+    ]
+    return {
+        "spearman": spearman([a["iteration"] for a, _ in per], [b["iteration"] for _, b in per]),
+        "calls": statistics.median(diffs),
+    }
+
+
 def _fmt_err(e: float) -> str:
     return f"{e:+.0%}" if math.isfinite(e) else "-"
 
@@ -54,13 +92,7 @@ def analyze(entries: list[Entry], plans: dict[str, Plan], base: Profile, args, o
         rows, clean = clean_rows(e, args.foreign_max)
         shares = [s for run in e.runs for r, s in zip(run["rows"], run["shares"], strict=True)
                   if r["iteration"] >= 1]  # fmt: skip
-        measured[e.label] = {
-            "iteration": statistics.median(r.iteration_s for r in rows),
-            "calls": {
-                c: statistics.median(r.calls[c].compute_s for r in rows)
-                for c in call_names
-                if all(c in r.calls for r in rows)
-            },
+        measured[e.label] = medians(rows, call_names) | {
             "n": len(rows),
             "clean": clean,
             "foreign": statistics.median(shares) if shares else math.nan,
@@ -171,6 +203,11 @@ def analyze(entries: list[Entry], plans: dict[str, Plan], base: Profile, args, o
         calls = ", ".join(f"{c} {v:.0%}" for c, v in s["per_call"].items())
         print(f"  {kind} ({s['n']}), {pname} profile: Spearman {s['spearman']:.3f}; iteration "
               f"{s['iteration_error']:.1%}; calls {s['all_calls']:.1%} ({calls})")  # fmt: skip
+    rep = repeatability(entries, call_names, args.foreign_max)
+    if rep is not None:
+        summary["repeatability"] = rep
+        print(f"  the runs against themselves (round 1 vs round 2): Spearman "
+              f"{rep['spearman']:.3f}; calls {rep['calls']:.1%}")  # fmt: skip
     fastest = min(entries, key=lambda e: measured[e.label]["iteration"])
     sm, fm = measured["searched"]["iteration"], measured[fastest.label]["iteration"]
     print(f"searched plan: {sm:.2f} s measured; fastest measured: {fastest.label} {fm:.2f} s "
