@@ -33,14 +33,16 @@ PHASE_S = 0.3  # seconds of repetitions per phase and round (at least 2 repetiti
 BATCH, SEQ, PROMPT, NEW_TOKENS = 4, 32, 16, 16
 
 
-def _spec(name: str) -> ModelSpec:
+def timed_model_spec(name: str) -> ModelSpec:
+    """A preset, or one of the BETWEEN sizes (the tiny preset with other dimensions)."""
     if name in BETWEEN:
         doc = preset("tiny").model_dump() | {"name": name, "head_dim": None, **BETWEEN[name]}
         return ModelSpec.model_validate(doc)  # (head_dim: hidden / heads again)
     return preset(name)
 
 
-def _times(fn, reps: int) -> list[float]:
+def repeat_times(fn, reps: int) -> list[float]:
+    """Wall seconds of `reps` back-to-back runs of `fn`."""
     out = []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -64,7 +66,7 @@ def time_contention(quick: bool, progress=None) -> list[ContentionTiming] | None
     if progress is not None and rank == 0:
         task = progress.add_task("contention", total=len(MODELS[quick]))
     for name in MODELS[quick]:
-        spec = _spec(name)
+        spec = timed_model_spec(name)
         model = shard_pieces(spec, 1, torch.float32, "cpu", layers=spec.num_hidden_layers)
         passes = pass_fns(model, BATCH, SEQ, "cpu")
         fns = {
@@ -78,19 +80,19 @@ def time_contention(quick: bool, progress=None) -> list[ContentionTiming] | None
             # every rank): short passes jitter by more than the contention to be measured.
             reps = torch.zeros(1, dtype=torch.int64)
             if rank == 0:
-                reps[0] = max(2, math.ceil(PHASE_S / max(min(_times(fn, 2)), 1e-6)))
+                reps[0] = max(2, math.ceil(PHASE_S / max(min(repeat_times(fn, 2)), 1e-6)))
             dist.broadcast(reps, 0)
             n = int(reps[0])
             alone, together = [], []
             for _ in range(ROUNDS[quick]):
                 dist.barrier()
                 if rank == 0:
-                    alone += _times(fn, n)
+                    alone += repeat_times(fn, n)
                 dist.barrier()
                 if rank == 0:
-                    together += _times(fn, n)
+                    together += repeat_times(fn, n)
                 elif rank == 1:  # one more than rank 0, so that rank 0 is never alone
-                    _times(fn, n + 1)
+                    repeat_times(fn, n + 1)
             model.zero_grad(set_to_none=True)
             if rank == 0:
                 out.append(
