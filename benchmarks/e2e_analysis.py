@@ -196,6 +196,7 @@ def analyze(entries: list[Entry], plans: dict[str, Plan], base: Profile, args, o
                 "per_call": per_call,
                 "all_calls": statistics.median(everything),
                 "errors": everything,
+                "iterations": list(zip(xs, ys, strict=True)),  # (estimated, measured)
                 "n": len(labels),
             }
     print("\nsummary (median |relative error|)")
