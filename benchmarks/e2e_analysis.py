@@ -19,7 +19,7 @@ class Entry:
     label: str
     method: str
     allocations: dict[str, Allocation]
-    runs: list[dict] = field(default_factory=list)  # {"dir", "rows", "shares", "waited_s"}
+    runs: list[dict] = field(default_factory=list)  # {"dir", "rows", "shares", "waited_s", "round"}
 
 
 def clean_rows(
