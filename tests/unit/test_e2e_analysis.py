@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from benchmarks.e2e_analysis import Entry, clean_rows, repeatability
@@ -50,3 +52,40 @@ def test_no_repeatability_from_one_round():
     a = Entry("a", "manual", {}, [_run(0, [5, 1.0], [5, 1.0])])
     b = Entry("b", "manual", {}, [_run(0, [5, 2.0], [5, 2.0])])
     assert repeatability([a, b], ("gen",), 0.05) is None
+
+
+def _folder(root, plans: dict[str, dict], calls: dict[str, float]):
+    """An e2e results folder: each label's plan.json and one run of 3 iterations in which
+    every call of the plan takes calls[label] seconds."""
+    from plans.io import example_path
+
+    root.mkdir()
+    entries = []
+    for label, changes in plans.items():
+        doc = json.loads(example_path("ppo-tiny-4cpu", "plan").read_text())
+        for name, strategy in changes.items():
+            doc["allocations"][name]["strategy"].update(strategy)
+        (root / label).mkdir()
+        (root / label / "plan.json").write_text(json.dumps(doc))
+        c = calls[label]
+        rows = [{"iteration": i, "iteration_s": 4 * c, "realloc_s": 0.0, "peak_memory_mib": 1.0,
+                 "calls": {n: dict(CALL, end=c, compute_s=c) for n in doc["allocations"]}}
+                for i in range(3)]  # fmt: skip
+        entries.append({"label": label, "method": "manual",
+                        "runs": [{"rows": rows, "shares": [0.0] * 3, "round": 0}]})  # fmt: skip
+    (root / "results.json").write_text(
+        json.dumps({"args": {"foreign_max": 0.05}, "entries": entries})
+    )
+    return root
+
+
+def test_drift_pairs_plans_with_the_same_layout_only(tmp_path):
+    from benchmarks.e2e_drift import ratios
+
+    same, moved = {}, {"actor_gen": {"dp": 1, "tp": 2}}
+    a = _folder(tmp_path / "a", {"p": same, "q": same}, {"p": 1.0, "q": 1.0})
+    b = _folder(tmp_path / "b", {"p": same, "q": moved}, {"p": 1.2, "q": 5.0})
+    r = ratios(a, b)
+    assert r["plans"] == ["p"]  # q's actor_gen changed layout: not the same plan
+    assert r["iterations"] == [pytest.approx(1.2)]
+    assert r["calls"] and all(x == pytest.approx(1.2) for x in r["calls"])

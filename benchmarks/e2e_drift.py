@@ -1,0 +1,84 @@
+"""The same plans measured twice: how far did the machine move between two benchmarks.e2e runs?
+
+    python -m benchmarks.e2e_drift EARLIER LATER
+
+EARLIER and LATER are results.json files of benchmarks.e2e, or --matrix folders (their
+experiments are paired by folder name). Plans are paired by label and compared only where
+every call has the same allocation in both (the searched plan may differ when another profile
+planned it). For each experiment it prints the ratio later / earlier of the iteration medians
+and of the call medians (median and range): the code, plans and profile being the same, that
+ratio is the machine's own drift, a floor under any estimate's error on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from benchmarks.e2e_analysis import Entry, clean_rows, medians
+from plans.io import load_plan
+
+
+def _folders(path: Path) -> dict[str, Path]:
+    if path.is_file():
+        return {path.parent.name: path.parent}
+    return {p.parent.name: p.parent for p in sorted(path.glob("*/results.json"))}
+
+
+def _entries(folder: Path) -> tuple[dict[str, Entry], float]:
+    doc = json.loads((folder / "results.json").read_text())
+    found = {e["label"]: Entry(e["label"], e["method"], {}, e["runs"]) for e in doc["entries"]}
+    return found, doc["args"]["foreign_max"]
+
+
+def _layout(folder: Path, label: str) -> dict[str, str]:
+    plan = load_plan(folder / label / "plan.json")
+    return {name: a.label() for name, a in plan.allocations.items()}
+
+
+def ratios(earlier: Path, later: Path) -> dict | None:
+    """Later / earlier medians of the plans both folders ran with the same layout: {"plans",
+    "iterations": [ratios], "calls": [ratios]}; None when no plan pairs up."""
+    (ea, fa), (eb, fb) = _entries(earlier), _entries(later)
+    its: list[float] = []
+    calls: list[float] = []
+    plans = []
+    for label in sorted(ea.keys() & eb.keys()):
+        layout = _layout(earlier, label)
+        if layout != _layout(later, label):
+            continue
+        ma = medians(clean_rows(ea[label], fa)[0], layout)
+        mb = medians(clean_rows(eb[label], fb)[0], layout)
+        plans.append(label)
+        its.append(mb["iteration"] / ma["iteration"])
+        calls += [mb["calls"][c] / ma["calls"][c] for c in ma["calls"] if c in mb["calls"]]
+    return {"plans": plans, "iterations": its, "calls": calls} if plans else None
+
+
+def _spread(xs: list[float]) -> str:
+    return f"median {statistics.median(xs):.3f} ({min(xs):.2f}-{max(xs):.2f}, {len(xs)})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("earlier", type=Path, help="results.json or --matrix folder")
+    ap.add_argument("later", type=Path, help="results.json or --matrix folder")
+    args = ap.parse_args()
+    a, b = _folders(args.earlier), _folders(args.later)
+    shared = sorted(a.keys() & b.keys())
+    if not shared:
+        raise SystemExit(f"no experiment is in both {args.earlier} and {args.later}")
+    print("later / earlier, same plans (median (range, count))")
+    for name in shared:
+        r = ratios(a[name], b[name])
+        if r is None:
+            print(f"  {name}: no plan with the same layout in both")
+            continue
+        print(f"  {name}: {len(r['plans'])} plans; iterations {_spread(r['iterations'])}; "
+              f"calls {_spread(r['calls'])}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
