@@ -1,4 +1,5 @@
-"""benchmarks.e2e_analysis: which iterations count, and how two rounds of runs are compared."""
+"""benchmarks.e2e_analysis and e2e_drift: which iterations count, how two rounds of runs are
+compared, and which plans two e2e runs share."""
 
 from __future__ import annotations
 
