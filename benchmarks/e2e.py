@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 from benchmarks.cpu_monitor import Monitor, quiet_wait
-from benchmarks.e2e_analysis import Entry, analyze, clean_rows
+from benchmarks.e2e_analysis import Entry, analyze, clean_rows, load_entries, result_folders
 from estimator import CostModel, Profile, load_profile, simulate
 from estimator.calibrate import spearman
 from estimator.report import estimated_plan
@@ -283,19 +283,13 @@ def main() -> None:
                          "re-estimate the same measurements with that profile")  # fmt: skip
     args = ap.parse_args()
     if args.analyze:
-        folders = (
-            [args.analyze.parent]
-            if args.analyze.is_file()
-            else sorted(p.parent for p in args.analyze.glob("*/results.json"))
-        )
         summaries = {}
-        for folder in folders:
-            doc = json.loads((folder / "results.json").read_text())
+        for folder in result_folders(args.analyze):
+            entries, doc = load_entries(folder)
             for k in ("foreign_max", "calibrate_on"):
                 if getattr(args, k) == ap.get_default(k):
                     setattr(args, k, doc["args"][k])
             base = load_profile(args.profile or doc["profile"])
-            entries = [Entry(e["label"], e["method"], {}, e["runs"]) for e in doc["entries"]]
             plans = {e.label: load_plan(folder / e.label / "plan.json") for e in entries}
             key = (doc["args"].get("algorithm", "ppo"), doc["args"].get("size", "85m"))
             summaries[key] = analyze(entries, plans, base, args, folder)

@@ -3,6 +3,7 @@ after calibration, and the rank correlation of the plans."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -38,6 +39,19 @@ def clean_rows(
                 continue
             (rows if share <= foreign_max else loaded).append(r)
     return (rows, True) if rows else (loaded, False)
+
+
+def result_folders(path: Path) -> list[Path]:
+    """The experiment folders of a benchmarks.e2e results.json, or of a --matrix folder."""
+    if path.is_file():
+        return [path.parent]
+    return sorted(p.parent for p in path.glob("*/results.json"))
+
+
+def load_entries(folder: Path) -> tuple[list[Entry], dict]:
+    """The plans of an experiment folder with their runs, and its results.json document."""
+    doc = json.loads((folder / "results.json").read_text())
+    return [Entry(e["label"], e["method"], {}, e["runs"]) for e in doc["entries"]], doc
 
 
 # ---- analysis ------------------------------------------------------------------------------

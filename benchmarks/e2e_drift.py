@@ -13,24 +13,16 @@ ratio is the machine's own drift, a floor under any estimate's error on it.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
-from benchmarks.e2e_analysis import Entry, clean_rows, medians
+from benchmarks.e2e_analysis import Entry, clean_rows, load_entries, medians, result_folders
 from plans.io import load_plan
 
 
-def _folders(path: Path) -> dict[str, Path]:
-    if path.is_file():
-        return {path.parent.name: path.parent}
-    return {p.parent.name: p.parent for p in sorted(path.glob("*/results.json"))}
-
-
 def _entries(folder: Path) -> tuple[dict[str, Entry], float]:
-    doc = json.loads((folder / "results.json").read_text())
-    found = {e["label"]: Entry(e["label"], e["method"], {}, e["runs"]) for e in doc["entries"]}
-    return found, doc["args"]["foreign_max"]
+    entries, doc = load_entries(folder)
+    return {e.label: e for e in entries}, doc["args"]["foreign_max"]
 
 
 def _layout(folder: Path, label: str) -> dict[str, str]:
@@ -66,7 +58,8 @@ def main() -> None:
     ap.add_argument("earlier", type=Path, help="results.json or --matrix folder")
     ap.add_argument("later", type=Path, help="results.json or --matrix folder")
     args = ap.parse_args()
-    a, b = _folders(args.earlier), _folders(args.later)
+    a = {f.name: f for f in result_folders(args.earlier)}
+    b = {f.name: f for f in result_folders(args.later)}
     shared = sorted(a.keys() & b.keys())
     if not shared:
         raise SystemExit(f"no experiment is in both {args.earlier} and {args.later}")
