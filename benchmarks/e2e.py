@@ -40,7 +40,14 @@ import time
 from pathlib import Path
 
 from benchmarks.cpu_monitor import Monitor, quiet_wait
-from benchmarks.e2e_analysis import Entry, analyze, clean_rows, load_entries, result_folders
+from benchmarks.e2e_analysis import (
+    Entry,
+    analyze,
+    clean_rows,
+    layout_key,
+    load_entries,
+    result_folders,
+)
 from estimator import CostModel, Profile, load_profile, simulate
 from estimator.calibrate import spearman
 from estimator.report import estimated_plan
@@ -118,10 +125,6 @@ def experiment(quick: bool, rule_reward: bool, size: str = "85m", algorithm: str
 
 
 # ---- plans ---------------------------------------------------------------------------------
-def _key(allocs: dict[str, Allocation]) -> tuple:
-    return tuple(allocs[c].label() for c in sorted(allocs))
-
-
 def make_plans(
     exp: ExperimentSpec,
     cluster: ClusterSpec,
@@ -136,7 +139,7 @@ def make_plans(
     seen: dict[tuple, str] = {}
 
     def add(label: str, method: str, allocs: dict[str, Allocation]) -> None:
-        k = _key(allocs)
+        k = layout_key(allocs)
         if k in seen:
             notes.append(f"{label} is the same plan as {seen[k]}")
             return
@@ -171,7 +174,7 @@ def make_plans(
             mesh = rng.choice(meshes)
             allocs[name] = rng.choice([c.alloc for c in cs if c.alloc.mesh.label() == mesh])
         t, _ = simulate_cost(cm, allocs)
-        if not math.isfinite(t) or _key(allocs) in seen:
+        if not math.isfinite(t) or layout_key(allocs) in seen:
             continue
         count += 1
         add(f"random-{count}", "manual", allocs)

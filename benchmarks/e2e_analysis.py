@@ -41,6 +41,11 @@ def clean_rows(
     return (rows, True) if rows else (loaded, False)
 
 
+def layout_key(allocs: dict[str, Allocation]) -> tuple:
+    """What makes two plans the same plan: every call's allocation, in call-name order."""
+    return tuple(allocs[c].label() for c in sorted(allocs))
+
+
 def result_folders(path: Path) -> list[Path]:
     """The experiment folders of a benchmarks.e2e results.json, or of a --matrix folder."""
     if path.is_file():

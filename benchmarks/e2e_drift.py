@@ -16,7 +16,14 @@ import argparse
 import statistics
 from pathlib import Path
 
-from benchmarks.e2e_analysis import Entry, clean_rows, load_entries, medians, result_folders
+from benchmarks.e2e_analysis import (
+    Entry,
+    clean_rows,
+    layout_key,
+    load_entries,
+    medians,
+    result_folders,
+)
 from plans.io import load_plan
 
 
@@ -25,9 +32,8 @@ def _entries(folder: Path) -> tuple[dict[str, Entry], float]:
     return {e.label: e for e in entries}, doc["args"]["foreign_max"]
 
 
-def _layout(folder: Path, label: str) -> dict[str, str]:
-    plan = load_plan(folder / label / "plan.json")
-    return {name: a.label() for name, a in plan.allocations.items()}
+def _allocations(folder: Path, label: str) -> dict:
+    return load_plan(folder / label / "plan.json").allocations
 
 
 def ratios(earlier: Path, later: Path) -> dict | None:
@@ -38,11 +44,11 @@ def ratios(earlier: Path, later: Path) -> dict | None:
     calls: list[float] = []
     plans = []
     for label in sorted(ea.keys() & eb.keys()):
-        layout = _layout(earlier, label)
-        if layout != _layout(later, label):
+        allocs = _allocations(earlier, label)
+        if layout_key(allocs) != layout_key(_allocations(later, label)):
             continue
-        ma = medians(clean_rows(ea[label], fa)[0], layout)
-        mb = medians(clean_rows(eb[label], fb)[0], layout)
+        ma = medians(clean_rows(ea[label], fa)[0], allocs)
+        mb = medians(clean_rows(eb[label], fb)[0], allocs)
         plans.append(label)
         its.append(mb["iteration"] / ma["iteration"])
         calls += [mb["calls"][c] / ma["calls"][c] for c in ma["calls"] if c in mb["calls"]]
