@@ -7,9 +7,10 @@ Each allocation runs one optimizer step of the real executor (executor.compute.t
 gloo workers. On every rank it counts, as live tensor bytes on the CPU:
 - weights: the parameters; master: fp32 master copies (bf16 only); optimizer: Adam moments
   (plus masters, as the estimator's `optimizer` figure); grads: the gradient buffers;
-- activations: the peak, over the forwards and backwards of a second step, of everything
-  else (torch's memory profiler: activations saved for backward, temporaries, autograd's
-  buffers), what the call needs on top of what stays allocated.
+- activations: the peak, over the forwards and backwards of a second step, of the bytes that
+  step allocates, the parameters' gradients left out (benchmarks.live_bytes: activations
+  saved for backward, temporaries, autograd's buffers), what the call needs on top of what
+  stays allocated.
 The busiest rank's figure of each component is printed next to estimator.memory.call_memory
 for the same call (the experiment's actor_train with this allocation), with their ratio.
 """
@@ -23,9 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
-from torch.profiler._memory_profiler import _CATEGORY_TO_INDEX, Category, MemoryProfileTimeline
 
+from benchmarks.live_bytes import transient_peak
 from estimator.memory import call_memory, optimizer_bytes_per_param, stage_params
 from executor.compute import train
 from executor.data.batching import dp_share, micro_batches
@@ -76,20 +76,6 @@ class Task:
     out: str
 
 
-def transient_peak(step) -> int:
-    """Run `step()` under torch's memory profiler; the peak over time of the bytes that are
-    neither parameters, gradients, optimizer states nor inputs (activations saved for
-    backward, temporaries, autograd's own buffers): what a call needs on top of what stays."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                 with_stack=True) as prof:  # fmt: skip
-        step()
-    timeline = MemoryProfileTimeline(prof._memory_profile())
-    _, sizes = timeline._coalesce_timeline(torch.device("cpu"))
-    kept = {Category.PARAMETER, Category.OPTIMIZER_STATE, Category.GRADIENT, Category.INPUT}
-    cols = [0] + [i + 1 for c, i in _CATEGORY_TO_INDEX.items() if c not in kept]
-    return max((sum(row[c] for c in cols) for row in sizes), default=0)
-
-
 def _measure(env, task: Task) -> None:
     dp, tp, pp, m, zero1, rc, dtype = task.layout
     alloc = _alloc(task.layout)
@@ -109,7 +95,7 @@ def _measure(env, task: Task) -> None:
     train.train_step(model, ctx, opt, batch, loss_fn, count_fn, n_micro=m)  # creates the states
     micro = micro_batches(dp_share(batch, ctx.dp_size, ctx.dp_rank), m)
     # The forwards and backwards of a step, as train_step runs them: where activations peak.
-    peak = transient_peak(lambda: pipeline_train(model, ctx, micro, loss_fn))
+    peak = transient_peak(lambda: pipeline_train(model, ctx, micro, loss_fn), params)
     masters = (
         sum(sh.nbytes for sh in opt.shards if sh.dtype != params[0].dtype)
         if isinstance(opt, MasterAdamW)
