@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+from estimator.lookup import bracket
 from estimator.profile import Profile
 
 
@@ -35,10 +36,6 @@ def contention_factor(profile: Profile, kind: str, params: float) -> float:
     )
     if not pts:
         return 0.0
-    x = math.log(max(params, 1.0))
-    if x <= pts[0][0]:
-        return pts[0][1]
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
-        if x <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return pts[-1][1]
+    xs, ys = [x for x, _ in pts], [y for _, y in pts]
+    i, f = bracket(xs, min(max(math.log(max(params, 1.0)), xs[0]), xs[-1]))
+    return ys[i] if f == 0.0 else ys[i] + (ys[i + 1] - ys[i]) * f

@@ -40,8 +40,8 @@ class _Grid:
         """(time at the clamped point, clamped batch, clamped seq)."""
         b = min(max(batch, self.batches[0]), self.batches[-1])
         s = min(max(seq, self.seqs[0]), self.seqs[-1])
-        i, fi = _bracket(self.lb, math.log(b))
-        j, fj = _bracket(self.ls, math.log(s))
+        i, fi = bracket(self.lb, math.log(b))
+        j, fj = bracket(self.ls, math.log(s))
         i2, j2 = min(i + 1, len(self.lb) - 1), min(j + 1, len(self.ls) - 1)
         corners = [self._at(i, j), self._at(i2, j), self._at(i, j2), self._at(i2, j2)]
         if any(c is None for c in corners):  # not a full rectangle: nearest measured point
@@ -55,8 +55,9 @@ class _Grid:
         return math.exp(lt), b, s
 
 
-def _bracket(axis: list[float], x: float) -> tuple[int, float]:
-    """Index i and fraction f with x = axis[i] + f * (axis[i+1] - axis[i]) (f=0 on 1-point axes)."""
+def bracket(axis: list[float], x: float) -> tuple[int, float]:
+    """Index i and fraction f with x = axis[i] + f * (axis[i+1] - axis[i]) (f=0 on 1-point axes);
+    f falls outside [0, 1] for x outside the axis: clamp x first where that is not wanted."""
     if len(axis) == 1:
         return 0, 0.0
     i = min(max(bisect.bisect_right(axis, x) - 1, 0), len(axis) - 2)
@@ -174,7 +175,7 @@ class ProfileLookup:
         model = self._alpha_beta(op, n, scope, nbytes)
         sizes = [b for b, _ in table]
         x = min(max(nbytes, sizes[0]), sizes[-1])
-        i, f = _bracket([math.log(b) for b in sizes], math.log(x))
+        i, f = bracket([math.log(b) for b in sizes], math.log(x))
         if len(table) == 1:
             t = table[0][1]
         else:
