@@ -30,7 +30,7 @@ def run_profile_command(
 ) -> None:
     import torch  # only this command needs torch
 
-    from estimator.profile import load_profile, save_profile
+    from estimator.profile import load_profile
     from executor.profiling.profiler import run_collectives_into, run_profile
     from plans import DEVICES
     from plans.devices import backend, device_kind
@@ -70,11 +70,7 @@ def run_profile_command(
             profile = run_profile(device, quick, command, progress)
     if profile is None:  # a helper rank of a torchrun launch
         return
-    path = out_path or Path(f"profile-{profile.id}.json")
-    try:
-        save_profile(profile, path)
-    except OSError as e:
-        fail(f"{path}: cannot write: {e.strerror}")
+    path = _save(profile, out_path)
     if as_json:
         print_json(
             {
@@ -164,7 +160,7 @@ def run_from_run_command(
     """Fit per-call-kind factors to the runs' measured call times and write the refined
     profile (no torch needed)."""
     from estimator.calibrate import calibrate, load_run
-    from estimator.profile import load_profile, save_profile
+    from estimator.profile import load_profile
     from plans import PlanError
 
     if plans and len(plans) != len(runs):
@@ -175,11 +171,7 @@ def run_from_run_command(
     loaded = [load_run(r, plans[i] if plans else None, skip) for i, r in enumerate(runs)]
     base = load_profile(base_path) if base_path else _shipped(loaded[0].plan_profile_id)
     profile, fit = calibrate(base, loaded, command=_command())
-    path = out_path or Path(f"profile-{profile.id}.json")
-    try:
-        save_profile(profile, path)
-    except OSError as e:
-        fail(f"{path}: cannot write: {e.strerror}")
+    path = _save(profile, out_path)
     if as_json:
         print_json({"profile": str(path), "id": profile.id, **fit.summary()})
         return
@@ -205,6 +197,19 @@ def run_from_run_command(
     for line in fit.notes:
         out.print(f"note: {line}", highlight=False)
     out.print(f"wrote {path} (id {profile.id})", highlight=False)
+
+
+def _save(profile, out_path: Path | None) -> Path:
+    """Write `profile` to `out_path` (default: profile-<id>.json here); a failed write stops
+    the command naming the file."""
+    from estimator.profile import save_profile
+
+    path = out_path or Path(f"profile-{profile.id}.json")
+    try:
+        save_profile(profile, path)
+    except OSError as e:
+        fail(f"{path}: cannot write: {e.strerror}")
+    return path
 
 
 def _shipped(profile_id: str):
