@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from estimator.profile import OpTiming, Profile
 from estimator.shapes import DTYPE_BYTES
 from executor.profiling.kernels import Grid, op_points, shard_pieces, timer
+from executor.runtime.cpu_process import setup_cpu_process
 from plans.devices import backend
 from plans.presets import PRESETS
 
@@ -52,7 +53,7 @@ def check_profile(profile: Profile) -> list[CheckRow]:
     cpu = device == "cpu"
     dt = DTYPE_BYTES[profile.dtype]
     if cpu:
-        torch.set_num_threads(profile.threads or 1)
+        setup_cpu_process(profile.threads or 1)
     dtype = torch.float32 if profile.dtype == "float32" else torch.bfloat16
     sync = torch.cuda.synchronize if not cpu else (lambda: None)
     by_shape: dict[tuple[str, int], list[OpTiming]] = {}

@@ -32,6 +32,7 @@ from executor.profiling.kernels import (
     shard_pieces,
     timer,
 )
+from executor.runtime.cpu_process import setup_cpu_process
 from plans import preset
 from plans.devices import device_kind
 
@@ -100,12 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     gets a measured value without timing everything again (its other figures are kept)."""
     import sys
 
-    import torch
-
     from estimator.profile import load_profile, save_profile
 
     paths = sys.argv[1:] if argv is None else argv
-    torch.set_num_threads(1)
+    setup_cpu_process()
     rates = {"copy_memory_bytes_per_s": copy_memory_rate("cpu")}
     command = "python -m executor.profiling.profiler " + " ".join(paths)
     for path in paths:
@@ -119,7 +118,7 @@ def run_profile(device: str, quick: bool, command: str, progress=None) -> Profil
 
     dev_type = "cuda" if device == "cuda" else "cpu"
     if dev_type == "cpu":
-        torch.set_num_threads(1)
+        setup_cpu_process()
     grid = GRIDS[(dev_type, quick)]
     dtype = torch.float32 if dev_type == "cpu" else torch.bfloat16
     dtype_name = "float32" if dev_type == "cpu" else "bfloat16"
@@ -200,7 +199,7 @@ def run_collectives_into(
 
     dev_type = "cuda" if device == "cuda" else "cpu"
     if dev_type == "cpu":
-        torch.set_num_threads(1)
+        setup_cpu_process()
     timings = time_collectives(dev_type, quick, progress)
     if timings is None:
         return None

@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from executor.runtime.cpu_process import setup_cpu_process
 from executor.runtime.health import Health, Watch
 from executor.runtime.lifeline import STOP_GRACE_S, Signals, bind_to_parent, stop_workers
 from plans import ClusterSpec, PlanError
@@ -91,7 +92,7 @@ def _backend_and_device(rank: int, device: str) -> tuple[str, torch.device]:
         local = int(os.environ.get("LOCAL_RANK", rank % max(1, torch.cuda.device_count())))
         torch.cuda.set_device(local)
         return "nccl", torch.device("cuda", local)
-    torch.set_num_threads(1)  # several CPU workers share the cores; one thread each is fastest
+    setup_cpu_process()
     return "gloo", torch.device("cpu")
 
 
