@@ -12,13 +12,14 @@ the heap's past are useless to a cost model, and the slow state helps no one, so
 process of ours fixes both thresholds once: blocks up to 32 MiB come from the heap and freed
 memory stays mapped. Resident memory stays at
 its peak instead of shrinking, which a worker that runs the same calls every iteration
-reaches anyway.
+reaches anyway. `RLHF_GLIBC_MALLOC=default` in the environment leaves glibc's own thresholds.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
@@ -27,12 +28,13 @@ MMAP_THRESHOLD = 32 * 2**20
 """The upper limit glibc's manual gives for it on 64-bit systems; bigger blocks are still mapped
 fresh each time (a large tensor's first touch, which the profile's fresh-memory rate prices)."""
 TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: never trim below 2 GiB of free heap top
+ENV = "RLHF_GLIBC_MALLOC"
 
 
 def keep_freed_memory() -> bool:
     """Fix glibc's mmap and trim thresholds for this process. True when glibc took both;
-    False elsewhere (another libc or OS: nothing to do)."""
-    if not sys.platform.startswith("linux"):
+    False elsewhere (another libc or OS: nothing to do) or when RLHF_GLIBC_MALLOC=default."""
+    if not sys.platform.startswith("linux") or os.environ.get(ENV) == "default":
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

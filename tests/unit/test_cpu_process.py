@@ -15,7 +15,8 @@ glibc = pytest.mark.skipif(
 
 
 @glibc
-def test_glibc_takes_both_thresholds():
+def test_glibc_takes_both_thresholds(monkeypatch):
+    monkeypatch.delenv("RLHF_GLIBC_MALLOC", raising=False)
     # mallopt answers 0 for a value it refuses, which would leave the heap's moving thresholds
     # in place without a word.
     assert keep_freed_memory()
@@ -30,3 +31,8 @@ def test_setup_gives_one_torch_thread_in_a_fresh_process():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1"
+
+
+def test_the_environment_can_leave_glibc_alone(monkeypatch):
+    monkeypatch.setenv("RLHF_GLIBC_MALLOC", "default")
+    assert not keep_freed_memory()
