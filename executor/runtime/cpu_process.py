@@ -7,12 +7,12 @@ faults the same pages in again at the next allocation. Whether an optimizer step
 that depends on what the process ran before: an 85M-parameter AdamW step with its float64
 gradient norm took 1.2-1.4 s with ~290,000 page faults per step after one forward pass shape
 and 0.4-0.6 s with none after another; with the thresholds below, 0.4-0.6 s after either
-(2-core EPYC, one thread, 2026-12-03). Timings that depend on
-the heap's past are useless to a cost model, and the slow state helps no one, so every CPU
-process of ours fixes both thresholds once: blocks up to 32 MiB come from the heap and freed
-memory stays mapped. Resident memory stays at
-its peak instead of shrinking, which a worker that runs the same calls every iteration
-reaches anyway. `RLHF_GLIBC_MALLOC=default` in the environment leaves glibc's own thresholds.
+(2-core EPYC, one thread, 2026-12-03). Timings that depend on the heap's past are useless to
+a cost model, and the slow state helps no one, so every CPU process of ours fixes both
+thresholds once: blocks up to 32 MiB come from the heap and freed memory stays mapped.
+Resident memory stays at its peak instead of shrinking, which a worker that runs the same
+calls every iteration reaches anyway. `RLHF_GLIBC_MALLOC=default` in the environment leaves
+glibc's own thresholds.
 """
 
 from __future__ import annotations
